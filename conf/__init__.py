@@ -1,0 +1,1 @@
+"""Hydra configs of prunecli (installed as the package prunecli.conf)."""

@@ -1,0 +1,1 @@
+"""Experiment configs (installed as prunecli.conf.experiment: use experiment=NAME)."""

@@ -1,0 +1,5 @@
+"""``python -m prunecli ...`` (what ``torchrun -m prunecli train ...`` runs)."""
+
+from prunecli.cli import main
+
+main()

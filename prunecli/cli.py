@@ -1,0 +1,93 @@
+"""The ``prunecli`` console script: finds the command word and hands over to that command's
+Hydra app, so every command keeps all of Hydra (``-m``, ``--help``, ``--cfg job``, output dirs,
+shell completion). Adding a command = one module in ``prunecli/commands`` + one line below +
+its primary config in ``conf/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# command -> one-line description; the module is prunecli.commands.<command>
+COMMANDS: dict[str, str] = {
+    "train": "train a model, dense (method=none) or with a pruning method",
+    "eval": "evaluate a checkpoint (or model.weights) on a dataset",
+    "list": "list the methods, models, datasets and costs prunecli knows",
+}
+
+# Hydra flags whose next argument is a value (not a command word)
+_VALUE_FLAGS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir",
+                "-p", "--package", "-c", "--cfg", "-i", "--info", "-sc", "--shell-completion",
+                "--experimental-rerun"}
+
+
+def find_command(args: list[str]) -> int | None:
+    """Index of the first argument naming a command, skipping Hydra flag values."""
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg in _VALUE_FLAGS:
+            skip = True
+            continue
+        if arg in COMMANDS:
+            return i
+        if not arg.startswith("-"):
+            return None  # an override before any command word
+    return None
+
+
+def usage() -> str:
+    lines = ["usage: prunecli COMMAND [hydra options] [key=value ...]", "", "commands:"]
+    lines += [f"  {name:<8} {doc}" for name, doc in COMMANDS.items()]
+    lines += ["", "Examples:",
+              "  prunecli train                      # the embedded demo (CPU, ~2 min)",
+              "  prunecli train -m optim.lr=0.1,0.05  # a sweep into one folder",
+              "  prunecli train --help                # config groups and options",
+              "  prunecli list", "",
+              "Shell completion: eval \"$(prunecli -sc install=bash)\""]
+    return "\n".join(lines)
+
+
+def _completion_command() -> str | None:
+    """For Hydra's shell completion: the command word in COMP_LINE, which is then removed so
+    the command's Hydra app completes its own overrides."""
+    line = os.environ.get("COMP_LINE")
+    if line is None:
+        return None
+    words = line.split(" ")
+    idx = find_command(words[1:])
+    if idx is None:
+        return None
+    command = words.pop(idx + 1)
+    os.environ["COMP_LINE"] = " ".join(words)
+    return command
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    idx = find_command(args)
+    if idx is not None:
+        command = args.pop(idx)
+    elif "-sc" in args or "--shell-completion" in args:
+        command = _completion_command() or "train"
+    else:
+        help_asked = not args or args[0] in ("-h", "--help", "help")
+        print(usage(), file=sys.stdout if help_asked else sys.stderr)
+        if not help_asked:
+            print(f"\nprunecli: '{args[0]}' is not a command ({', '.join(COMMANDS)})",
+                  file=sys.stderr)
+        raise SystemExit(0 if help_asked else 2)
+    from prunecli.config.store import register_schemas
+
+    register_schemas()
+    module = importlib.import_module(f"prunecli.commands.{command}")
+    sys.argv = [f"prunecli {command}", *args]
+    module.main()
+
+
+if __name__ == "__main__":
+    main()

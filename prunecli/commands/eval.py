@@ -1,0 +1,65 @@
+"""``prunecli eval ckpt=RUN_DIR_OR_FILE``: accuracy, MACs and params of a trained model.
+
+With ``ckpt`` the model and dataset come from the checkpoint's own config (so the right
+architecture is rebuilt); ``data.*`` overrides typed on the command line still apply, e.g. a
+different ``data.root``. Without ``ckpt`` the ``model`` config is built, with
+``model.weights=FILE`` for trained weights.
+"""
+
+from __future__ import annotations
+
+import time
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from prunecli.commands.common import run_dir, task_overrides, user_errors_as_one_line
+
+
+@hydra.main(version_base="1.3", config_path="pkg://prunecli.conf", config_name="eval")
+@user_errors_as_one_line
+def main(cfg: DictConfig) -> float:
+    from torch.utils.data import DataLoader
+
+    from prunecli.cost import count_macs, count_params
+    from prunecli.data import build_datasets
+    from prunecli.engine import checkpoint as ckpt_io
+    from prunecli.engine.distributed import resolve_device
+    from prunecli.engine.evaluate import evaluate
+    from prunecli.engine.precision import Precision
+    from prunecli.models import build_model
+    from prunecli.report import report_run
+
+    t0 = time.time()
+    model_cfg, data_cfg, state = cfg.model, cfg.data, None
+    if cfg.ckpt:
+        ckpt = ckpt_io.load_checkpoint(cfg.ckpt)
+        if "model" not in ckpt or "config" not in ckpt:
+            from prunecli.errors import CheckpointError
+
+            raise CheckpointError(f"{cfg.ckpt} has no model/config; pass a `prunecli train` "
+                                  "run dir or its last.pt, or use model.weights=FILE")
+        saved = OmegaConf.create(ckpt["config"])
+        model_cfg = saved.model
+        data_over = [o for o in task_overrides() if o.lstrip("+").startswith("data.")]
+        data_cfg = OmegaConf.merge(saved.data, OmegaConf.from_dotlist(
+            [o.lstrip("+")[len("data."):] for o in data_over]))
+        state = ckpt["model"]
+    device = resolve_device(cfg.trainer.device)
+    data = build_datasets(data_cfg)
+    model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
+    if state is not None:
+        model.load_state_dict(state)
+    model.to(device)
+    loader = DataLoader(data.val, batch_size=data_cfg.eval_batch_size or 2 * data_cfg.batch_size,
+                        num_workers=data_cfg.num_workers)
+    metrics = evaluate(model, loader, device, Precision(cfg.trainer.precision, device),
+                       limit=cfg.trainer.limit_val_batches)
+    example = data.val[0][0][None].to(device)
+    results = {"model": model_cfg.name, "data": data_cfg.name, "top1": metrics["top1"],
+               "top5": metrics["top5"], "val_loss": metrics["loss"],
+               "samples": metrics["samples"], "macs": count_macs(model, example),
+               "params": count_params(model), "wall_time_s": round(time.time() - t0, 2),
+               "checkpoint": str(cfg.ckpt) if cfg.ckpt else model_cfg.weights}
+    report_run(results, run_dir(), title=f"prunecli eval: {model_cfg.name} on {data_cfg.name}")
+    return metrics["top1"]

@@ -1,0 +1,120 @@
+"""Typed schemas of every config group.
+
+Hydra composes YAML; :func:`prunecli.config.validate.validate` then merges the result into these
+dataclasses, so an unknown key (a typo, even one that arrived through an experiment file or a
+``+key=`` override) or a value of the wrong type is an error instead of a silently ignored value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build. ``source`` picks the family registry; classes and input channels
+    come from the dataset, so one model config works on any data."""
+
+    name: str = "resnet20"
+    source: str = "prunecli"  # prunecli | torchvision | timm
+    pretrained: bool = False  # torchvision/timm weights (needs a network or a local cache)
+    weights: Optional[str] = None  # local state_dict file loaded after building
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra constructor arguments
+
+
+@dataclass
+class DataConfig:
+    """Which dataset and how to load it."""
+
+    name: str = "fashion_mnist"
+    root: Optional[str] = None  # folder for datasets read from disk (imagenet, imagefolder, cifar)
+    batch_size: int = 128  # per process
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size
+    num_workers: int = 0
+    image_size: Optional[int] = None  # None = the dataset's native/standard size
+    channels: Optional[int] = None  # force 1 (grayscale) or 3 (RGB); None = native
+    augment: bool = True  # the dataset's standard training augmentation
+    hflip: Optional[bool] = None  # None = the dataset's default (off for digits/fashion)
+    train_size: Optional[int] = None  # use only the first N (class-balanced) training images
+    val_size: Optional[int] = None
+    num_classes: Optional[int] = None  # fake data: number of classes
+    pin_memory: bool = True  # only used on CUDA
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # for the global batch given by data.batch_size x world size x grad_accum
+    momentum: float = 0.9
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 5e-4
+    decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
+    scheduler: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    warmup_start_factor: float = 0.1
+    min_lr: float = 0.0  # cosine floor
+    # step scheduler: decay points, in epochs (>= 1) or as fractions of training (< 1)
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = 0.1  # step decay factor
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 5
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"  # fp32 | fp16 | bf16 (fp16 needs CUDA; bf16 works on CPU and CUDA)
+    channels_last: bool = False
+    grad_accum: int = 1
+    clip_grad_norm: Optional[float] = None
+    label_smoothing: float = 0.0
+    deterministic: bool = False  # bit-reproducible runs (slower); resume then matches exactly
+    sync_bn: bool = False  # SyncBatchNorm under DDP
+    eval_every: int = 1  # epochs
+    limit_train_batches: Optional[int] = None  # cap batches per epoch (smoke tests, debugging)
+    limit_val_batches: Optional[int] = None
+    progress: bool = True  # Rich progress bars (rank 0, only on a terminal)
+    log_every: int = 50  # steps between metric lines in the JSONL
+    threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    stop_after_epoch: Optional[int] = None  # end the run early after this epoch (as if killed)
+
+
+@dataclass
+class CostConfig:
+    """The cost model and the budget. ``ratio`` is the one canonical budget knob: the fraction of
+    the dense cost to remove (0.3 removes 30%)."""
+
+    name: str = "macs"
+    ratio: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    resume: Optional[str] = None  # a checkpoint file or a run directory holding last.pt
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    cost: CostConfig = field(default_factory=CostConfig)
+    # ``name`` plus the method's own hyperparameters; typed by the method's schema
+    # (prunecli.methods.schemas), chosen by the ``method`` config group
+    method: Any = None
+
+
+@dataclass
+class EvalConfig:
+    seed: int = 0
+    ckpt: Optional[str] = None  # a checkpoint or run directory; None = the model config's weights
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+@dataclass
+class ListConfig:
+    """``prunecli list [what=methods|models|datasets|costs|all]``."""
+
+    what: str = "all"

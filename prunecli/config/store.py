@@ -1,0 +1,52 @@
+"""Register the typed schemas in Hydra's ConfigStore.
+
+Group YAML files start from these (``defaults: [/schema/<group>@_here_, _self_]``), so Hydra
+itself rejects an unknown key or a wrongly typed value (YAML, experiment, command line). The
+schemas sit in a ``schema`` group of their own so they never show up as choices of ``model``,
+``method``, ...
+
+Experiment configs (top-level ``experiments/``, installed as ``prunecli.conf.experiment``) are
+registered here as the ``experiment`` group, which makes ``experiment=NAME`` work from an
+editable install and a wheel alike.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from prunecli.config import schema
+from prunecli.methods.schemas import METHOD_SCHEMAS
+
+_GROUPS = {
+    "model": schema.ModelConfig,
+    "data": schema.DataConfig,
+    "optim": schema.OptimConfig,
+    "trainer": schema.TrainerConfig,
+    "cost": schema.CostConfig,
+}
+_PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig}
+
+_done = False
+
+
+def register_schemas() -> None:
+    """Idempotent: the CLI and the tests both call it."""
+    global _done
+    if _done:
+        return
+    cs = ConfigStore.instance()
+    for group, node in _GROUPS.items():
+        cs.store(group="schema", name=group, node=node)
+    for name, (node, _impl, _doc) in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=node)
+    for name, node in _PRIMARY.items():
+        cs.store(group="schema", name=name, node=node)
+    for path in sorted(files("prunecli.conf.experiment").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            node = OmegaConf.create(path.read_text())
+            cs.store(group="experiment", name=path.name[: -len(".yaml")], node=node,
+                     package="_global_")
+    _done = True

@@ -1,0 +1,1 @@
+"""The training engine: loop, optimisers/schedules, AMP, DDP, checkpoints, events, metrics."""

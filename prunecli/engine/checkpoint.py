@@ -1,0 +1,83 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and primitive values (model/optimizer/scheduler/scaler
+state, RNG states, epoch, step, the resolved config, the method's state), so loading it never
+executes code. A crash while writing leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunecli.errors import CheckpointError
+
+LAST = "last.pt"
+CHECKPOINT_VERSION = 1
+
+
+def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def resolve_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """Accept a checkpoint file, or a run directory holding ``last.pt``."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        candidate = p / LAST
+        if not candidate.is_file():
+            raise CheckpointError(
+                f"no {LAST} in run directory {p}; pass the checkpoint file itself or a run "
+                "directory written by `prunecli train`"
+            )
+        return candidate
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist; check the path")
+    return p
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """Load safely; a truncated or foreign file is a one-line error, not a traceback."""
+    p = resolve_checkpoint(path)
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {p} is corrupt or not a prunecli/torch checkpoint ({first}); "
+            "use an earlier checkpoint or retrain"
+        ) from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
+    return obj
+
+
+def require_training_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Check that ``ckpt`` was written by the training engine before resuming from it."""
+    missing = [k for k in ("model", "optimizer", "epoch", "config") if k not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a prunecli training checkpoint (missing {', '.join(missing)}); "
+            "resume needs the last.pt of a `prunecli train` run"
+        )

@@ -1,0 +1,81 @@
+"""Optimizers and per-step learning-rate schedules (linear warmup, then cosine / step / constant).
+
+Schedules step once per optimizer step, not per epoch, so warmup and decay are smooth for any
+epoch count and resume lands on the exact same learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunecli.errors import ConfigError
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool
+                 ) -> list[dict[str, Any]]:
+    """Two groups: decayed weights, and (unless ``decay_norm_and_bias``) norm weights and all
+    biases without decay, the usual choice that keeps BN scales from being pushed to zero by
+    weight decay alone (pruning methods that want them small add their own loss)."""
+    if decay_norm_and_bias:
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [{"params": params, "weight_decay": weight_decay, "name": "all"}]
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            is_norm = isinstance(module, _NORM_TYPES)
+            (no_decay if is_norm or pname == "bias" or p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    raise ConfigError(f"optim.name={cfg.name} is not one of sgd, adamw")
+
+
+def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at optimizer step ``s`` (0-based)."""
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    min_factor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    if cfg.scheduler not in ("cosine", "step", "constant"):
+        raise ConfigError(f"optim.scheduler={cfg.scheduler} is not one of cosine, step, constant")
+    # step milestones: values >= 1 are epochs, values < 1 are fractions of training
+    epochs = total_steps / max(1, steps_per_epoch)
+    milestones = sorted(
+        int(round((m if m >= 1 else m * epochs) * steps_per_epoch)) for m in cfg.milestones
+    )
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            start = cfg.warmup_start_factor
+            return start + (1.0 - start) * s / max(1, warmup)
+        if cfg.scheduler == "constant":
+            return 1.0
+        if cfg.scheduler == "step":
+            return cfg.gamma ** sum(s >= m for m in milestones)
+        t = (s - warmup) / max(1, total_steps - warmup)
+        return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, total_steps: int,
+                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor_fn(cfg, total_steps, steps_per_epoch)
+    )

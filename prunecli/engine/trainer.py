@@ -1,0 +1,348 @@
+"""The training loop: plain PyTorch, one code path for CPU/CUDA, single process or DDP.
+
+Pruning methods plug in through :class:`prunecli.engine.events.TrainingHooks`; this module knows
+nothing about any of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from prunecli.cost import count_macs, count_params
+from prunecli.data import DatasetBundle, build_datasets
+from prunecli.engine import checkpoint as ckpt_io
+from prunecli.engine.distributed import DistEnv, barrier, init_distributed
+from prunecli.engine.evaluate import ShardSampler, evaluate
+from prunecli.engine.events import HookContext, TrainingHooks
+from prunecli.engine.metrics import ClassificationMeter, JsonlWriter
+from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
+from prunecli.engine.precision import Precision
+from prunecli.engine.progress import make_progress
+from prunecli.engine.seed import rng_state, seed_everything, set_deterministic, set_rng_state
+from prunecli.errors import ConfigError
+from prunecli.methods import build_method
+from prunecli.models import build_model
+
+log = logging.getLogger("prunecli")
+
+# Keys a resumed run takes from the command line; everything else comes from the checkpoint.
+RUN_CONTROL_KEYS = (
+    "resume", "trainer.epochs", "trainer.device", "trainer.progress", "trainer.stop_after_epoch",
+    "trainer.log_every", "trainer.threads", "data.num_workers", "data.root",
+)
+
+
+def merge_resume_config(current: DictConfig, saved: dict[str, Any]) -> DictConfig:
+    """The saved run's config, with only the run-control keys taken from ``current``; other
+    differences are reported (a resumed run must train the same model the same way)."""
+    merged = OmegaConf.create(saved)
+    for key in RUN_CONTROL_KEYS:
+        value = OmegaConf.select(current, key)
+        OmegaConf.update(merged, key, value, merge=False)
+    cur, old = _flat(OmegaConf.to_container(current, resolve=True)), _flat(saved)
+    diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] != old.get(k)]
+    if diffs:
+        log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
+                    ", ".join(sorted(diffs)[:10]))
+    return merged
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+class Trainer:
+    """Builds everything a run needs from its config and trains it.
+
+    ``run_dir`` receives the checkpoints (``last.pt``), ``metrics.jsonl`` and the results; only
+    rank 0 writes there.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume_state: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.resume:
+            self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume)
+            state = ckpt_io.load_checkpoint(self.resume_path)
+            ckpt_io.require_training_checkpoint(state, self.resume_path)
+            self.cfg = cfg = merge_resume_config(cfg, state["config"])
+            self.resume_state = state
+        tcfg = cfg.trainer
+        if tcfg.threads:
+            torch.set_num_threads(tcfg.threads)
+        self.dist: DistEnv = init_distributed(tcfg.device)
+        self.device = self.dist.device
+        if not self.dist.is_main:
+            _quiet_non_main_rank()
+        set_deterministic(tcfg.deterministic, self.device)
+        seed_everything(cfg.seed)  # same on every rank: identical initial weights
+        self.precision = Precision(tcfg.precision, self.device)
+        self.memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
+
+        self.data: DatasetBundle = build_datasets(cfg.data)
+        model = build_model(cfg.model, num_classes=self.data.num_classes,
+                            in_chans=self.data.channels)
+        self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)
+        self._build_loaders()
+        example = self.data.val[0][0][None].to(self.device, memory_format=self.memory_format)
+        self.dense_macs = count_macs(self.model, example)
+        self.dense_params = count_params(self.model)
+
+        accum = tcfg.grad_accum
+        if accum < 1:
+            raise ConfigError(f"trainer.grad_accum={accum} must be >= 1")
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        self.method: TrainingHooks = build_method(cfg.method)
+        self.ctx = HookContext(model=self.model, config=cfg, dist=self.dist,
+                               example_inputs=example, epochs=tcfg.epochs,
+                               steps_per_epoch=self.steps_per_epoch)
+        self.method.setup(self.ctx)
+        if self.dist.distributed and tcfg.sync_bn:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.ctx.model = self.model
+
+        groups = param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias)
+        groups = self.method.param_groups(groups)
+        self.optimizer = build_optimizer(groups, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim,
+                                         tcfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        self.ctx.optimizer, self.ctx.scheduler = self.optimizer, self.scheduler
+        self.start_epoch = 0
+        if self.resume_state is not None:
+            self._restore(self.resume_state)
+        else:  # a different augmentation stream per rank, reproducible from the seed
+            seed_everything(cfg.seed + 1000 * self.dist.rank + 1)
+
+        self.train_model: nn.Module = self.model
+        if self.dist.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
+        self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _build_loaders(self) -> None:
+        dcfg, d = self.cfg.data, self.dist
+        pin = dcfg.pin_memory and self.device.type == "cuda"
+        self.train_sampler = DistributedSampler(
+            self.data.train, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+            seed=self.cfg.seed)
+        shard = len(self.train_sampler)
+        self.train_loader = DataLoader(
+            self.data.train, batch_size=dcfg.batch_size, sampler=self.train_sampler,
+            num_workers=dcfg.num_workers, pin_memory=pin, drop_last=shard > dcfg.batch_size,
+            persistent_workers=False)
+        self.val_loader = DataLoader(
+            self.data.val, batch_size=dcfg.eval_batch_size or 2 * dcfg.batch_size,
+            sampler=ShardSampler(len(self.data.val), d.rank, d.world_size),
+            num_workers=dcfg.num_workers, pin_memory=pin)
+        limit = self.cfg.trainer.limit_train_batches
+        self.batches_per_epoch = min(len(self.train_loader), limit or len(self.train_loader))
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.precision.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state.get("method", {}))
+        self.start_epoch = int(state["epoch"])
+        self.ctx.step = int(state["step"])
+        rngs = state.get("rng") or []
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        else:
+            log.warning("resume: saved RNG states are for %d process(es), this run has %d; the "
+                        "data order continues but augmentation differs", len(rngs),
+                        self.dist.world_size)
+            seed_everything(self.cfg.seed + 1000 * self.dist.rank + self.start_epoch)
+        log.info("resumed from %s after epoch %d (step %d)", self.resume_path, self.start_epoch,
+                 self.ctx.step)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        t0 = time.time()
+        self._setup()
+        cfg, tcfg = self.cfg, self.cfg.trainer
+        self.method.on_train_start(self.ctx)
+        if self.dist.is_main:
+            log.info("run dir: %s", self.run_dir.resolve())
+            log.info("%s on %s: %d train / %d val images, %d classes, %.2f M params, %.2f M MACs,"
+                     " %s, world size %d", cfg.model.name, cfg.data.name, len(self.data.train),
+                     len(self.data.val), self.data.num_classes, self.dense_params / 1e6,
+                     self.dense_macs / 1e6, self.device, self.dist.world_size)
+        metrics: dict[str, float] = {}
+        val: dict[str, float] = {}
+        stopped_early = False
+        train_time = 0.0
+        progress = make_progress(tcfg.progress and self.dist.is_main)
+        with progress or contextlib.nullcontext():
+            for epoch in range(self.start_epoch, tcfg.epochs):
+                te = time.time()
+                train = self._train_epoch(epoch, progress)
+                train_time += time.time() - te
+                last = epoch + 1 == tcfg.epochs
+                if (epoch + 1) % tcfg.eval_every == 0 or last:
+                    val = evaluate(self.model, self.val_loader, self.device, self.precision,
+                                   tcfg.channels_last, tcfg.limit_val_batches)
+                metrics = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
+                           **{f"val_{k}": v for k, v in val.items()},
+                           "lr": self.optimizer.param_groups[0]["lr"],
+                           "epoch_time": time.time() - te}
+                self.method.on_epoch_end(self.ctx, metrics)
+                self._log_epoch(metrics)
+                self._save(epoch + 1, metrics)
+                if tcfg.stop_after_epoch is not None and epoch + 1 >= tcfg.stop_after_epoch \
+                        and not last:
+                    stopped_early = True
+                    log.warning("stopping after epoch %d as asked (trainer.stop_after_epoch); "
+                                "continue with resume=%s", epoch + 1, self.run_dir)
+                    break
+        summary = self.method.on_train_end(self.ctx)
+        macs = count_macs(self.model, self.ctx.example_inputs)
+        results = {
+            "model": cfg.model.name, "data": cfg.data.name, "method": cfg.method.name,
+            "epochs": metrics.get("epoch", self.start_epoch), "top1": val.get("top1"),
+            "top5": val.get("top5"), "val_loss": val.get("loss"),
+            "macs": macs, "params": count_params(self.model),
+            "dense_macs": self.dense_macs, "dense_params": self.dense_params,
+            "train_time_s": round(train_time, 2), "wall_time_s": round(time.time() - t0, 2),
+            "world_size": self.dist.world_size, "device": str(self.device),
+            "stopped_early": stopped_early, "run_dir": str(self.run_dir.resolve()),
+            "checkpoint": str((self.run_dir / ckpt_io.LAST).resolve()), **summary,
+        }
+        self.writer.write(kind="results", **results)
+        barrier()
+        return results
+
+    def _train_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
+        tcfg, ctx = self.cfg.trainer, self.ctx
+        ctx.epoch, ctx.micro_step = epoch, 0
+        self.train_sampler.set_epoch(epoch)
+        self.train_model.train()
+        self.method.on_epoch_start(ctx)
+        meter = ClassificationMeter(self.device)
+        task = progress.add_task(f"epoch {epoch + 1}/{tcfg.epochs}", total=self.batches_per_epoch,
+                                 info="") if progress else None
+        accum, scaler = tcfg.grad_accum, self.precision.scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, targets) in enumerate(self.train_loader):
+            if i >= self.batches_per_epoch:
+                break
+            images = images.to(self.device, non_blocking=True).contiguous(
+                memory_format=self.memory_format)
+            targets = targets.to(self.device, non_blocking=True)
+            boundary = (i + 1) % accum == 0 or i + 1 == self.batches_per_epoch
+            sync = contextlib.nullcontext()
+            if not boundary and isinstance(self.train_model, DistributedDataParallel):
+                sync = self.train_model.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    logits = self.train_model(images)
+                    loss = self.criterion(logits, targets)
+                extra = self.method.extra_loss(ctx, logits, targets)
+                total = loss if extra is None else loss + extra.float()
+                if not torch.isfinite(total):
+                    raise FloatingPointError(
+                        f"loss became {total.item()} at epoch {epoch + 1}, step {ctx.step}; "
+                        "lower optim.lr or use trainer.precision=fp32")
+                scaler.scale(total / accum).backward()
+            ctx.micro_step = i + 1
+            ctx.loss_scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+            self.method.after_backward(ctx)
+            meter.update(logits.detach().float(), targets, loss.detach())
+            if boundary:
+                self._optimizer_step()
+                if ctx.step % tcfg.log_every == 0:
+                    self.writer.write(kind="train", epoch=epoch + 1, step=ctx.step,
+                                      loss=float(loss.detach()),
+                                      lr=self.optimizer.param_groups[0]["lr"])
+            if task is not None:
+                progress.update(task, advance=1, info=f"loss {loss.item():.3f}")
+        if task is not None:
+            progress.remove_task(task)
+        return meter.compute()
+
+    def _optimizer_step(self) -> None:
+        ctx, scaler, tcfg = self.ctx, self.precision.scaler, self.cfg.trainer
+        scaler.unscale_(self.optimizer)  # methods and clipping see true gradients
+        self.method.before_optimizer_step(ctx)
+        if tcfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_grad_norm)
+        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
+        scaler.step(self.optimizer)
+        scaler.update()
+        ctx.step_skipped = scaler.is_enabled() and scaler.get_scale() < scale_before
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        ctx.step += 1
+        self.method.after_optimizer_step(ctx)
+
+    # ------------------------------------------------------------------ output
+    def _log_epoch(self, m: dict[str, float]) -> None:
+        if not self.dist.is_main:
+            return
+        val = (f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}%"
+               if "val_top1" in m else "no eval")
+        log.info("epoch %d/%d  train loss %.4f top1 %.2f%%  %s  lr %.4g  %.1f s", m["epoch"],
+                 self.cfg.trainer.epochs, m["train_loss"], m["train_top1"], val, m["lr"],
+                 m["epoch_time"])
+        self.writer.write(kind="epoch", **m)
+
+    def _save(self, epochs_done: int, metrics: dict[str, float]) -> None:
+        rngs = [rng_state()]
+        if self.dist.distributed:
+            rngs = [None] * self.dist.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if self.dist.is_main:
+            state = {
+                "version": ckpt_io.CHECKPOINT_VERSION,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.precision.scaler.state_dict(),
+                "method": self.method.state_dict(),
+                "rng": rngs,
+                "epoch": epochs_done,
+                "step": self.ctx.step,
+                "metrics": metrics,
+                "config": OmegaConf.to_container(self.cfg, resolve=True),
+                "data_info": {"num_classes": self.data.num_classes,
+                              "channels": self.data.channels,
+                              "image_size": self.data.image_size},
+            }
+            ckpt_io.save_atomic(state, self.run_dir / ckpt_io.LAST)
+        barrier()
+
+
+def _quiet_non_main_rank() -> None:
+    """Ranks other than 0 log warnings only, and never to the run's log file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    logging.getLogger("prunecli").setLevel(logging.WARNING)

@@ -1,0 +1,26 @@
+"""Model registry: prunecli's own CIFAR/ImageNet families plus torchvision and timm by name.
+
+Importing this package registers every prunecli family in :data:`MODELS`; torchvision and timm
+are imported only when a model from them is built or listed.
+"""
+
+from __future__ import annotations
+
+from prunecli.models import cifar_resnet, mobilenet_v1, vgg  # noqa: F401  (registers families)
+from prunecli.models.registry import (
+    MODELS,
+    SOURCES,
+    build_model,
+    count_parameters,
+    describe_models,
+    load_weights,
+)
+
+__all__ = [
+    "MODELS",
+    "SOURCES",
+    "build_model",
+    "count_parameters",
+    "describe_models",
+    "load_weights",
+]

@@ -1,0 +1,69 @@
+"""Results tables: printed with Rich and saved next to the run (JSON + text)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rich
+from rich.console import Console
+from rich.table import Table
+
+log = logging.getLogger("prunecli")
+
+# (key, header, formatter)
+COLUMNS: list[tuple[str, str, Any]] = [
+    ("model", "model", str),
+    ("data", "data", str),
+    ("method", "method", str),
+    ("epochs", "epochs", str),
+    ("top1", "top-1 %", lambda v: f"{v:.2f}"),
+    ("top5", "top-5 %", lambda v: f"{v:.2f}"),
+    ("macs", "MACs", lambda v: _si(v)),
+    ("params", "params", lambda v: _si(v)),
+    ("train_time_s", "train s", lambda v: f"{v:.1f}"),
+    ("wall_time_s", "wall s", lambda v: f"{v:.1f}"),
+]
+
+
+def _si(v: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {unit}"
+    return f"{v:.0f}"
+
+
+def results_table(rows: Sequence[dict[str, Any]], title: str, extra: Sequence[str] = ()) -> Table:
+    """One row per run; ``extra`` names further keys (e.g. the swept overrides) shown first."""
+    table = Table(title=title, title_justify="left")
+    for key in extra:
+        table.add_column(key)
+    columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    for _, header, fmt in columns:
+        table.add_column(header, justify="left" if fmt is str else "right")
+    for r in rows:
+        cells = [str(r.get(k, "")) for k in extra]
+        cells += ["-" if r.get(k) is None else fmt(r[k]) for k, _, fmt in columns]
+        table.add_row(*cells)
+    return table
+
+
+def save_table(table: Table, path: Path) -> None:
+    console = Console(file=None, width=160, record=True, force_terminal=False)
+    with console.capture():
+        console.print(table)
+    path.write_text(console.export_text())
+
+
+def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -> None:
+    """Print the results table and write ``results.json`` and ``results.txt`` into the run."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = results_table([results], title)
+    save_table(table, run_dir / "results.txt")
+    rich.get_console().print(table)
+    rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] "
+                             "(results.json, results.txt, metrics.jsonl, last.pt)")

@@ -1,0 +1,50 @@
+"""Shared test helpers: run the CLI in-process (fast) or as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``run_cli("train", "experiment=smoke", ...)`` -> the run dir; raises SystemExit on a
+    user error like the real command does."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prunecli import cli
+
+    def run(*args: str, run_dir: Path | None = None) -> Path:
+        out = run_dir or tmp_path / "run"
+        argv = [*args]
+        if "-m" not in argv and "--multirun" not in argv:
+            argv.append(f"hydra.run.dir={out}")
+        else:
+            argv.append(f"hydra.sweep.dir={out}")
+        monkeypatch.setattr(sys, "argv", ["prunecli", *argv])
+        GlobalHydra.instance().clear()
+        cli.main()
+        return out
+
+    return run
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def console_script(*args: str, cwd: Path, env: dict | None = None, timeout: int = 300
+                   ) -> subprocess.CompletedProcess:
+    """The installed ``prunecli`` script next to this interpreter, run from ``cwd``."""
+    exe = Path(sys.executable).parent / "prunecli"
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -1,0 +1,89 @@
+"""Every config option composes, and bad keys/options are clear errors."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from prunecli.config.store import register_schemas
+from prunecli.config.validate import check_known_keys
+from prunecli.errors import ConfigError
+
+register_schemas()
+GROUPS = ("model", "data", "optim", "trainer", "cost", "method")
+
+
+def _options(group: str) -> list[str]:
+    root = files("prunecli.conf") / group
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def _compose(overrides: list[str], name: str = "train"):
+    with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
+        return compose(name, overrides=overrides)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes(group: str, option: str) -> None:
+    cfg = _compose([f"{group}={option}"])
+    check_known_keys(cfg)
+    assert cfg[group] is not None
+
+
+def test_experiments_are_found_from_the_package() -> None:
+    exps = [p.name for p in files("prunecli.conf.experiment").iterdir() if p.name.endswith("yaml")]
+    assert "smoke.yaml" in exps
+    for name in exps:
+        cfg = _compose([f"experiment={name[:-5]}"])
+        check_known_keys(cfg)
+    assert _compose(["experiment=smoke"]).data.name == "fake"
+
+
+def test_experiment_values_beat_main_config_defaults() -> None:
+    cfg = _compose(["experiment=smoke"])
+    assert cfg.trainer.epochs == 2 and cfg.optim.lr == 0.05
+
+
+def test_command_line_beats_experiment() -> None:
+    assert _compose(["experiment=smoke", "trainer.epochs=7"]).trainer.epochs == 7
+
+
+def test_typo_in_key_is_an_error() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["trainer.epochz=3"])
+    assert "epochz" in str(err.value.__cause__ or err.value)
+
+
+def test_added_unknown_key_is_caught_by_validation() -> None:
+    cfg = _compose(["+trainer.epochz=3"])
+    with pytest.raises(ConfigError, match=r"trainer\.epochz.*did you mean trainer\.epochs"):
+        check_known_keys(cfg)
+
+
+def test_wrong_type_is_an_error() -> None:
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["trainer.epochs=abc"])
+    assert isinstance(err.value.__cause__, ValidationError)
+
+
+def test_unknown_option_is_an_error() -> None:
+    with pytest.raises(ConfigCompositionException, match="method/halp"):
+        _compose(["method=halp"])
+
+
+def test_typo_inside_a_yaml_file_is_an_error() -> None:
+    from omegaconf import OmegaConf
+
+    from prunecli.config.schema import TrainerConfig
+
+    with pytest.raises(ConfigKeyError):
+        OmegaConf.merge(OmegaConf.structured(TrainerConfig), {"epochz": 1})
+
+
+def test_eval_and_list_configs_compose() -> None:
+    check_known_keys(_compose([], name="eval"))
+    assert _compose(["what=models"], name="list").what == "models"

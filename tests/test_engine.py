@@ -1,0 +1,227 @@
+"""The training engine: schedules, parameter groups, checkpoints, resume, hooks, AMP."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+from torch import nn
+
+from prunecli.config.schema import OptimConfig
+from prunecli.config.store import register_schemas
+from prunecli.engine import checkpoint as ckpt_io
+from prunecli.engine.events import TrainingHooks
+from prunecli.engine.optim import lr_factor_fn, param_groups
+from prunecli.engine.trainer import Trainer
+from prunecli.errors import CheckpointError, ConfigError
+
+register_schemas()
+
+SMALL = ["experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
+         "data.image_size=16", "trainer.progress=false"]
+
+
+def make_cfg(*overrides: str):
+    with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
+        return compose("train", overrides=[*SMALL, *overrides])
+
+
+def optim_cfg(**kw) -> OptimConfig:
+    return OmegaConf.structured(OptimConfig(**kw))
+
+
+# ---------------------------------------------------------------- schedules and groups
+def test_cosine_with_warmup_shape() -> None:
+    f = lr_factor_fn(optim_cfg(lr=0.1, warmup_epochs=1, warmup_start_factor=0.1), 100, 10)
+    assert f(0) == pytest.approx(0.1)
+    assert f(5) == pytest.approx(0.55)
+    assert f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5)
+    assert f(100) == pytest.approx(0.0, abs=1e-12)
+    assert all(f(s) >= f(s + 1) for s in range(10, 100))
+
+
+def test_step_schedule_milestones_in_epochs_and_fractions() -> None:
+    f = lr_factor_fn(optim_cfg(scheduler="step", milestones=[2, 0.8], gamma=0.1), 100, 10)
+    assert f(19) == 1.0 and f(20) == pytest.approx(0.1) and f(80) == pytest.approx(0.01)
+
+
+def test_cosine_floor() -> None:
+    f = lr_factor_fn(optim_cfg(lr=0.1, min_lr=0.01), 50, 10)
+    assert f(50) == pytest.approx(0.1)
+
+
+def test_bad_scheduler_name() -> None:
+    with pytest.raises(ConfigError, match="optim.scheduler"):
+        lr_factor_fn(optim_cfg(scheduler="linearr"), 10, 1)
+
+
+def test_norm_and_bias_excluded_from_weight_decay() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+    decay, no_decay = param_groups(model, 5e-4, decay_norm_and_bias=False)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0.0
+    (everything,) = param_groups(model, 5e-4, decay_norm_and_bias=True)
+    assert len(everything["params"]) == 6
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.pt"
+    ckpt_io.save_atomic({"epoch": 1}, path)
+
+    def broken_save(obj, f):  # a crash in the middle of writing
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt_io.save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert ckpt_io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+
+def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt_io.load_checkpoint(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ckpt_io.load_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(CheckpointError, match="no last.pt"):
+        ckpt_io.load_checkpoint(tmp_path)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
+    results = Trainer(make_cfg("trainer.epochs=1"), tmp_path).fit()
+    ckpt = torch.load(results["checkpoint"], weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["step"] > 0
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "config", "method"} <= set(ckpt)
+    assert ckpt["config"]["data"]["name"] == "fake"
+
+
+# ---------------------------------------------------------------- resume
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(tmp_path: Path) -> None:
+    common = ("trainer.epochs=3", "trainer.deterministic=true", "data.augment=true",
+              "optim.warmup_epochs=1")
+    full = Trainer(make_cfg(*common), tmp_path / "full").fit()
+    part = Trainer(make_cfg(*common, "trainer.stop_after_epoch=1"), tmp_path / "part").fit()
+    assert part["stopped_early"] and part["epochs"] == 1
+    resumed = Trainer(make_cfg(*common, f"resume={tmp_path / 'part'}"), tmp_path / "res").fit()
+    assert resumed["epochs"] == 3 and not resumed["stopped_early"]
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "res")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert resumed["top1"] == full["top1"]
+
+
+def test_resume_takes_the_checkpoint_config(tmp_path: Path) -> None:
+    Trainer(make_cfg("trainer.epochs=2", "trainer.stop_after_epoch=1", "optim.lr=0.01"),
+            tmp_path / "a").fit()
+    trainer = Trainer(make_cfg("trainer.epochs=2", "optim.lr=0.5", f"resume={tmp_path / 'a'}"),
+                      tmp_path / "b")
+    trainer.fit()
+    assert trainer.cfg.optim.lr == 0.01
+
+
+def test_resume_from_a_non_training_file_is_refused(tmp_path: Path) -> None:
+    torch.save({"state_dict": {}}, tmp_path / "w.pt")
+    with pytest.raises(CheckpointError, match="not a prunecli training checkpoint"):
+        Trainer(make_cfg(f"resume={tmp_path / 'w.pt'}"), tmp_path / "r").fit()
+
+
+# ---------------------------------------------------------------- hooks
+class Recorder(TrainingHooks):
+    """Records the order of hook calls and checks what each hook may rely on."""
+
+    def __init__(self, cfg) -> None:
+        self.calls: list[str] = []
+        self.unscaled_grad_seen = False
+
+    def setup(self, ctx) -> None:
+        assert ctx.optimizer is None and not hasattr(ctx.model, "module")
+        self.calls.append("setup")
+
+    def param_groups(self, groups):
+        self.calls.append("param_groups")
+        return groups
+
+    def on_train_start(self, ctx) -> None:
+        assert ctx.optimizer is not None
+        self.calls.append("on_train_start")
+
+    def on_epoch_start(self, ctx) -> None:
+        self.calls.append("on_epoch_start")
+
+    def extra_loss(self, ctx, outputs, targets):
+        self.calls.append("extra_loss")
+        return outputs.new_zeros(()) + 0.0 * outputs.sum()
+
+    def after_backward(self, ctx) -> None:
+        self.calls.append("after_backward")
+
+    def before_optimizer_step(self, ctx) -> None:
+        self.unscaled_grad_seen |= any(p.grad is not None for p in ctx.model.parameters())
+        self.calls.append("before_optimizer_step")
+
+    def after_optimizer_step(self, ctx) -> None:
+        self.calls.append("after_optimizer_step")
+
+    def on_epoch_end(self, ctx, metrics) -> None:
+        assert "val_top1" in metrics
+        self.calls.append("on_epoch_end")
+
+    def on_train_end(self, ctx):
+        self.calls.append("on_train_end")
+        return {"recorded": len(self.calls)}
+
+    def state_dict(self):
+        return {"n": torch.tensor(len(self.calls))}
+
+
+def test_hooks_are_called_in_the_documented_order(tmp_path: Path, monkeypatch) -> None:
+    rec = Recorder(None)
+    monkeypatch.setattr("prunecli.engine.trainer.build_method", lambda cfg: rec)
+    results = Trainer(make_cfg("trainer.epochs=1", "trainer.grad_accum=2",
+                               "data.train_size=64"), tmp_path).fit()
+    # 64 images / batch 16 = 4 micro-batches = 2 optimizer steps
+    micro = ["extra_loss", "after_backward"]
+    step = ["before_optimizer_step", "after_optimizer_step"]
+    expected = (["setup", "param_groups", "on_train_start", "on_epoch_start"]
+                + (micro * 2 + step) * 2 + ["on_epoch_end", "on_train_end"])
+    assert rec.calls == expected
+    assert rec.unscaled_grad_seen and results["recorded"] == len(expected)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2 and int(ckpt["method"]["n"]) == len(expected) - 1
+
+
+# ---------------------------------------------------------------- precision and layout
+def test_bf16_autocast_and_channels_last_on_cpu(tmp_path: Path) -> None:
+    results = Trainer(make_cfg("trainer.epochs=1", "trainer.precision=bf16",
+                               "trainer.channels_last=true"), tmp_path).fit()
+    assert math.isfinite(results["val_loss"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a CPU-only host")
+def test_fp16_needs_cuda() -> None:
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        Trainer(make_cfg("trainer.precision=fp16"), Path("/nonexistent")).fit()
+
+
+def test_training_learns_the_embedded_dataset(tmp_path: Path) -> None:
+    """Two short epochs on 2k real images: well above chance (10%)."""
+    cfg = make_cfg("data=fashion_mnist", "data.train_size=2000", "data.val_size=500",
+                   "data.batch_size=64", "data.image_size=null", "trainer.epochs=2",
+                   "optim.lr=0.05")
+    results = Trainer(cfg, tmp_path).fit()
+    assert results["top1"] > 60.0
