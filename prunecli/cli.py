@@ -67,6 +67,14 @@ def _completion_command() -> str | None:
     return command
 
 
+def _wide_console_for_logs() -> None:
+    """Rich wraps at 80 columns when output is not a terminal (CI, cluster logs, pipes)."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        import rich
+
+        rich.reconfigure(width=120)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     idx = find_command(args)
@@ -81,11 +89,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nprunecli: '{args[0]}' is not a command ({', '.join(COMMANDS)})",
                   file=sys.stderr)
         raise SystemExit(0 if help_asked else 2)
+    _wide_console_for_logs()
     from prunecli.config.store import register_schemas
 
     register_schemas()
     module = importlib.import_module(f"prunecli.commands.{command}")
-    sys.argv = [f"prunecli {command}", *args]
+    sys.argv = [sys.argv[0] if argv is None else "prunecli", *args]
     module.main()
 
 

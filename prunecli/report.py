@@ -51,6 +51,20 @@ def results_table(rows: Sequence[dict[str, Any]], title: str, extra: Sequence[st
     return table
 
 
+def run_table(results: dict[str, Any], title: str) -> Table:
+    """One run as a two-column table (fits a narrow terminal or a log file)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key, header, fmt in COLUMNS:
+        if results.get(key) is not None:
+            table.add_row(header, fmt(results[key]))
+    dense = results.get("dense_macs")
+    if dense and results.get("macs") is not None and results["macs"] != dense:
+        table.add_row("MACs kept", f"{100.0 * results['macs'] / dense:.1f} %")
+    return table
+
+
 def save_table(table: Table, path: Path) -> None:
     console = Console(file=None, width=160, record=True, force_terminal=False)
     with console.capture():
@@ -62,7 +76,7 @@ def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -
     """Print the results table and write ``results.json`` and ``results.txt`` into the run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = results_table([results], title)
+    table = run_table(results, title)
     save_table(table, run_dir / "results.txt")
     rich.get_console().print(table)
     rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] "

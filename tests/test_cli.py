@@ -1,0 +1,145 @@
+"""The command line as a user runs it: in-process for speed, and through the installed console
+script (another working directory, torchrun, a real kill + resume) where that matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunecli.cli import find_command, main
+from tests.conftest import console_script, read_results
+
+SMOKE = ["experiment=smoke", "trainer.epochs=1", "data.train_size=64", "data.val_size=32",
+         "data.image_size=16"]
+
+
+def test_find_command_skips_flag_values() -> None:
+    assert find_command(["train", "a=1"]) == 0
+    assert find_command(["-m", "train", "a=1"]) == 1
+    assert find_command(["--cfg", "job", "train"]) == 2
+    assert find_command(["-cd", "train", "eval"]) == 2  # 'train' is the -cd folder here
+    assert find_command(["a=1", "train"]) is None
+
+
+def test_usage_and_unknown_command(capsys) -> None:
+    with pytest.raises(SystemExit) as ok:
+        main([])
+    assert ok.value.code == 0 and "train" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as bad:
+        main(["trian"])
+    assert bad.value.code == 2 and "'trian' is not a command" in capsys.readouterr().err
+
+
+def test_train_then_eval_in_process(run_cli, tmp_path: Path) -> None:
+    run = run_cli("train", *SMOKE)
+    results = read_results(run)
+    assert results["epochs"] == 1 and results["top1"] is not None
+    assert results["macs"] > 0 and results["params"] > 0
+    assert (run / "last.pt").is_file() and (run / "results.txt").is_file()
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in epochs if r["kind"] != "train"] == ["epoch", "results"]
+
+    ev = run_cli("eval", f"ckpt={run}", run_dir=tmp_path / "eval")
+    evaluated = read_results(ev)
+    assert evaluated["top1"] == pytest.approx(results["top1"])
+    assert evaluated["model"] == "resnet20" and evaluated["data"] == "fake"
+
+
+def test_multirun_sweep_writes_one_folder_and_a_summary(run_cli) -> None:
+    sweep = run_cli("train", "-m", *SMOKE, "optim.lr=0.1,0.05")
+    assert (sweep / "0" / "results.json").is_file() and (sweep / "1" / "results.json").is_file()
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["overrides"] for r in rows] == ["optim.lr=0.1", "optim.lr=0.05"]
+
+
+def test_list_shows_every_registry(run_cli, capsys) -> None:
+    run_cli("list")
+    out = capsys.readouterr().out
+    for name in ("resnet20", "mobilenet_v1", "fashion_mnist", "imagenet", "none", "macs"):
+        assert name in out
+
+
+def test_missing_data_folder_is_one_clear_line(run_cli, tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(SystemExit) as err:
+        run_cli("train", "data=imagefolder", f"data.root={missing}")
+    assert err.value.code == 2
+    message = capsys.readouterr().err.strip().splitlines()
+    assert len(message) == 1 and str(missing) in message[0]
+
+
+def test_unknown_key_added_with_plus_is_refused(run_cli, capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_cli("train", *SMOKE, "+trainer.epochz=2")
+    assert "did you mean trainer.epochs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the installed console script
+def test_console_script_from_another_directory(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = console_script("train", *SMOKE, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert read_results(out)["epochs"] == 1
+    assert "outputs:" in proc.stdout
+
+    typo = console_script("train", "trainer.epochz=3", cwd=tmp_path)
+    assert typo.returncode != 0 and "epochz" in typo.stderr + typo.stdout
+
+
+def test_shell_completion(tmp_path: Path) -> None:
+    install = console_script("-sc", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0
+    assert "hydra_bash_completion prunecli\n" in install.stdout + "\n"
+    query = console_script("-sc", "query=bash", cwd=tmp_path,
+                           env={"COMP_LINE": "prunecli train method=n"})
+    assert query.stdout.split() == ["method=none"]
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prunecli", "train",
+           *SMOKE, "trainer.epochs=2", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["world_size"] == 2 and results["epochs"] == 2
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [1, 2]  # rank 0 alone writes
+    assert epochs[-1]["val_samples"] == 32  # every validation image counted once over 2 ranks
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
+    """SIGKILL a real run after its second checkpoint, then resume it from the run folder."""
+    out = tmp_path / "run"
+    exe = Path(sys.executable).parent / "prunecli"
+    args = [*SMOKE, "trainer.epochs=40", "trainer.deterministic=true"]
+    proc = subprocess.Popen([str(exe), "train", *args, f"hydra.run.dir={out}"], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"kind": "epoch"') >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert 2 <= done < 40, "the run must be killed part-way"
+    resumed = console_script("train", *args, f"resume={out}", f"hydra.run.dir={tmp_path / 'r'}",
+                             cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_results(tmp_path / "r")["epochs"] == 40
+    assert torch.load(tmp_path / "r" / "last.pt", weights_only=True)["epoch"] == 40
