@@ -52,6 +52,21 @@ def test_train_then_eval_in_process(run_cli, tmp_path: Path) -> None:
     assert evaluated["top1"] == pytest.approx(results["top1"])
     assert evaluated["model"] == "resnet20" and evaluated["data"] == "fake"
 
+    # the same weights through the model config (model.weights accepts a training checkpoint)
+    ev2 = run_cli("eval", "data=fake", "data.val_size=32", "data.image_size=16",
+                  f"model.weights={run / 'last.pt'}", run_dir=tmp_path / "eval2")
+    assert read_results(ev2)["top1"] == pytest.approx(results["top1"])
+
+
+def test_user_experiment_folder(run_cli, tmp_path: Path) -> None:
+    folder = tmp_path / "mine" / "experiment"
+    folder.mkdir(parents=True)
+    (folder / "tiny.yaml").write_text("# @package _global_\ndefaults:\n  - override /data: fake\n"
+                                      "trainer:\n  epochs: 1\n  progress: false\n")
+    run = run_cli("train", "-cd", str(tmp_path / "mine"), "experiment=tiny",
+                  "data.train_size=32", "data.val_size=16", "data.image_size=16")
+    assert read_results(run)["data"] == "fake"
+
 
 def test_multirun_sweep_writes_one_folder_and_a_summary(run_cli) -> None:
     sweep = run_cli("train", "-m", *SMOKE, "optim.lr=0.1,0.05")

@@ -69,6 +69,13 @@ def test_norm_and_bias_excluded_from_weight_decay() -> None:
     assert len(everything["params"]) == 6
 
 
+def test_shard_sampler_covers_every_sample_once() -> None:
+    from prunecli.engine.evaluate import ShardSampler
+
+    shards = [list(ShardSampler(10, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(10))
+
+
 # ---------------------------------------------------------------- checkpoints
 def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "last.pt"

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from prunecli.config.schema import ModelConfig
+from prunecli.cost import count_params as count_parameters
 from prunecli.errors import CheckpointError, ConfigError, PrunecliError, UnknownNameError
-from prunecli.models import MODELS, SOURCES, build_model, count_parameters, describe_models
+from prunecli.models import MODELS, SOURCES, build_model, describe_models
 
 PRUNECLI_MODELS = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",

@@ -21,7 +21,12 @@ def _rows(what: str) -> tuple[list[str], list[tuple[str, ...]]]:
     if what == "models":
         from prunecli.models import describe_models
 
-        return ["source", "model", "description"], describe_models()
+        choices = _model_choices()
+        rows = [(_how_to_use(source, name, choices), source, desc)
+                for source, name, desc in describe_models()]
+        rows += [(f"model={option}", source, f"shortcut for {source} '{name}'")
+                 for (source, name), option in choices.items() if source != "prunecli"]
+        return ["use as", "source", "description"], rows
     if what == "datasets":
         from prunecli.data import describe_datasets
 
@@ -29,6 +34,30 @@ def _rows(what: str) -> tuple[list[str], list[tuple[str, ...]]]:
     from prunecli.cost import COSTS
 
     return ["cost", "description"], [(e.name, e.description) for e in COSTS.entries()]
+
+
+def _model_choices() -> dict[tuple[str, str], str]:
+    """(source, registry name) -> the ``model=`` option whose YAML builds it."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    choices = {}
+    for path in sorted(files("prunecli.conf").joinpath("model").iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".yaml"):
+            node = OmegaConf.create(path.read_text())
+            name = OmegaConf.select(node, "name", throw_on_missing=False, default=None)
+            if name is not None and name != "???":
+                choices[(str(node.source), str(name))] = path.name[: -len(".yaml")]
+    return choices
+
+
+def _how_to_use(source: str, name: str, choices: dict[tuple[str, str], str]) -> str:
+    if (source, name) in choices:
+        return f"model={choices[(source, name)]}"
+    if name == "*":
+        return f"model={source} model.name=NAME"
+    return f"model={source} model.name={name}"
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunecli.conf", config_name="list")

@@ -30,14 +30,8 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 
 
 def count_params(model: nn.Module) -> int:
-    """Parameters, each shared tensor counted once."""
-    seen: set[int] = set()
-    total = 0
-    for p in model.parameters():
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    """Parameters (``parameters()`` yields a shared tensor once); buffers are not counted."""
+    return sum(p.numel() for p in model.parameters())
 
 
 @COSTS.register("macs", "multiply-accumulates of one forward pass (batch 1)")

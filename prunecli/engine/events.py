@@ -14,8 +14,9 @@ Order of calls::
         on_epoch_start(ctx)
         for each micro-batch:
             extra_loss(ctx, outputs, targets) -> Tensor | None   added to the task loss
-            after_backward(ctx)        gradients of this micro-batch exist (scaled by
-                                       ctx.loss_scale under fp16; accumulated under grad_accum)
+            after_backward(ctx)        gradients of this micro-batch exist (accumulated under
+                                       grad_accum; under fp16 multiplied by the loss scale,
+                                       ctx.grad_scaler.get_scale())
             once every trainer.grad_accum micro-batches:
                 before_optimizer_step(ctx)   full, UNSCALED gradients; change them here
                 (optimizer step, scheduler step)
@@ -56,8 +57,9 @@ class HookContext:
     epoch: int = 0  # 0-based index of the current epoch
     step: int = 0  # optimizer steps taken so far (global)
     micro_step: int = 0  # micro-batches seen in this epoch
-    loss_scale: float = 1.0  # GradScaler scale during after_backward (1.0 unless fp16)
-    step_skipped: bool = False  # the last optimizer step was skipped (fp16 overflow)
+    # the fp16 loss scaler (disabled otherwise); get_scale() synchronises with the GPU, so the
+    # engine never calls it per step and a method should only when it needs the value
+    grad_scaler: Any = None
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
 
     @property

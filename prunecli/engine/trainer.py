@@ -118,7 +118,8 @@ class Trainer:
         self.method: TrainingHooks = build_method(cfg.method)
         self.ctx = HookContext(model=self.model, config=cfg, dist=self.dist,
                                example_inputs=example, epochs=tcfg.epochs,
-                               steps_per_epoch=self.steps_per_epoch)
+                               steps_per_epoch=self.steps_per_epoch,
+                               grad_scaler=self.precision.scaler)
         self.method.setup(self.ctx)
         if self.dist.distributed and tcfg.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
@@ -155,7 +156,8 @@ class Trainer:
         self.train_loader = DataLoader(
             self.data.train, batch_size=dcfg.batch_size, sampler=self.train_sampler,
             num_workers=dcfg.num_workers, pin_memory=pin, drop_last=shard > dcfg.batch_size,
-            persistent_workers=False)
+            # persistent workers draw their seeds once, which a resumed run cannot replay
+            persistent_workers=dcfg.num_workers > 0 and not self.cfg.trainer.deterministic)
         self.val_loader = DataLoader(
             self.data.val, batch_size=dcfg.eval_batch_size or 2 * dcfg.batch_size,
             sampler=ShardSampler(len(self.data.val), d.rank, d.world_size),
@@ -266,26 +268,31 @@ class Trainer:
                     loss = self.criterion(logits, targets)
                 extra = self.method.extra_loss(ctx, logits, targets)
                 total = loss if extra is None else loss + extra.float()
-                if not torch.isfinite(total):
-                    raise FloatingPointError(
-                        f"loss became {total.item()} at epoch {epoch + 1}, step {ctx.step}; "
-                        "lower optim.lr or use trainer.precision=fp32")
                 scaler.scale(total / accum).backward()
             ctx.micro_step = i + 1
-            ctx.loss_scale = scaler.get_scale() if scaler.is_enabled() else 1.0
             self.method.after_backward(ctx)
             meter.update(logits.detach().float(), targets, loss.detach())
             if boundary:
                 self._optimizer_step()
-                if ctx.step % tcfg.log_every == 0:
+                if ctx.step % tcfg.log_every == 0:  # the only per-step host sync, when logging
+                    self._check_finite(total, epoch)
                     self.writer.write(kind="train", epoch=epoch + 1, step=ctx.step,
                                       loss=float(loss.detach()),
                                       lr=self.optimizer.param_groups[0]["lr"])
             if task is not None:
-                progress.update(task, advance=1, info=f"loss {loss.item():.3f}")
+                info = f"loss {loss.item():.3f}" if i % 20 == 0 else None
+                progress.update(task, advance=1, **({"info": info} if info else {}))
         if task is not None:
             progress.remove_task(task)
-        return meter.compute()
+        metrics = meter.compute()
+        self._check_finite(torch.tensor(metrics["loss"]), epoch)
+        return metrics
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} in epoch {epoch + 1} (step {self.ctx.step});"
+                " lower optim.lr, add optim.warmup_epochs, or use trainer.precision=fp32")
 
     def _optimizer_step(self) -> None:
         ctx, scaler, tcfg = self.ctx, self.precision.scaler, self.cfg.trainer
@@ -293,10 +300,8 @@ class Trainer:
         self.method.before_optimizer_step(ctx)
         if tcfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_grad_norm)
-        scale_before = scaler.get_scale() if scaler.is_enabled() else 1.0
         scaler.step(self.optimizer)
         scaler.update()
-        ctx.step_skipped = scaler.is_enabled() and scaler.get_scale() < scale_before
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         ctx.step += 1

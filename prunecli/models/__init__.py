@@ -11,7 +11,6 @@ from prunecli.models.registry import (
     MODELS,
     SOURCES,
     build_model,
-    count_parameters,
     describe_models,
     load_weights,
 )
@@ -20,7 +19,6 @@ __all__ = [
     "MODELS",
     "SOURCES",
     "build_model",
-    "count_parameters",
     "describe_models",
     "load_weights",
 ]

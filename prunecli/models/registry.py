@@ -48,11 +48,6 @@ def kaiming_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (shared ones once); buffers such as BN running stats excluded."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def one_line(exc: BaseException, limit: int = 200) -> str:
     """An exception's first line, shortened: user errors must stay on one line."""
     lines = str(exc).strip().splitlines()
@@ -361,7 +356,6 @@ __all__ = [
     "ModelFactory",
     "build_model",
     "check_compatible",
-    "count_parameters",
     "describe_models",
     "extract_state_dict",
     "kaiming_init",
