@@ -44,9 +44,17 @@ def register_schemas() -> None:
         cs.store(group="schema/method", name=name, node=node)
     for name, node in _PRIMARY.items():
         cs.store(group="schema", name=name, node=node)
+    # A wheel installs experiments/ as prunecli/conf/experiment, where Hydra finds it by itself;
+    # an editable install maps it elsewhere, so it is registered here (never both: Hydra
+    # would take the stored node for a schema of the file).
+    if not files("prunecli.conf").joinpath("experiment").is_dir():
+        _register_experiments(cs)
+    _done = True
+
+
+def _register_experiments(cs: ConfigStore) -> None:
     for path in sorted(files("prunecli.conf.experiment").iterdir(), key=lambda p: p.name):
         if path.name.endswith(".yaml"):
             node = OmegaConf.create(path.read_text())
             cs.store(group="experiment", name=path.name[: -len(".yaml")], node=node,
                      package="_global_")
-    _done = True
