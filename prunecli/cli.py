@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)
         raise SystemExit(0 if help_asked else 2)
     _wide_console_for_logs()
-    from prunecli.config.store import register_schemas
+    from prunecli.config.store import register_resolvers, register_schemas
 
+    register_resolvers()
     register_schemas()
     module = importlib.import_module(f"prunecli.commands.{command}")
     sys.argv = [sys.argv[0] if argv is None else "prunecli", *args]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -53,9 +54,9 @@ def results_table(rows: Sequence[dict[str, Any]], title: str, extra: Sequence[st
 
 def run_table(results: dict[str, Any], title: str) -> Table:
     """One run as a two-column table (fits a narrow terminal or a log file)."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("")
-    table.add_column("value", justify="right")
+    table = Table()
+    table.add_column(title)
+    table.add_column("", justify="right")
     for key, header, fmt in COLUMNS:
         if results.get(key) is not None:
             table.add_row(header, fmt(results[key]))
@@ -66,10 +67,9 @@ def run_table(results: dict[str, Any], title: str) -> Table:
 
 
 def save_table(table: Table, path: Path) -> None:
-    console = Console(file=None, width=160, record=True, force_terminal=False)
-    with console.capture():
-        console.print(table)
-    path.write_text(console.export_text())
+    buffer = io.StringIO()
+    Console(file=buffer, width=160, force_terminal=False, color_system=None).print(table)
+    path.write_text(buffer.getvalue())
 
 
 def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -> None:

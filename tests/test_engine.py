@@ -225,6 +225,12 @@ def test_fp16_needs_cuda() -> None:
         Trainer(make_cfg("trainer.precision=fp16"), Path("/nonexistent")).fit()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the refusal on a CPU-only host")
+def test_sync_bn_needs_cuda(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="sync_bn"):
+        Trainer(make_cfg("trainer.sync_bn=true"), tmp_path).fit()
+
+
 def test_training_learns_the_embedded_dataset(tmp_path: Path) -> None:
     """Two short epochs on 2k real images: well above chance (10%)."""
     cfg = make_cfg("data=fashion_mnist", "data.train_size=2000", "data.val_size=500",

@@ -61,5 +61,5 @@ def main(cfg: DictConfig) -> float:
                "samples": metrics["samples"], "macs": count_macs(model, example),
                "params": count_params(model), "wall_time_s": round(time.time() - t0, 2),
                "checkpoint": str(cfg.ckpt) if cfg.ckpt else model_cfg.weights}
-    report_run(results, run_dir(), title=f"prunecli eval: {model_cfg.name} on {data_cfg.name}")
+    report_run(results, run_dir(), title=f"eval: {model_cfg.name} on {data_cfg.name}")
     return metrics["top1"]

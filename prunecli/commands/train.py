@@ -17,7 +17,7 @@ def main(cfg: DictConfig) -> float | None:
     out = run_dir()
     results = Trainer(cfg, out).fit()
     if int(results.get("world_size", 1)) == 1 or _is_rank0():
-        report_run(results, out, title=f"prunecli train: {results['model']} on {results['data']}")
+        report_run(results, out, title=f"{results['model']} on {results['data']}")
     return results.get("top1")
 
 

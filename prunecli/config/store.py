@@ -12,6 +12,7 @@ editable install and a wheel alike.
 
 from __future__ import annotations
 
+import os
 from importlib.resources import files
 
 from hydra.core.config_store import ConfigStore
@@ -30,6 +31,14 @@ _GROUPS = {
 _PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig}
 
 _done = False
+
+
+def register_resolvers() -> None:
+    """``${rank_zero_only:VALUE}``: VALUE on the first torchrun rank (or without torchrun),
+    null elsewhere, so only rank 0 writes Hydra's files into the shared run folder."""
+    if not OmegaConf.has_resolver("rank_zero_only"):
+        OmegaConf.register_new_resolver(
+            "rank_zero_only", lambda value: value if os.environ.get("RANK", "0") == "0" else None)
 
 
 def register_schemas() -> None:

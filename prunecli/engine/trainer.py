@@ -121,6 +121,9 @@ class Trainer:
                                steps_per_epoch=self.steps_per_epoch,
                                grad_scaler=self.precision.scaler)
         self.method.setup(self.ctx)
+        if tcfg.sync_bn and self.device.type != "cuda":
+            raise ConfigError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs "
+                              "only on GPUs); leave it off on the CPU")
         if self.dist.distributed and tcfg.sync_bn:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.ctx.model = self.model
