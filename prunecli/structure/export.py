@@ -1,0 +1,39 @@
+"""Export a (slimmed) model to TorchScript or ONNX for deployment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prunecli.errors import PrunecliError
+
+
+def export_torchscript(model: nn.Module, example_inputs: torch.Tensor,
+                       path: str | os.PathLike[str]) -> Path:
+    """Trace to TorchScript (eval mode) and save; reload with ``torch.jit.load``."""
+    model = model.eval()
+    with torch.no_grad():
+        scripted = torch.jit.trace(model, example_inputs)
+    path = Path(path)
+    scripted.save(str(path))
+    return path
+
+
+def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.PathLike[str],
+                opset: int = 17, dynamic_batch: bool = True) -> Path:
+    """Export to ONNX with a dynamic batch axis (TorchScript-based exporter)."""
+    path = Path(path)
+    model = model.eval()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (example_inputs,), str(path), input_names=["input"],
+                              output_names=["output"], opset_version=opset, dynamic_axes=axes,
+                              dynamo=False)
+    except ModuleNotFoundError as exc:
+        raise PrunecliError(f"ONNX export needs the '{exc.name}' package: "
+                            "pip install 'prunecli[onnx]'") from exc
+    return path

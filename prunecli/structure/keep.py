@@ -1,0 +1,65 @@
+"""Simple keep-set choices: magnitude (L1) scores, top-k per group, random keep-sets.
+
+The pruning methods bring their own importance and allocation; these are the building blocks
+a user needs to prune from a script in a few lines, and what the tests and benchmarks use.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from prunecli.structure.masks import InputChannelMask
+from prunecli.structure.structure import ChannelStructure
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    """The stored (unmasked) weight, so masked channels are still scored."""
+    if (hasattr(module, "parametrizations") and "weight" in module.parametrizations
+            and any(isinstance(p, InputChannelMask) for p in module.parametrizations.weight)):
+        return module.parametrizations.weight.original
+    return module.weight
+
+
+@torch.no_grad()
+def l1_scores(model: nn.Module, structure: ChannelStructure) -> dict[int, torch.Tensor]:
+    """Per prunable group: the L1 norm of every channel's input columns over all consumers
+    (the SMCP view of magnitude importance)."""
+    modules = dict(model.named_modules())
+    scores = {g.id: torch.zeros(g.size) for g in structure.prunable_groups}
+    for name in structure.consumers_of_prunable():
+        w = _weight(modules[name]).detach().float().abs()
+        per_input = w.transpose(0, 1).reshape(w.shape[1], -1).sum(1).cpu()
+        for seg in structure.roles[name].in_segments:
+            if seg.group in scores:
+                part = per_input[seg.offset: seg.offset + seg.length * seg.spatial]
+                scores[seg.group] += part.view(seg.length, seg.spatial).sum(1)
+    return scores
+
+
+def kept_count(size: int, keep_ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
+    """Channels to keep of ``size``: ``keep_ratio * size`` rounded to a multiple of ``round_to``
+    (when the width allows), at least ``min_channels``, at most ``size``."""
+    n = keep_ratio * size
+    n = round_to * max(1, round(n / round_to)) if 1 < round_to <= size else round(n)
+    return int(min(size, max(min_channels, n)))
+
+
+def top_k_keep(scores: dict[int, torch.Tensor], keep_ratio: float, round_to: int = 1,
+               min_channels: int = 1) -> dict[int, torch.Tensor]:
+    """Keep the highest-scoring ``keep_ratio`` of channels in every scored group."""
+    keep = {}
+    for gid, s in scores.items():
+        k = kept_count(s.numel(), keep_ratio, round_to, min_channels)
+        keep[gid] = torch.topk(s, k).indices.sort().values
+    return keep
+
+
+def random_keep(structure: ChannelStructure, keep_ratio: float,
+                generator: torch.Generator | None = None) -> dict[int, torch.Tensor]:
+    """A random keep-set of ``keep_ratio`` of each prunable group (tests and benchmarks)."""
+    keep = {}
+    for g in structure.prunable_groups:
+        k = kept_count(g.size, keep_ratio)
+        keep[g.id] = torch.randperm(g.size, generator=generator)[:k].sort().values
+    return keep

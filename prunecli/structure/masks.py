@@ -1,0 +1,128 @@
+"""Channel masks on the input side of consumers (the SMCP view).
+
+A mask zeroes input columns of every conv/linear that reads a group, and changes no shape: the
+producer still computes the channel, but nothing downstream uses it, so the masked model computes
+exactly what the slimmed model will. Masks are weight parametrizations holding a ``mask`` buffer,
+so they travel in ``state_dict`` (checkpoints and resume keep them) and work under DDP.
+
+``soft=True`` is the straight-through mask: the forward pass uses ``w * m`` but the gradient
+reaches ``w`` unchanged, so masked channels keep learning and can come back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from prunecli.structure.structure import ChannelStructure, KeepSpec
+
+
+class InputChannelMask(nn.Module):
+    """``w -> w * mask`` over the input-channel axis (dim 1) of a conv/linear weight."""
+
+    def __init__(self, in_channels: int, weight_ndim: int, soft: bool) -> None:
+        super().__init__()
+        self.soft = soft
+        self.shape = (1, in_channels) + (1,) * (weight_ndim - 2)
+        self.register_buffer("mask", torch.ones(in_channels))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        m = self.mask.view(self.shape).to(weight.dtype)
+        masked = weight * m
+        if self.soft:  # value of w*m, gradient of w
+            return weight + (masked - weight).detach()
+        return masked
+
+
+class ChannelMasker:
+    """Attach masks to every consumer of a model's prunable groups and set them by keep-sets.
+
+    >>> masker = ChannelMasker(model, structure)       # all channels on
+    >>> masker.set_keep({"layer1.0.conv1": [0, 2, 5]})  # group key or id -> kept channels
+    >>> masker.keep()                                   # what is kept now
+    """
+
+    def __init__(self, model: nn.Module, structure: ChannelStructure, soft: bool = False) -> None:
+        self.model = model
+        self.structure = structure
+        self.soft = soft
+        self.masks: dict[str, InputChannelMask] = {}
+        modules = dict(model.named_modules())
+        for name in structure.consumers_of_prunable():
+            module = modules[name]
+            if parametrize.is_parametrized(module, "weight"):
+                existing = module.parametrizations.weight
+                found = [p for p in existing if isinstance(p, InputChannelMask)]
+                if found:  # already masked (e.g. a resumed run): reuse
+                    self.masks[name] = found[0]
+                    continue
+            p = InputChannelMask(module.weight.shape[1], module.weight.ndim, soft)
+            p.to(module.weight.device)
+            parametrize.register_parametrization(module, "weight", p)
+            self.masks[name] = p
+        self._channel_masks = {g.id: torch.ones(g.size, dtype=torch.bool)
+                               for g in structure.groups if g.prunable}
+
+    def set_keep(self, keep: KeepSpec) -> None:
+        """Turn on exactly the given channels of each listed group (others stay as they are)."""
+        for gid, idx in self.structure.normalise_keep(keep).items():
+            m = torch.zeros(self.structure.groups[gid].size, dtype=torch.bool)
+            m[idx] = True
+            self._channel_masks[gid] = m
+        self._refresh()
+
+    def set_masks(self, masks: Mapping[int | str, torch.Tensor]) -> None:
+        """Boolean channel masks per group (True = keep)."""
+        self.set_keep({k: torch.nonzero(v.bool().cpu()).flatten() for k, v in masks.items()})
+
+    def keep(self) -> dict[int, torch.Tensor]:
+        """Kept channel indices of every prunable group."""
+        return {gid: torch.nonzero(m).flatten() for gid, m in self._channel_masks.items()}
+
+    def channel_masks(self) -> dict[int, torch.Tensor]:
+        return {gid: m.clone() for gid, m in self._channel_masks.items()}
+
+    def _refresh(self) -> None:
+        for name, p in self.masks.items():
+            role = self.structure.roles[name]
+            full = torch.ones(p.mask.numel(), dtype=torch.bool)
+            for seg in role.in_segments:
+                if seg.group in self._channel_masks:
+                    m = self._channel_masks[seg.group].repeat_interleave(seg.spatial)
+                    full[seg.offset: seg.offset + seg.length * seg.spatial] = m
+            p.mask.copy_(full.to(p.mask.dtype))
+
+    def sync_from_buffers(self) -> None:
+        """Rebuild the channel masks from the consumers' buffers (after ``load_state_dict``)."""
+        for gid in self._channel_masks:
+            g = self.structure.groups[gid]
+            name = g.consumers[0]
+            seg = next(s for s in self.structure.roles[name].in_segments if s.group == gid)
+            buf = self.masks[name].mask[seg.offset: seg.offset + seg.length * seg.spatial]
+            self._channel_masks[gid] = buf.view(seg.length, seg.spatial)[:, 0].bool().cpu()
+
+    def remove(self) -> None:
+        """Take the masks off, leaving the original (unmasked) weights in place."""
+        modules = dict(self.model.named_modules())
+        for name in self.masks:
+            remove_masks(modules[name])
+        self.masks.clear()
+
+
+def remove_masks(module: nn.Module) -> None:
+    """Drop prunecli's mask parametrizations from a module, keeping the stored weights."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return
+    others = [p for p in module.parametrizations.weight if not isinstance(p, InputChannelMask)]
+    if others:
+        raise ValueError(f"{type(module).__name__} has other weight parametrizations; remove "
+                         "them before slimming")
+    parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
+def strip_all_masks(model: nn.Module) -> None:
+    for module in model.modules():
+        remove_masks(module)

@@ -1,0 +1,101 @@
+"""Physically remove channels: a smaller model of the same classes, no prunecli code inside."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from prunecli.structure.masks import strip_all_masks
+from prunecli.structure.structure import ChannelStructure, KeepSpec
+from prunecli.structure.types import Segment
+
+
+def _input_index(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]
+                 ) -> torch.Tensor | None:
+    """Kept positions along a module's input axis, or None when nothing is removed there."""
+    if not any(s.group in keep for s in segments):
+        return None
+    parts = []
+    for s in segments:
+        if s.group in keep:
+            base = keep[s.group] * s.spatial + s.offset
+            parts.append((base[:, None] + torch.arange(s.spatial)).flatten())
+        else:
+            parts.append(torch.arange(s.offset, s.offset + s.length * s.spatial))
+    return torch.cat(parts)
+
+
+def _take(module: nn.Module, attr: str, index: torch.Tensor, dim: int) -> None:
+    """Replace ``module.attr`` (parameter or buffer) by its slice along ``dim``."""
+    old = getattr(module, attr, None)
+    if old is None:
+        return
+    new = old.detach().index_select(dim, index.to(old.device)).clone()
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        setattr(module, attr, new)
+
+
+def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
+                 out_idx: torch.Tensor | None) -> None:
+    if kind == "conv":
+        if out_idx is not None:
+            _take(module, "weight", out_idx, 0)
+            _take(module, "bias", out_idx, 0)
+            module.out_channels = len(out_idx)
+        if in_idx is not None:
+            _take(module, "weight", in_idx, 1)
+            module.in_channels = len(in_idx)
+    elif kind == "linear":
+        if out_idx is not None:
+            _take(module, "weight", out_idx, 0)
+            _take(module, "bias", out_idx, 0)
+            module.out_features = len(out_idx)
+        if in_idx is not None:
+            _take(module, "weight", in_idx, 1)
+            module.in_features = len(in_idx)
+    elif kind == "depthwise" and in_idx is not None:
+        _take(module, "weight", in_idx, 0)
+        _take(module, "bias", in_idx, 0)
+        module.in_channels = module.out_channels = module.groups = len(in_idx)
+    elif kind == "norm" and in_idx is not None:
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            _take(module, attr, in_idx, 0)
+        if hasattr(module, "num_features"):
+            module.num_features = len(in_idx)
+        if isinstance(module, nn.GroupNorm):
+            module.num_channels = module.num_groups = len(in_idx)
+    elif kind == "prelu" and in_idx is not None:
+        _take(module, "weight", in_idx, 0)
+        module.num_parameters = len(in_idx)
+
+
+def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
+         inplace: bool = False) -> nn.Module:
+    """Return ``model`` with only the kept channels of each group.
+
+    ``keep`` maps group ids or keys to kept channel indices (groups not listed keep all). Masks
+    attached by :class:`ChannelMasker` are removed first (their keep-set is what should be
+    passed here: ``masker.keep()``). The result is the same module classes with smaller layers.
+    """
+    idx = structure.normalise_keep(keep)
+    model = model if inplace else copy.deepcopy(model)
+    strip_all_masks(model)
+    modules = dict(model.named_modules())
+    for role in structure.roles.values():
+        in_idx = _input_index(role.in_segments, idx)
+        out_idx = idx.get(role.out_group) if role.out_group is not None else None
+        if in_idx is not None or out_idx is not None:
+            _slim_module(modules[role.name], role.kind, in_idx, out_idx)
+    for p in structure.params:
+        index = _input_index(p.segments, idx)
+        if index is None:
+            continue
+        owner = modules[p.module] if p.module else model
+        old = getattr(owner, p.attr)
+        dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
+        _take(owner, p.attr, index, dim)
+    return model

@@ -1,0 +1,117 @@
+"""The :class:`ChannelStructure` of a traced model and keep-set bookkeeping."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Union
+
+import torch
+from torch import nn
+
+from prunecli.errors import PrunecliError
+from prunecli.structure.trace import TraceResult, analyse
+from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice
+
+# group id or key -> kept channel indices
+KeepSpec = Mapping[Union[int, str], Union[Sequence[int], torch.Tensor]]
+
+
+class KeepError(PrunecliError):
+    """A keep-set that names an unknown or unprunable group, or an invalid channel."""
+
+
+@dataclass
+class ChannelStructure:
+    """Channel groups of one model, as traced on one example input shape."""
+
+    groups: list[ChannelGroup]
+    roles: dict[str, ModuleRole]
+    params: list[ParamSlice]
+    unknown_ops: list[str]
+    input_shape: tuple[int, ...]
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
+    calls: dict[str, int]
+    ignore: tuple[str, ...] = ()
+
+    @classmethod
+    def from_trace(cls, result: TraceResult, input_shape: tuple[int, ...],
+                   ignore: tuple[str, ...]) -> ChannelStructure:
+        return cls(result.groups, result.roles, result.params, result.unknown_ops,
+                   tuple(input_shape), result.shapes, result.calls, tuple(ignore))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def group(self, ref: int | str) -> ChannelGroup:
+        """A group by id or by key (its first producer's module name)."""
+        if isinstance(ref, int) and not isinstance(ref, bool):
+            if 0 <= ref < len(self.groups):
+                return self.groups[ref]
+        else:
+            for g in self.groups:
+                if g.key == ref:
+                    return g
+        raise KeepError(f"no channel group {ref!r}; groups are named by their first producer "
+                        "module (see `prunecli inspect`)")
+
+    def consumers_of_prunable(self) -> list[str]:
+        names: list[str] = []
+        for g in self.prunable_groups:
+            names += [c for c in g.consumers if c not in names]
+        return names
+
+    def prunable_channels(self) -> int:
+        return sum(g.size for g in self.prunable_groups)
+
+    def total_channels(self) -> int:
+        return sum(g.size for g in self.groups if g.producers)
+
+    # ------------------------------------------------------------------ keep-sets
+    def normalise_keep(self, keep: KeepSpec) -> dict[int, torch.Tensor]:
+        """Validate a keep-set: ids or keys -> sorted unique int64 indices, at least one each,
+        only prunable groups may lose channels."""
+        out: dict[int, torch.Tensor] = {}
+        for ref, idx in keep.items():
+            g = self.group(ref)
+            t = torch.as_tensor(idx, dtype=torch.int64).flatten().unique(sorted=True)
+            if t.numel() == g.size:
+                continue  # everything kept: nothing to do for this group
+            if not g.prunable:
+                raise KeepError(f"group {g.key} cannot be pruned: {g.reason}")
+            if t.numel() == 0:
+                raise KeepError(f"group {g.key} would lose all {g.size} channels; keep at least "
+                                "one channel per group")
+            bad = t[(t < 0) | (t >= g.size)]
+            if bad.numel():
+                raise KeepError(f"group {g.key} has {g.size} channels; index {int(bad[0])} is "
+                                "out of range")
+            out[g.id] = t
+        return out
+
+    def keep_counts(self, keep: KeepSpec) -> dict[int, int]:
+        counts = {g.id: g.size for g in self.groups}
+        for gid, idx in self.normalise_keep(keep).items():
+            counts[gid] = int(idx.numel())
+        return counts
+
+    def keys_to_ids(self, keep: Mapping[str, Sequence[int]]) -> dict[int, torch.Tensor]:
+        return self.normalise_keep(keep)
+
+    def ids_to_keys(self, keep: KeepSpec) -> dict[str, list[int]]:
+        return {self.groups[g].key: idx.tolist() for g, idx in self.normalise_keep(keep).items()}
+
+
+def trace_structure(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+                    ignore: Sequence[str] = ()) -> ChannelStructure:
+    """Trace ``model`` into channel groups.
+
+    ``example_inputs``: a batch (size 1 is enough) of the shape the model will see.
+    ``ignore``: module names or glob patterns (``"conv1"``, ``"fc"``, ``"layer4.*"``) whose
+    groups must not be pruned, such as the stem or the classifier.
+    """
+    x = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
+    result = analyse(model, example_inputs, tuple(ignore))
+    return ChannelStructure.from_trace(result, tuple(x.shape), tuple(ignore))

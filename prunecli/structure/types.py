@@ -1,0 +1,67 @@
+"""The channel structure of a model: which channels must be pruned together, and where.
+
+A *group* is one channel space: every producer writing it (convs/linears whose outputs are merged
+by residual adds or SE multiplications), every consumer reading it (convs/linears, possibly at
+an offset after a concatenation, or with a spatial factor after a flatten) and every follower
+that carries it per channel (norms, depthwise convs, per-channel parameters such as layer scale).
+Removing channel ``c`` of a group means removing output ``c`` of each producer, the matching
+input columns of each consumer and entry ``c`` of each follower.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Channels ``[0, length)`` of ``group`` occupy inputs ``[offset, offset + length*spatial)``
+    of a module; each channel spans ``spatial`` consecutive features (flatten -> linear)."""
+
+    group: int
+    offset: int
+    length: int
+    spatial: int = 1
+
+
+@dataclass(frozen=True)
+class ParamSlice:
+    """A per-channel tensor (``module.attr``) outside any known layer, e.g. a layer-scale gamma
+    applied with ``x * gamma``; sliced like a follower."""
+
+    module: str
+    attr: str
+    segments: tuple[Segment, ...]
+
+
+@dataclass
+class ChannelGroup:
+    """One channel space and everything that touches it."""
+
+    id: int
+    size: int
+    key: str  # stable name: the first producer's module name (or a description)
+    producers: list[str] = field(default_factory=list)  # modules whose output is this group
+    consumers: list[str] = field(default_factory=list)  # modules reading it on their input side
+    followers: list[str] = field(default_factory=list)  # per-channel modules (norms, depthwise)
+    params: list[str] = field(default_factory=list)  # per-channel parameters ("module.attr")
+    reasons: list[str] = field(default_factory=list)  # why it cannot be pruned (empty: prunable)
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+@dataclass
+class ModuleRole:
+    """How one module touches channels. ``in_segments`` cover its whole input-channel axis,
+    ``out_group`` is set for producers, ``kind`` names the slicing rule."""
+
+    name: str
+    kind: str  # "conv", "linear", "convT", "depthwise", "norm", "prelu", "layernorm"
+    in_segments: tuple[Segment, ...] = ()
+    out_group: int | None = None
