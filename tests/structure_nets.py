@@ -1,0 +1,198 @@
+"""Small networks, each built to exercise one channel-coupling case of the tracer."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cbr(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class Residual(nn.Module):
+    """Identity and projection shortcuts: one residual stream group per stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.a1, self.a2 = cbr(8, 6), nn.Sequential(nn.Conv2d(6, 8, 3, 1, 1), nn.BatchNorm2d(8))
+        self.b1, self.b2 = cbr(8, 12, stride=2), nn.Conv2d(12, 16, 3, 1, 1)
+        self.proj = nn.Conv2d(8, 16, 1, 2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = F.relu(x + self.a2(self.a1(x)))
+        x = F.relu(self.proj(x) + self.b2(self.b1(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    """Two branches concatenated (offsets), a BN over the concatenation, a consumer of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 6, 3, padding=1)
+        self.b = nn.Conv2d(3, 10, 1)
+        self.bn = nn.BatchNorm2d(16)
+        self.c = nn.Conv2d(16, 7, 3, padding=1)
+        self.d = nn.Conv2d(23, 4, 1)  # reads cat(c, a, b) in another order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.a(x), self.b(x)
+        y = torch.relu(self.bn(torch.cat([a, b], dim=1)))
+        z = self.c(y)
+        return self.d(torch.cat([z, a, b], 1)).mean((2, 3))
+
+
+class Split(nn.Module):
+    """A channel split in forward code: its spaces cannot be pruned (sizes are hard-coded)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(4, 6, 1)
+        self.c = nn.Conv2d(10, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        left, right = self.a(x).chunk(2, dim=1)
+        return self.c(torch.cat([self.b(left), right], 1)).mean((2, 3))
+
+
+class Depthwise(nn.Module):
+    """Inverted residual: expand, depthwise (follows its group), project."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = cbr(3, 12, 1)
+        self.dw = cbr(12, 12, 3, groups=12)
+        self.project = nn.Conv2d(12, 6, 1)
+        self.head = nn.Conv2d(6, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.project(self.dw(self.expand(x)))).mean((2, 3))
+
+
+class SqueezeExcite(nn.Module):
+    """x * sigmoid(fc2(relu(fc1(pool(x))))): fc2's output joins x's group, fc1 reads it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = cbr(3, 12)
+        self.fc1 = nn.Conv2d(12, 4, 1)
+        self.fc2 = nn.Conv2d(4, 12, 1)
+        self.out = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        s = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        return self.out(x * s).mean((2, 3))
+
+
+class FlattenLinear(nn.Module):
+    """conv -> flatten (4x4 positions per channel) -> linear -> BN1d -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = cbr(3, 6)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.fc1 = nn.Linear(6 * 16, 20)
+        self.bn = nn.BatchNorm1d(20)
+        self.fc2 = nn.Linear(20, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.pool(self.conv(x)), 1)
+        return self.fc2(F.relu(self.bn(self.fc1(x))))
+
+
+class SharedConsumer(nn.Module):
+    """One conv applied to two tensors: their spaces must be pruned alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(3, 8, 1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.shared(self.a(x)) + self.shared(self.b(x))).mean((2, 3))
+
+
+class FeatureOutput(nn.Module):
+    """Returns an intermediate feature map: that group reaches the output and stays whole."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = cbr(3, 8)
+        self.b = cbr(8, 8)
+        self.c = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.a(x)
+        return self.c(self.b(feat)).mean((2, 3)), feat
+
+
+class UnknownOp(nn.Module):
+    """A softmax over the channels mixes them: the tracer must refuse to prune that group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 6, 1)
+        self.c = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.softmax(self.a(x), dim=1)
+        return self.c(self.b(y)).mean((2, 3))
+
+
+class LayerScaleGroupNorm(nn.Module):
+    """A per-channel parameter used as x * gamma, a GroupNorm with one channel per group
+    (per-channel: prunable) and one with fewer groups (mixes channels: not prunable)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn_per_channel = nn.GroupNorm(8, 8)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.b = nn.Conv2d(8, 6, 1)
+        self.gn_mixing = nn.GroupNorm(2, 6)
+        self.c = nn.Conv2d(6, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gn_per_channel(self.a(x)) * self.gamma.reshape(1, -1, 1, 1)
+        return self.c(self.gn_mixing(self.b(y))).mean((2, 3))
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's shuffle regroups channels through a reshape: not prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.b(y).mean((2, 3))
+
+
+class DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return self.a(x)
+        return x
+
+
+EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
+              FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle]

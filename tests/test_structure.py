@@ -1,0 +1,308 @@
+"""Channel structure: group discovery, exact slimming, masks, save/load, export."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from prunecli.structure import (
+    ChannelMasker,
+    KeepError,
+    TraceError,
+    export_onnx,
+    export_torchscript,
+    kept_count,
+    l1_scores,
+    load_slim,
+    random_keep,
+    save_slim,
+    slim,
+    top_k_keep,
+    trace_structure,
+)
+from tests import structure_nets as nets
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def _randomise_norms(model: nn.Module) -> None:
+    """Non-trivial BN statistics, so a wrongly sliced norm shows in the output."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=g))
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+
+
+def _first(out: torch.Tensor | tuple) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def assert_exact(model: nn.Module, keep: dict, x: torch.Tensor = X) -> nn.Module:
+    """Masked model and slimmed model give the same eval output (rel. diff <= 1e-4)."""
+    structure = trace_structure(model, x)
+    small = slim(model, structure, keep)
+    masker = ChannelMasker(model, structure)
+    masker.set_keep(keep)
+    with torch.no_grad():
+        masked, slimmed = _first(model(x)), _first(small(x))
+    masker.remove()
+    scale = masked.abs().max().clamp_min(1e-6)
+    assert masked.shape == slimmed.shape
+    assert ((masked - slimmed).abs().max() / scale).item() <= 1e-4
+    return small
+
+
+def _net(cls: type[nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    model = cls().eval()
+    _randomise_norms(model)
+    return model
+
+
+def _params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("cls", nets.EXACT_NETS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_keep_sets_slim_exactly(cls: type[nn.Module], seed: int) -> None:
+    model = _net(cls)
+    structure = trace_structure(model, X)
+    keep = random_keep(structure, 0.6, torch.Generator().manual_seed(seed))
+    small = assert_exact(model, keep)
+    if structure.prunable_groups:
+        assert _params(small) < _params(model)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cls=st.sampled_from(nets.EXACT_NETS), data=st.data())
+def test_any_keep_set_is_exact(cls: type[nn.Module], data: st.DataObject) -> None:
+    """Property: every non-empty keep-set of every prunable group slims exactly."""
+    model = _net(cls)
+    structure = trace_structure(model, X)
+    keep = {}
+    for g in structure.prunable_groups:
+        chosen = data.draw(st.sets(st.integers(0, g.size - 1), min_size=1, max_size=g.size))
+        keep[g.id] = sorted(chosen)
+    assert_exact(model, keep)
+
+
+# ------------------------------------------------------------------ discovered structure
+def _group_of(structure, producer: str):
+    return next(g for g in structure.groups if producer in g.producers)
+
+
+def test_residual_stream_is_one_group() -> None:
+    s = trace_structure(_net(nets.Residual), X)
+    stage1 = _group_of(s, "stem.0")
+    assert set(stage1.producers) == {"stem.0", "a2.0"}
+    assert {"a1.0", "b1.0", "proj"} <= set(stage1.consumers)
+    assert {"stem.1", "a2.1"} <= set(stage1.followers)
+    stage2 = _group_of(s, "proj")
+    assert set(stage2.producers) == {"proj", "b2"} and stage2.consumers == ["head"]
+    assert stage1.prunable and stage2.prunable
+
+
+def test_concat_offsets() -> None:
+    s = trace_structure(_net(nets.Concat), X)
+    d_in = s.roles["d"].in_segments
+    assert [(s.groups[x.group].key, x.offset, x.length) for x in d_in] == [
+        ("c", 0, 7), ("a", 7, 6), ("b", 13, 10)]
+    bn = s.roles["bn"].in_segments
+    assert [(s.groups[x.group].key, x.offset) for x in bn] == [("a", 0), ("b", 6)]
+
+
+def test_flatten_into_linear_has_a_spatial_factor() -> None:
+    s = trace_structure(_net(nets.FlattenLinear), X)
+    (seg,) = s.roles["fc1"].in_segments
+    assert seg.spatial == 16 and seg.length == 6
+    assert "bn" in _group_of(s, "fc1").followers
+
+
+def test_squeeze_excite_joins_the_gated_group() -> None:
+    s = trace_structure(_net(nets.SqueezeExcite), X)
+    g = _group_of(s, "conv.0")
+    assert set(g.producers) == {"conv.0", "fc2"}
+    assert set(g.consumers) == {"fc1", "out"}
+    assert g.prunable
+
+
+def test_depthwise_follows_its_group() -> None:
+    s = trace_structure(_net(nets.Depthwise), X)
+    g = _group_of(s, "expand.0")
+    assert "dw.0" in g.followers and g.consumers == ["project"]
+
+
+def test_shared_consumer_merges_its_inputs() -> None:
+    s = trace_structure(_net(nets.SharedConsumer), X)
+    assert _group_of(s, "a") is _group_of(s, "b")
+
+
+@pytest.mark.parametrize("cls,producer,reason", [
+    (nets.Split, "a", "op not understood: Tensor.chunk"),
+    (nets.FeatureOutput, "a.0", "reaches the model output"),
+    (nets.UnknownOp, "a", "op not understood: softmax"),
+    (nets.ChannelShuffle, "a", "regroups channels"),
+    (nets.LayerScaleGroupNorm, "b", "GroupNorm gn_mixing mixes channels"),
+])
+def test_unprunable_groups_say_why(cls, producer, reason) -> None:
+    g = _group_of(trace_structure(_net(cls), X), producer)
+    assert not g.prunable and reason in g.reason
+
+
+def test_classifier_output_and_input_are_not_prunable() -> None:
+    s = trace_structure(_net(nets.Residual), X)
+    assert "reaches the model output" in _group_of(s, "head").reason
+    assert "model input" in next(g for g in s.groups if "stem.0" in g.consumers).reason
+
+
+def test_layer_scale_and_per_channel_groupnorm_are_sliced() -> None:
+    model = _net(nets.LayerScaleGroupNorm)
+    s = trace_structure(model, X)
+    g = _group_of(s, "a")
+    assert g.prunable and g.params == ["gamma"] and "gn_per_channel" in g.followers
+    small = slim(model, s, {"a": [0, 3, 5]})
+    assert small.gamma.shape == (3,) and small.gn_per_channel.num_groups == 3
+
+
+def test_unknown_op_warns_with_its_name(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        trace_structure(_net(nets.UnknownOp), X)
+    assert "softmax" in caplog.text
+
+
+def test_untraceable_model_is_a_clear_error() -> None:
+    with pytest.raises(TraceError, match="cannot trace DataDependent"):
+        trace_structure(nets.DataDependent(), X)
+
+
+def test_ignore_patterns_exclude_layers() -> None:
+    s = trace_structure(_net(nets.Residual), X, ignore=["stem.*"])
+    assert "excluded by the user (stem.*)" in _group_of(s, "stem.0").reason
+    assert _group_of(s, "a1.0").prunable
+
+
+# ------------------------------------------------------------------ keep-sets
+def test_keep_set_validation() -> None:
+    s = trace_structure(_net(nets.FeatureOutput), X)
+    with pytest.raises(KeepError, match="cannot be pruned"):
+        s.normalise_keep({"a.0": [0, 1]})
+    with pytest.raises(KeepError, match="at least one"):
+        s.normalise_keep({"b.0": []})
+    with pytest.raises(KeepError, match="out of range"):
+        s.normalise_keep({"b.0": [0, 8]})
+    with pytest.raises(KeepError, match="no channel group"):
+        s.normalise_keep({"nope": [0]})
+    assert s.normalise_keep({"b.0": list(range(8))}) == {}  # keeping all is a no-op
+
+
+def test_kept_count_rounding() -> None:
+    assert kept_count(64, 0.5, round_to=8) == 32
+    assert kept_count(64, 0.3, round_to=8) == 16  # 19.2 -> 16
+    assert kept_count(6, 0.5, round_to=8) == 3  # narrower than 8: plain rounding
+    assert kept_count(10, 0.01) == 1  # never empty
+
+
+def test_l1_keep_on_a_registry_model() -> None:
+    from prunecli.models import build_model
+
+    model = build_model({"name": "resnet20"}, num_classes=10, in_chans=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    s = trace_structure(model, x)
+    keep = top_k_keep(l1_scores(model, s), keep_ratio=0.5, round_to=8)
+    assert all(len(v) % 8 == 0 for v in keep.values())
+    assert_exact(model, keep, x)
+
+
+# ------------------------------------------------------------------ masks
+@pytest.mark.parametrize("soft", [False, True])
+def test_soft_masks_pass_gradients_to_masked_weights(soft: bool) -> None:
+    model = _net(nets.Residual).train()
+    s = trace_structure(model, X)
+    masker = ChannelMasker(model, s, soft=soft)
+    masker.set_keep({"stem.0": [0, 1, 2, 3]})
+    model(X).square().sum().backward()
+    grad = model.a1[0].parametrizations.weight.original.grad
+    masked_cols = grad[:, 4:].abs().sum().item()
+    assert (masked_cols > 0) == soft
+    assert grad[:, :4].abs().sum().item() > 0
+
+
+def test_masks_are_saved_in_the_state_dict() -> None:
+    model = _net(nets.Residual)
+    s = trace_structure(model, X)
+    ChannelMasker(model, s).set_keep({"stem.0": [1, 5]})
+    other = _net(nets.Residual)
+    restored = ChannelMasker(other, s)
+    other.load_state_dict(model.state_dict())
+    restored.sync_from_buffers()
+    assert restored.keep()[_group_of(s, "stem.0").id].tolist() == [1, 5]
+    with torch.no_grad():
+        assert torch.equal(model(X), other(X))
+
+
+# ------------------------------------------------------------------ save, load, export
+def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
+    from prunecli.models import build_model
+
+    cfg = {"name": "resnet20", "source": "prunecli"}
+    model = build_model(cfg, num_classes=10, in_chans=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    s = trace_structure(model, x[:1])
+    keep = random_keep(s, 0.5, torch.Generator().manual_seed(3))
+    small = slim(model, s, keep)
+    path = save_slim(tmp_path / "small.pt", small, s, keep, cfg, num_classes=10, in_chans=1)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(small(x), tmp_path / "y.pt")
+    code = (
+        "import sys, torch\n"
+        "from prunecli.structure import load_slim\n"
+        "d = sys.argv[1]\n"
+        "m = load_slim(d + '/small.pt').model\n"
+        "x = torch.load(d + '/x.pt', weights_only=True)\n"
+        "y = torch.load(d + '/y.pt', weights_only=True)\n"
+        "assert torch.allclose(m(x), y, atol=1e-5), (m(x) - y).abs().max()\n"
+        "print(sum(p.numel() for p in m.parameters()))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout.strip()) == _params(small) < _params(model)
+    raw = torch.load(path, weights_only=True)  # plain tensors and values only
+    assert raw["format"] == "prunecli-slim"
+    assert load_slim(path).keep.keys() == s.normalise_keep(keep).keys()
+
+
+def test_corrupt_slim_file_is_a_clear_error(tmp_path: Path) -> None:
+    from prunecli.errors import CheckpointError
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_slim(bad)
+    torch.save({"model": {}}, tmp_path / "train.pt")
+    with pytest.raises(CheckpointError, match="not a slim-model file"):
+        load_slim(tmp_path / "train.pt")
+
+
+def test_export_torchscript_and_onnx(tmp_path: Path) -> None:
+    model = _net(nets.Residual)
+    s = trace_structure(model, X)
+    small = slim(model, s, random_keep(s, 0.5, torch.Generator().manual_seed(0)))
+    ts = torch.jit.load(str(export_torchscript(small, X, tmp_path / "m.ts")))
+    with torch.no_grad():
+        assert torch.allclose(ts(X), small(X), atol=1e-6)
+    onnx_path = export_onnx(small, X, tmp_path / "m.onnx")
+    assert onnx_path.stat().st_size > 1000
