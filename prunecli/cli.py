@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "train": "train a model, dense (method=none) or with a pruning method",
     "eval": "evaluate a checkpoint (or model.weights) on a dataset",
     "list": "list the methods, models, datasets and costs prunecli knows",
+    "inspect": "show a model's channel groups: sizes, layers, prunable or why not, MACs",
+    "slim": "turn a masked training checkpoint into a smaller model file",
 }
 
 # Hydra flags whose next argument is a value (not a command word)

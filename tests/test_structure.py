@@ -306,3 +306,15 @@ def test_export_torchscript_and_onnx(tmp_path: Path) -> None:
         assert torch.allclose(ts(X), small(X), atol=1e-6)
     onnx_path = export_onnx(small, X, tmp_path / "m.onnx")
     assert onnx_path.stat().st_size > 1000
+
+
+def test_slimming_a_masked_model_leaves_it_working() -> None:
+    """The slim copy shares parametrized classes with the original: removing its masks must not
+    break the masked model it came from."""
+    model = _net(nets.Residual)
+    s = trace_structure(model, X)
+    ChannelMasker(model, s).set_keep({"stem.0": [0, 2, 4]})
+    small = slim(model, s, {"stem.0": [0, 2, 4]})
+    with torch.no_grad():
+        assert torch.allclose(model(X), small(X), atol=1e-5)
+    assert not hasattr(small.a1[0], "parametrizations")

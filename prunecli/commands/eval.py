@@ -1,7 +1,8 @@
 """``prunecli eval ckpt=RUN_DIR_OR_FILE``: accuracy, MACs and params of a trained model.
 
-With ``ckpt`` the model and dataset come from the checkpoint's own config (so the right
-architecture is rebuilt); ``data.*`` overrides typed on the command line still apply, e.g. a
+With ``ckpt`` (a training run/checkpoint, masks applied, or a ``prunecli slim`` file) the model
+and dataset come from the file's own config (so the right architecture is rebuilt); ``data.*``
+overrides typed on the command line still apply, e.g. a
 different ``data.root``. Without ``ckpt`` the ``model`` config is built, with
 ``model.weights=FILE`` for trained weights.
 """
@@ -23,33 +24,32 @@ def main(cfg: DictConfig) -> float:
 
     from prunecli.cost import count_macs, count_params
     from prunecli.data import build_datasets
-    from prunecli.engine import checkpoint as ckpt_io
     from prunecli.engine.distributed import resolve_device
     from prunecli.engine.evaluate import evaluate
     from prunecli.engine.precision import Precision
     from prunecli.models import build_model
     from prunecli.report import report_run
+    from prunecli.structure.from_checkpoint import load_masked_model
+    from prunecli.structure.io import is_slim_file, load_slim
 
     t0 = time.time()
-    model_cfg, data_cfg, state = cfg.model, cfg.data, None
+    model_cfg, data_cfg, model = cfg.model, cfg.data, None
     if cfg.ckpt:
-        ckpt = ckpt_io.load_checkpoint(cfg.ckpt)
-        if "model" not in ckpt or "config" not in ckpt:
-            from prunecli.errors import CheckpointError
-
-            raise CheckpointError(f"{cfg.ckpt} has no model/config; pass a `prunecli train` "
-                                  "run dir or its last.pt, or use model.weights=FILE")
-        saved = OmegaConf.create(ckpt["config"])
-        model_cfg = saved.model
-        data_over = [o for o in task_overrides() if o.lstrip("+").startswith("data.")]
-        data_cfg = OmegaConf.merge(saved.data, OmegaConf.from_dotlist(
-            [o.lstrip("+")[len("data."):] for o in data_over]))
-        state = ckpt["model"]
+        if is_slim_file(cfg.ckpt):  # a `prunecli slim` output
+            small = load_slim(cfg.ckpt)
+            model, saved_data = small.model, small.extra.get("data_config") or cfg.data
+            model_cfg = OmegaConf.create(small.model_config)
+        else:  # a training checkpoint; masked channels stay masked
+            loaded = load_masked_model(cfg.ckpt)
+            model, saved_data = loaded.model, loaded.data_config
+            model_cfg = OmegaConf.create(loaded.model_config)
+        data_over = [o.lstrip("+")[len("data."):] for o in task_overrides()
+                     if o.lstrip("+").startswith("data.")]
+        data_cfg = OmegaConf.merge(saved_data, OmegaConf.from_dotlist(data_over))
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(data_cfg)
-    model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
-    if state is not None:
-        model.load_state_dict(state)
+    if model is None:
+        model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
     model.to(device)
     loader = DataLoader(data.val, batch_size=data_cfg.eval_batch_size or 2 * data_cfg.batch_size,
                         num_workers=data_cfg.num_workers)

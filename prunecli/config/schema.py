@@ -118,3 +118,25 @@ class ListConfig:
     """``prunecli list [what=methods|models|datasets|costs|all]``."""
 
     what: str = "all"
+
+
+@dataclass
+class SlimConfig:
+    """``prunecli slim ckpt=RUN_DIR``: write the slimmed model of a masked training run."""
+
+    ckpt: str = "???"  # a `prunecli train` run directory or checkpoint file
+    out: Optional[str] = None  # default: slim.pt next to the checkpoint
+    batch_size: int = 8  # images in the masked-vs-slimmed check
+    tolerance: float = 1e-4  # max |masked - slimmed| / max |masked|
+
+
+@dataclass
+class InspectConfig:
+    """``prunecli inspect model=NAME``: the channel groups of a model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ckpt: Optional[str] = None  # inspect a training checkpoint's model (and its masks) instead
+    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])  # C, H, W
+    num_classes: int = 1000
+    ignore: list[str] = field(default_factory=list)  # module names/globs left unpruned
+    show: str = "all"  # all | prunable | unprunable

@@ -28,7 +28,8 @@ _GROUPS = {
     "trainer": schema.TrainerConfig,
     "cost": schema.CostConfig,
 }
-_PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig}
+_PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
+            "slim": schema.SlimConfig, "inspect": schema.InspectConfig}
 
 _done = False
 

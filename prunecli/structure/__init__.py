@@ -12,6 +12,7 @@ and load slimmed models without pickled code.
 from prunecli.structure.export import export_onnx, export_torchscript
 from prunecli.structure.io import SlimModel, load_slim, save_slim
 from prunecli.structure.keep import kept_count, l1_scores, random_keep, top_k_keep
+from prunecli.structure.masked_state import has_masks, keep_from_masks, split_masked_state_dict
 from prunecli.structure.masks import ChannelMasker, InputChannelMask, strip_all_masks
 from prunecli.structure.slim import slim
 from prunecli.structure.structure import ChannelStructure, KeepError, trace_structure
@@ -21,6 +22,7 @@ from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segme
 __all__ = [
     "ChannelGroup", "ChannelMasker", "ChannelStructure", "InputChannelMask", "KeepError",
     "ModuleRole", "ParamSlice", "Segment", "SlimModel", "TraceError", "export_onnx",
-    "export_torchscript", "kept_count", "l1_scores", "load_slim", "random_keep", "save_slim",
-    "slim", "strip_all_masks", "top_k_keep", "trace_structure",
+    "export_torchscript", "has_masks", "keep_from_masks", "kept_count", "l1_scores",
+    "load_slim", "random_keep", "save_slim",
+    "slim", "split_masked_state_dict", "strip_all_masks", "top_k_keep", "trace_structure",
 ]

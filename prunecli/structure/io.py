@@ -77,6 +77,16 @@ def save_slim(path: str | os.PathLike[str], model: nn.Module, structure: Channel
     return save_atomic(state, path)
 
 
+def is_slim_file(path: str | os.PathLike[str]) -> bool:
+    """True for files written by :func:`save_slim` (a training checkpoint gives False)."""
+    from prunecli.engine.checkpoint import resolve_checkpoint
+
+    p = resolve_checkpoint(path)
+    if p.suffix and p.suffix not in (".pt", ".pth"):
+        return False
+    return load_checkpoint(p).get("format") == FORMAT
+
+
 def load_slim(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
               ) -> SlimModel:
     """Rebuild a slimmed model from the registry and load its weights (no code is unpickled)."""

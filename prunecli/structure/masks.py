@@ -113,14 +113,22 @@ class ChannelMasker:
 
 
 def remove_masks(module: nn.Module) -> None:
-    """Drop prunecli's mask parametrizations from a module, keeping the stored weights."""
+    """Drop prunecli's mask from a module's weight, keeping the stored (unmasked) weight.
+
+    Unlike ``parametrize.remove_parametrizations`` this never edits the injected
+    ``Parametrized<Class>`` class, which a deep copy shares with its original: removing masks
+    from a copy must not break the model it was copied from.
+    """
     if not parametrize.is_parametrized(module, "weight"):
         return
-    others = [p for p in module.parametrizations.weight if not isinstance(p, InputChannelMask)]
-    if others:
-        raise ValueError(f"{type(module).__name__} has other weight parametrizations; remove "
-                         "them before slimming")
-    parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+    plist = module.parametrizations.weight
+    if any(not isinstance(p, InputChannelMask) for p in plist) or len(module.parametrizations) > 1:
+        raise ValueError(f"{type(module).__name__} has other parametrizations; remove them "
+                         "before slimming")
+    original = plist.original
+    module.__class__ = module.__class__.__bases__[0]
+    del module._modules["parametrizations"]
+    module.register_parameter("weight", original)
 
 
 def strip_all_masks(model: nn.Module) -> None:

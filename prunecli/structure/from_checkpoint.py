@@ -1,0 +1,55 @@
+"""Rebuild the model of a `prunecli train` checkpoint, with its channel masks applied."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunecli.engine.checkpoint import load_checkpoint
+from prunecli.errors import CheckpointError
+from prunecli.structure.masked_state import keep_from_masks, split_masked_state_dict
+from prunecli.structure.masks import ChannelMasker
+from prunecli.structure.structure import ChannelStructure, trace_structure
+
+
+@dataclass
+class MaskedModel:
+    model: nn.Module  # dense shapes, masks attached when the checkpoint had any
+    structure: ChannelStructure
+    keep: dict[int, torch.Tensor]  # empty when nothing is masked
+    model_config: dict[str, Any]
+    data_config: dict[str, Any]
+    num_classes: int
+    in_chans: int
+    example: torch.Tensor  # a batch-1 input of the training image size
+    epoch: int
+
+
+def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
+    """The model as it was trained: same architecture, weights and masks."""
+    from prunecli.models import build_model
+
+    ckpt = load_checkpoint(path)
+    if "model" not in ckpt or "config" not in ckpt or "data_info" not in ckpt:
+        raise CheckpointError(f"{path} is not a `prunecli train` checkpoint (needs model, config "
+                              "and data_info); pass a run directory or its last.pt")
+    cfg, info = ckpt["config"], ckpt["data_info"]
+    model = build_model(cfg["model"], num_classes=info["num_classes"], in_chans=info["channels"])
+    example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
+                          generator=torch.Generator().manual_seed(0))
+    structure = trace_structure(model, example)
+    plain, masks = split_masked_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(plain)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {cfg['model']['name']} "
+                              f"({str(exc).splitlines()[0]})") from exc
+    keep = keep_from_masks(structure, masks) if masks else {}
+    if keep:
+        ChannelMasker(model, structure).set_keep(keep)
+    return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
+                       info["num_classes"], info["channels"], example, int(ckpt.get("epoch", 0)))

@@ -1,0 +1,70 @@
+"""`prunecli slim`, `inspect` and `eval` on a masked training checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prunecli.engine.checkpoint import load_checkpoint, save_atomic
+from prunecli.structure import ChannelMasker, load_slim, random_keep
+from prunecli.structure.from_checkpoint import load_masked_model
+from tests.conftest import read_results
+
+SMOKE = ["experiment=smoke", "trainer.epochs=1", "data.train_size=64", "data.val_size=32",
+         "data.image_size=16"]
+
+
+def _masked_checkpoint(run: Path) -> tuple[Path, dict]:
+    """Mask a trained run's model as a pruning method would, and save it as a checkpoint."""
+    loaded = load_masked_model(run)
+    keep = random_keep(loaded.structure, 0.5, torch.Generator().manual_seed(0))
+    ChannelMasker(loaded.model, loaded.structure).set_keep(keep)
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt["model"] = loaded.model.state_dict()
+    out = run / "masked" / "last.pt"
+    save_atomic(ckpt, out)
+    return out, keep
+
+
+def test_slim_inspect_and_eval_of_a_masked_run(run_cli, tmp_path: Path, capsys) -> None:
+    run = run_cli("train", *SMOKE)
+    masked_ckpt, keep = _masked_checkpoint(run)
+
+    run_cli("slim", f"ckpt={masked_ckpt.parent}", run_dir=tmp_path / "slim_run")
+    out = capsys.readouterr().out
+    assert "MACs" in out and "max relative difference" in out
+    small = load_slim(masked_ckpt.parent / "slim.pt")
+    masked = load_masked_model(masked_ckpt)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(small.model(x), masked.model(x), atol=1e-5)
+    assert sum(p.numel() for p in small.model.parameters()) < sum(
+        p.numel() for n, p in masked.model.named_parameters())
+
+    run_cli("inspect", f"ckpt={masked_ckpt}", run_dir=tmp_path / "inspect")
+    table = capsys.readouterr().out
+    some = next(iter(keep.values()))
+    assert f"{len(some)}/" in table  # kept/size shown for pruned groups
+
+    ev_masked = read_results(run_cli("eval", f"ckpt={masked_ckpt}", run_dir=tmp_path / "e1"))
+    ev_slim = read_results(run_cli("eval", f"ckpt={masked_ckpt.parent / 'slim.pt'}",
+                                   run_dir=tmp_path / "e2"))
+    assert abs(ev_masked["top1"] - ev_slim["top1"]) < 1e-6
+    assert ev_slim["macs"] < ev_masked["macs"]
+
+
+def test_slim_of_an_unmasked_run_says_there_is_nothing_to_do(run_cli, capsys) -> None:
+    import pytest
+
+    run = run_cli("train", *SMOKE)
+    with pytest.raises(SystemExit) as err:
+        run_cli("slim", f"ckpt={run}")
+    assert err.value.code == 2 and "nothing to slim" in capsys.readouterr().err
+
+
+def test_inspect_a_registry_model(run_cli, capsys) -> None:
+    run_cli("inspect", "model=mobilenet_v1", "input_size=[3,64,64]", "num_classes=10",
+            "ignore=[fc]")
+    out = capsys.readouterr().out
+    assert "excluded by the user (fc)" in out and "groups" in out
