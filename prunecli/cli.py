@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "list": "list the methods, models, datasets and costs prunecli knows",
     "inspect": "show a model's channel groups: sizes, layers, prunable or why not, MACs",
     "slim": "turn a masked training checkpoint into a smaller model file",
+    "export": "export a slim model (or a training checkpoint) to ONNX or TorchScript",
 }
 
 # Hydra flags whose next argument is a value (not a command word)

@@ -68,3 +68,17 @@ def test_inspect_a_registry_model(run_cli, capsys) -> None:
             "ignore=[fc]")
     out = capsys.readouterr().out
     assert "excluded by the user (fc)" in out and "groups" in out
+
+
+def test_export_command(run_cli, tmp_path: Path) -> None:
+    run = run_cli("train", *SMOKE)
+    masked_ckpt, _ = _masked_checkpoint(run)
+    run_cli("slim", f"ckpt={masked_ckpt}", run_dir=tmp_path / "s")
+    slim_file = masked_ckpt.parent / "slim.pt"
+    run_cli("export", f"ckpt={slim_file}", "format=torchscript", run_dir=tmp_path / "x1")
+    ts = torch.jit.load(str(slim_file.with_suffix(".ts")))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(ts(x), load_slim(slim_file).model(x), atol=1e-5)
+    run_cli("export", f"ckpt={slim_file}", "format=onnx", run_dir=tmp_path / "x2")
+    assert slim_file.with_suffix(".onnx").stat().st_size > 1000

@@ -140,3 +140,14 @@ class InspectConfig:
     num_classes: int = 1000
     ignore: list[str] = field(default_factory=list)  # module names/globs left unpruned
     show: str = "all"  # all | prunable | unprunable
+
+
+@dataclass
+class ExportConfig:
+    """``prunecli export ckpt=slim.pt format=onnx``: deployable files of a (slim) model."""
+
+    ckpt: str = "???"  # a `prunecli slim` file, or a training run/checkpoint (masks applied)
+    format: str = "onnx"  # onnx | torchscript
+    out: Optional[str] = None  # default: next to ckpt, with .onnx / .ts
+    batch_size: int = 1  # of the example input used for tracing (ONNX keeps the batch dynamic)
+    opset: int = 17

@@ -29,7 +29,8 @@ _GROUPS = {
     "cost": schema.CostConfig,
 }
 _PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
-            "slim": schema.SlimConfig, "inspect": schema.InspectConfig}
+            "slim": schema.SlimConfig, "inspect": schema.InspectConfig,
+            "export": schema.ExportConfig}
 
 _done = False
 
