@@ -44,7 +44,7 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, InstanceNorm* (per-channel)
 # subclasses with their own forward that are still "the base op" for slicing purposes
 _SAFE_SUBCLASSES = {"Conv2dSame", "BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct",
-                    "LayerNorm2d", "GroupNorm1Act"}
+                    "LayerNorm2d", "GroupNorm1Act", "Linear"}  # timm's Linear only casts dtypes
 
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -296,7 +296,7 @@ class _Analysis:
         cls = type(m).__name__
         if isinstance(m, _CONV) and (type(m).forward in _CONV_FORWARDS or cls in _SAFE_SUBCLASSES):
             return self.conv(node, name, m, x)
-        if isinstance(m, nn.Linear):
+        if isinstance(m, nn.Linear) and (type(m) is nn.Linear or cls in _SAFE_SUBCLASSES):
             return self.linear(node, name, m, x)
         if isinstance(m, _NORM) and (type(m).forward in _NORM_FORWARDS or cls in _SAFE_SUBCLASSES):
             if x.axis != 1:
@@ -408,7 +408,7 @@ class _Analysis:
         src, idx = node.args[0], node.args[1]
         value = self.layouts.get(src)
         if isinstance(value, _Layout):
-            if _keeps_channel_axis(idx, value.axis):
+            if _keeps_channel_axis(idx, value.axis, value.channels):
                 return _same_layout(node, value)
             raise _Unsupported("tensor indexing/slicing across channels")
         if _meta(node) is not None and _meta(src) is None and not isinstance(value, _Const):
@@ -552,16 +552,21 @@ def _same_layout(node: fx.Node, x: _Layout) -> _Layout:
     return _Layout(x.segs, x.axis, len(out.shape), x.spatial)
 
 
-def _keeps_channel_axis(idx: Any, axis: int) -> bool:
-    """``x[:, :, 1:]`` style indexing that leaves the channel axis whole."""
+def _keeps_channel_axis(idx: Any, axis: int, channels: int) -> bool:
+    """Indexing that leaves the channel axis whole, now and after pruning: ``x[:, :, 1:]``, and
+    ``x[:, :k]`` with ``k >= channels`` (GhostNet's ``out[:, :self.out_chs]``), which stays the
+    identity when the tensor gets narrower."""
     if not isinstance(idx, tuple):
         idx = (idx,)
-    if Ellipsis in idx:
+    if any(item is Ellipsis or item is None for item in idx):
         return False
-    for i, item in enumerate(idx):
-        if i == axis and item != slice(None):
+    for i, item in enumerate(idx[: axis + 1]):
+        if not isinstance(item, slice):
             return False
-        if i < axis and (not isinstance(item, slice) or item != slice(None)):
+        whole = item == slice(None) or (
+            item.start in (None, 0) and item.step in (None, 1)
+            and isinstance(item.stop, int) and item.stop >= channels)
+        if not whole and (i < axis or i == axis):
             return False
     return True
 
