@@ -88,6 +88,8 @@ class CostConfig:
 
     name: str = "macs"
     ratio: float = 0.0
+    batch_size: int = 1  # activations counted at this batch size (memory cost)
+    side_weight: float = 1.0  # how a layer's cost is split between its input and output group
 
 
 @dataclass

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-
-from prunecli.registry import Registry
-
-COSTS: Registry[Callable[[nn.Module, torch.Tensor], float]] = Registry("cost")
 
 
 @torch.no_grad()
@@ -32,17 +26,3 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 def count_params(model: nn.Module) -> int:
     """Parameters (``parameters()`` yields a shared tensor once); buffers are not counted."""
     return sum(p.numel() for p in model.parameters())
-
-
-@COSTS.register("macs", "multiply-accumulates of one forward pass (batch 1)")
-def _macs(model: nn.Module, example_input: torch.Tensor) -> float:
-    return float(count_macs(model, example_input))
-
-
-@COSTS.register("params", "number of parameters")
-def _params(model: nn.Module, example_input: torch.Tensor) -> float:
-    return float(count_params(model))
-
-
-def measure_cost(name: str, model: nn.Module, example_input: torch.Tensor) -> float:
-    return COSTS.get(name)(model, example_input)
