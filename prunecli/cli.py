@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "show a model's channel groups: sizes, layers, prunable or why not, MACs",
     "slim": "turn a masked training checkpoint into a smaller model file",
     "export": "export a slim model (or a training checkpoint) to ONNX or TorchScript",
+    "bench": "measure latency/throughput of a dense model and its slimmed version",
 }
 
 # Hydra flags whose next argument is a value (not a command word)

@@ -153,3 +153,22 @@ class ExportConfig:
     out: Optional[str] = None  # default: next to ckpt, with .onnx / .ts
     batch_size: int = 1  # of the example input used for tracing (ONNX keeps the batch dynamic)
     opset: int = 17
+
+
+@dataclass
+class BenchConfig:
+    """``prunecli bench ckpt=RUN_DIR/slim.pt``: measured speed of a dense and a slimmed model."""
+
+    ckpt: Optional[str] = None  # slim file or masked training checkpoint; None: the model alone
+    model: ModelConfig = field(default_factory=ModelConfig)  # used when ckpt is None
+    input_size: Optional[list[int]] = None  # C, H, W; default: the checkpoint's (or 3x224x224)
+    num_classes: int = 1000  # for model without ckpt
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile both models first (slow first call, then faster)
+    warmup: int = 10
+    repeats: int = 30
+    threads: Optional[int] = None  # torch CPU threads
+    onnx: bool = False  # also time ONNX exports with onnxruntime (CPU), if installed

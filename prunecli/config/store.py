@@ -30,7 +30,7 @@ _GROUPS = {
 }
 _PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
             "slim": schema.SlimConfig, "inspect": schema.InspectConfig,
-            "export": schema.ExportConfig}
+            "export": schema.ExportConfig, "bench": schema.BenchConfig}
 
 _done = False
 
