@@ -42,20 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-MAGIC = b"PRUNECLI-ARRAYS\x00"
+from prunecli.data.embedded import FASHION_MNIST_CLASSES as CLASSES
+from prunecli.data.embedded import MAGIC
+
 FORMAT_VERSION = 1
-CLASSES = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_OUT = REPO / "prunecli" / "data" / "embedded" / "fashion_mnist_20k_4k.xz"
