@@ -1,0 +1,43 @@
+"""Allocators: turn per-channel importance scores and per-group cost curves into how many
+channels every group keeps, under a cost budget.
+
+    options = [make_options(g, scores[g], cost_curves[g], round_to=8) for g in scores]
+    alloc = solve(options, budget)                  # SMCP: multiple-choice knapsack
+    keep = {g: top_channels(scores[g], c) for g, c in alloc.counts.items()}
+
+    alloc = solve_halp(scores, cost_curves, budget, group_size=8)   # HALP
+    keep = global_threshold(scores, prune_ratio=0.5)                # Network Slimming
+"""
+
+from prunecli.allocate.halp import (
+    chunk_counts,
+    halp_items,
+    halp_options,
+    solve_halp,
+    solve_halp_augmented,
+)
+from prunecli.allocate.knapsack import (
+    Allocation,
+    cheapest,
+    efficient,
+    pick_method,
+    solve,
+    solve_dp,
+    solve_pareto,
+    within_budget,
+)
+from prunecli.allocate.options import (
+    GroupOptions,
+    allowed_counts,
+    fixed_options,
+    make_options,
+    top_channels,
+)
+from prunecli.allocate.threshold import global_threshold, per_group_ratio, ratio_count
+
+__all__ = [
+    "Allocation", "GroupOptions", "allowed_counts", "cheapest", "chunk_counts", "efficient",
+    "fixed_options", "global_threshold", "halp_items", "halp_options", "make_options",
+    "per_group_ratio", "pick_method", "ratio_count", "solve", "solve_dp", "solve_halp",
+    "solve_halp_augmented", "solve_pareto", "top_channels", "within_budget",
+]
