@@ -9,6 +9,7 @@ channels every group keeps, under a cost budget.
     keep = global_threshold(scores, prune_ratio=0.5)                # Network Slimming
 """
 
+from prunecli.allocate.budget import BudgetResult, allocate_to_budget
 from prunecli.allocate.halp import (
     chunk_counts,
     halp_items,
@@ -36,7 +37,8 @@ from prunecli.allocate.options import (
 from prunecli.allocate.threshold import global_threshold, per_group_ratio, ratio_count
 
 __all__ = [
-    "Allocation", "GroupOptions", "allowed_counts", "cheapest", "chunk_counts", "efficient",
+    "Allocation", "BudgetResult", "GroupOptions", "allocate_to_budget", "allowed_counts",
+    "cheapest", "chunk_counts", "efficient",
     "fixed_options", "global_threshold", "halp_items", "halp_options", "make_options",
     "per_group_ratio", "pick_method", "ratio_count", "solve", "solve_dp", "solve_halp",
     "solve_halp_augmented", "solve_pareto", "top_channels", "within_budget",

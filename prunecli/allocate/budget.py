@@ -1,0 +1,103 @@
+"""Reach a cost budget on the real (non-additive) cost of a network.
+
+A conv's cost depends on the widths of two groups (its input and its output), so additive
+per-group cost curves are exact only at the point they were taken at. Relinearising at each
+answer oscillates (a heavily pruned point makes every channel look cheap), so this takes the
+curves once, at the uniformly pruned point that has the target cost (every group at
+``sqrt(keep)`` of its width when costs are bilinear), and then searches the knapsack budget by
+bisection until the answer's *exact* cost is at most the target and within ``tolerance``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prunecli.allocate.knapsack import solve
+from prunecli.allocate.options import as_array, fixed_options, make_options, top_channels
+from prunecli.errors import ConfigError
+
+
+@dataclass
+class BudgetResult:
+    counts: dict[int, int]  # kept channels per prunable group
+    keep: dict[int, np.ndarray]  # kept channel indices (the top-scoring ones)
+    cost: float  # exact cost of the result
+    target: float
+    dense: float
+    iterations: int
+    feasible: bool  # False: even the smallest allowed widths cost more than the target
+
+    @property
+    def ratio(self) -> float:
+        """Fraction of the dense cost kept."""
+        return self.cost / self.dense if self.dense else 1.0
+
+
+def _uniform_point(cost_model: Any, groups: list[int], target: float) -> np.ndarray:
+    """All scored groups scaled by one factor so the exact cost is the target (bisection)."""
+    lo, hi = 0.0, 1.0
+    full = cost_model.full
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        x = full.copy()
+        x[groups] = np.maximum(1, np.round(full[groups] * mid))
+        if cost_model.cost(x) > target:
+            hi = mid
+        else:
+            lo = mid
+    x = full.copy()
+    x[groups] = np.maximum(1, np.round(full[groups] * max(lo, 1e-6)))
+    return x
+
+
+def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: float,
+                       min_channels: int = 1, round_to: int = 1, side_weight: float = 1.0,
+                       method: str = "auto", tolerance: float = 0.005,
+                       max_iterations: int = 30) -> BudgetResult:
+    """Keep-counts for every scored group so the model's exact cost is at most
+    ``(1 - prune_ratio) * dense`` and, when reachable, within ``tolerance * dense`` of it.
+
+    ``cost_model``: a :class:`prunecli.cost.CostModel` (or the latency model); ``scores``:
+    per-channel importance of each prunable group (higher = keep).
+    """
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ConfigError(f"cost.ratio={prune_ratio} must be in [0, 1): the fraction of the dense "
+                          "cost to remove")
+    scores = {g: as_array(s) for g, s in scores.items()}
+    dense = cost_model.dense
+    target = (1.0 - prune_ratio) * dense
+    point = _uniform_point(cost_model, sorted(scores), target)
+    curves = cost_model.group_curves(point, side_weight=side_weight)
+    const = cost_model.cost(point) - math.fsum(curves[g][int(point[g])] for g in curves)
+    options = [make_options(g, scores[g], c, min_channels, round_to) if g in scores
+               else fixed_options(g, int(point[g]), float(c[int(point[g])]))
+               for g, c in curves.items()]
+
+    def attempt(budget: float) -> tuple[float, dict[int, int]]:
+        alloc = solve(options, budget - const, method=method)
+        counts = {g: c for g, c in alloc.counts.items() if g in scores}
+        return cost_model.cost(cost_model.counts_vector(counts)), counts
+
+    best: tuple[float, dict[int, int]] | None = None
+    lowest = attempt(const)  # the smallest widths allowed
+    lo, hi = const, 2.0 * dense
+    iterations = 0
+    while iterations < max_iterations:
+        iterations += 1
+        exact, counts = attempt((lo + hi) / 2)
+        if exact <= target:
+            lo = (lo + hi) / 2
+            if best is None or exact > best[0]:
+                best = (exact, counts)
+            if target - exact <= tolerance * dense:
+                break
+        else:
+            hi = (lo + hi) / 2
+    cost, counts = best or lowest
+    keep = {g: top_channels(scores[g], c) for g, c in counts.items()}
+    return BudgetResult(counts, keep, cost, target, dense, iterations, best is not None)
