@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "slim": "turn a masked training checkpoint into a smaller model file",
     "export": "export a slim model (or a training checkpoint) to ONNX or TorchScript",
     "bench": "measure latency/throughput of a dense model and its slimmed version",
+    "lut": "measure a latency table of a model's layers on this device (cost=latency)",
 }
 
 # Hydra flags whose next argument is a value (not a command word)

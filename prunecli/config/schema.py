@@ -90,6 +90,8 @@ class CostConfig:
     ratio: float = 0.0
     batch_size: int = 1  # activations counted at this batch size (memory cost)
     side_weight: float = 1.0  # how a layer's cost is split between its input and output group
+    table: Optional[str] = None  # cost=latency: the `prunecli lut` table file
+    allow_mismatch: bool = False  # cost=latency: use a table measured under other conditions
 
 
 @dataclass
@@ -172,3 +174,28 @@ class BenchConfig:
     repeats: int = 30
     threads: Optional[int] = None  # torch CPU threads
     onnx: bool = False  # also time ONNX exports with onnxruntime (CPU), if installed
+
+
+@dataclass
+class LutConfig:
+    """``prunecli lut model=NAME``: measure a latency table on this device (cost=latency)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])  # C, H, W
+    num_classes: int = 1000
+    batch_size: int = 1  # latency is measured at this batch size
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA)
+    channels_last: bool = False
+    step: int = 16  # channel grid step (plus 1 and every layer's full width)
+    warmup: int = 3  # calls before timing each point
+    repeats: int = 10  # timed calls per point (median)
+    rounds: int = 3  # passes over each chunk of points (median): load bursts spoil one pass only
+    threads: Optional[int] = None  # torch CPU threads; None = torch's default
+    out: Optional[str] = None  # default: lut_<model>_<device>_<dtype>_b<batch>.json in the cwd
+    resume: bool = True  # continue a table already at `out` (same conditions) instead of redoing
+    max_points: Optional[int] = None  # measure at most this many new points, then stop (resume)
+    check: bool = True  # time random slimmed models and report the table's prediction error
+    check_keep: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # kept fractions
+    check_repeats: int = 30  # timed calls per model in the check (interleaved, median)
+    seed: int = 0  # of the check's random keep-sets

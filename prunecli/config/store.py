@@ -30,7 +30,8 @@ _GROUPS = {
 }
 _PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
             "slim": schema.SlimConfig, "inspect": schema.InspectConfig,
-            "export": schema.ExportConfig, "bench": schema.BenchConfig}
+            "export": schema.ExportConfig, "bench": schema.BenchConfig,
+            "lut": schema.LutConfig}
 
 _done = False
 

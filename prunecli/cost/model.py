@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from prunecli.cost.counting import count_macs, count_params
 from prunecli.errors import ConfigError
 from prunecli.registry import Registry
 from prunecli.structure import ChannelStructure
+
+if TYPE_CHECKING:
+    from prunecli.cost.latency_model import LatencyCostModel
 
 
 @dataclass
@@ -169,17 +173,25 @@ COSTS: Registry[str] = Registry("cost")
 for _name, _doc in (
         ("macs", "multiply-accumulates of one image's forward pass (also: flops)"),
         ("params", "number of parameters"),
-        ("memory", "bytes of weights + layer outputs at cost.batch_size (inference memory)")):
+        ("memory", "bytes of weights + layer outputs at cost.batch_size (inference memory)"),
+        ("latency", "ms on a device, from a `prunecli lut` table (cost.table=PATH)")):
     COSTS.register(_name, _doc)(_name)
 
 
 def build_cost_model(name: str, model: nn.Module, structure: ChannelStructure,
                      example_inputs: torch.Tensor, batch_size: int = 1,
-                     bytes_per_value: int = 4) -> CostModel:
-    """``macs`` (per sample), ``params``, or ``memory`` (bytes of weights + output
-    activations of the modeled layers at ``batch_size``)."""
+                     bytes_per_value: int = 4, table: str | None = None,
+                     allow_mismatch: bool = False) -> CostModel | LatencyCostModel:
+    """``macs`` (per sample), ``params``, ``memory`` (bytes of weights + output
+    activations of the modeled layers at ``batch_size``), or ``latency`` (ms, from the
+    ``prunecli lut`` file ``table``)."""
     if name != "flops":
         COSTS.get(name)  # unknown names: the registry's one-line error with suggestions
+    if name == "latency":
+        from prunecli.cost.latency_model import build_latency_cost_model
+
+        return build_latency_cost_model(model, structure, example_inputs, table=table,
+                                        allow_mismatch=allow_mismatch)
     if name in ("macs", "flops"):
         terms = _terms(model, structure, "macs")
         dense = count_macs(model, example_inputs)
