@@ -22,6 +22,9 @@ def onnx_runners(models: dict[str, nn.Module], input_shape: tuple[int, ...], thr
     except ImportError as exc:
         raise PrunecliError("onnx=true needs onnxruntime: pip install onnxruntime") from exc
     options = ort.SessionOptions()
+    # onnxruntime's idle threads spin by default, starving the PyTorch calls timed in between
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     runners = {}
