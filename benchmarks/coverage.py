@@ -13,7 +13,9 @@ For each model (random init, eval mode, batch-1 input of its usual size) it meas
 * **exactness** -- a random keep-set removing 30% of every prunable group is applied twice: as
   input-channel masks on the original model (:class:`ChannelMasker`) and by physically slimming a
   copy (:func:`slim`). Both must compute the same function; the check passes when
-  ``max|masked - slimmed| / max|masked| <= 1e-4``. A mismatch means a slicing bug.
+  ``max|masked - slimmed| / max|masked| <= 1e-4``. A mismatch means a slicing bug. The check is
+  only worth something if the removed channels reach the logits, so the random init is first
+  made "live" (see :func:`excite`) and the change pruning makes to the output is recorded too.
 * **cost** -- MACs of one forward pass before and after slimming (:func:`count_macs`).
 * **speed** -- trace, slim and trace+slim seconds (median of 3; ``slim`` includes the deep copy it
   makes).
@@ -36,10 +38,12 @@ import argparse
 import contextlib
 import copy
 import datetime as dt
+import gc
 import json
 import logging
 import multiprocessing as mp
 import platform
+import re
 import statistics
 import time
 import warnings
@@ -56,7 +60,8 @@ from torch import nn
 
 KEEP_RATIO = 0.7  # 30% of the channels of every prunable group are removed
 TOLERANCE = 1e-4  # max |masked - slimmed| / max |masked|
-REPEATS = 3
+MIN_CHANGE = 1e-3  # below this, pruning did not change the output: the check proved nothing
+REPEATS = 3  # timed runs per model (median reported)
 TP_TIMEOUT_S = 120.0
 TP_START_TIMEOUT_S = 600.0  # worker start: imports + building the model
 
@@ -105,6 +110,7 @@ class Record:
     model: str
     source: str
     input: list[int]
+    measured: str = ""  # when (rows can be re-measured alone with --merge)
     status: str = "not run"  # ok / mismatch / error: first line
     groups: int | None = None
     prunable_groups: int | None = None
@@ -112,9 +118,11 @@ class Record:
     macs_before: int | None = None
     macs_after: int | None = None
     max_rel_diff: float | None = None
+    output_change: float | None = None  # unpruned vs slimmed: the check is void if ~0
     trace_s: float | None = None
     slim_s: float | None = None
     total_s: float | None = None
+    times: list[tuple[float, float]] = field(default_factory=list)  # (trace, slim) per run
     unknown_ops: list[str] = field(default_factory=list)
     top_reasons: list[tuple[str, int]] = field(default_factory=list)
     tp: TPResult = field(default_factory=TPResult)
@@ -148,7 +156,61 @@ def build(spec: ModelSpec) -> nn.Module:
 
         model = build_model({"name": spec.name, "source": "prunecli"},
                             num_classes=spec.num_classes, in_chans=3)
+    excite(model, spec)
     return model.eval()
+
+
+def is_norm(module: nn.Module) -> bool:
+    if isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+        return True
+    weight = getattr(module, "weight", None)
+    return "Norm" in type(module).__name__ and isinstance(weight, nn.Parameter)
+
+
+@torch.no_grad()
+def excite(model: nn.Module, spec: ModelSpec) -> None:
+    """Make every channel matter to the output, so masked == slimmed is a real test.
+
+    A fresh model in eval mode hides most channels: zero-initialised last BN gammas (timm ResNets),
+    layer scales of 1e-6 (ConvNeXt) and BN running stats that do not match the activations (the
+    signal fades to zero in GoogLeNet) leave the logits equal to the classifier bias whatever is
+    pruned. So norm affines and constant-initialised per-channel parameters are drawn at random
+    (seeded) and BN statistics are re-estimated on random inputs."""
+    gen = torch.Generator().manual_seed(1)
+
+    def draw(p: torch.Tensor, low: float, high: float) -> None:
+        p.copy_(torch.rand(p.shape, generator=gen) * (high - low) + low)
+
+    norm_params = set()
+    for module in model.modules():
+        if is_norm(module):
+            for attr, (low, high) in (("weight", (0.5, 1.5)), ("bias", (-0.2, 0.2))):
+                p = getattr(module, attr, None)
+                if isinstance(p, nn.Parameter):
+                    draw(p, low, high)
+                    norm_params.add(id(p))
+    for name, p in model.named_parameters():
+        if p.ndim == 1 and id(p) not in norm_params and p.numel() > 1 and bool((p == p[0]).all()):
+            draw(p, -0.1, 0.1) if name.endswith("bias") else draw(p, 0.5, 1.5)
+    recalibrate_bn(model, spec)
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, spec: ModelSpec, batches: int = 2, batch: int = 4) -> None:
+    """Re-estimate BatchNorm running statistics (cumulative average) on random inputs."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    gen = torch.Generator().manual_seed(2)
+    model.train()
+    for _ in range(batches):
+        model(torch.randn(batch, 3, spec.size, spec.size, generator=gen))
+    for bn in bns:
+        bn.momentum = 0.1
+    model.eval()
 
 
 def example_input(spec: ModelSpec) -> torch.Tensor:
@@ -164,6 +226,9 @@ def output_tensor(out: Any) -> torch.Tensor:
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its wall time; garbage from earlier runs is collected first, outside the
+    timing (a collection of earlier traced graphs would otherwise land in a random run)."""
+    gc.collect()
     t0 = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - t0
@@ -196,10 +261,13 @@ def prunecli_once(model: nn.Module, x: torch.Tensor) -> PrunecliRun:
 
 
 @torch.no_grad()
-def masked_vs_slim(model: nn.Module, run: PrunecliRun, x: torch.Tensor) -> float:
-    """``max|masked - slimmed| / max|masked|`` (masks go on a copy of ``model``)."""
+def masked_vs_slim(model: nn.Module, run: PrunecliRun, x: torch.Tensor) -> tuple[float, float]:
+    """``max|masked - slimmed| / max|masked|`` (masks go on a copy of ``model``), and the same
+    between the unpruned model and the slimmed one: how much pruning changed the output, which
+    must be large for the first number to mean anything."""
     from prunecli.structure import ChannelMasker
 
+    full = output_tensor(model(x)).float()
     masked_model = copy.deepcopy(model)
     masker = ChannelMasker(masked_model, run.structure)
     masker.set_keep(run.keep)
@@ -208,7 +276,21 @@ def masked_vs_slim(model: nn.Module, run: PrunecliRun, x: torch.Tensor) -> float
     masker.remove()
     if a.shape != b.shape:
         raise RuntimeError(f"slimmed output shape {tuple(b.shape)} != masked {tuple(a.shape)}")
-    return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
+    return rel_diff(a, b), rel_diff(full, b)
+
+
+def rel_diff(ref: torch.Tensor, other: torch.Tensor) -> float:
+    return float((ref - other).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def generic(reason: str) -> str:
+    """A reason without its module names and sizes, so that equal causes are counted together:
+    ``grouped conv a.b.0 (groups=6) ...`` -> ``grouped conv … (groups=N) ...``."""
+    if reason.startswith("op not understood"):  # names an op (Tensor.split), not a module
+        return reason
+    reason = re.sub(r"(?<![\w.])[A-Za-z_][\w-]*(?:\.[\w-]+)+", "…", reason)
+    reason = re.sub(r"\[[\d, ]+\]", "[…]", reason)
+    return re.sub(r"=\d+", "=N", reason)
 
 
 def describe_structure(rec: Record, structure: Any) -> None:
@@ -217,7 +299,7 @@ def describe_structure(rec: Record, structure: Any) -> None:
     total = structure.total_channels()
     rec.prunable_share = structure.prunable_channels() / total if total else 0.0
     rec.unknown_ops = list(structure.unknown_ops)
-    reasons = Counter(r for g in structure.groups for r in g.reasons)
+    reasons = Counter(generic(r) for g in structure.groups for r in g.reasons)
     rec.top_reasons = reasons.most_common(4)
 
 
@@ -304,12 +386,13 @@ class TPWorker:
 
 
 # ----------------------------------------------------------------------------- one model
-def benchmark_model(spec: ModelSpec, threads: int, with_tp: bool) -> Record:
+def benchmark_model(spec: ModelSpec, threads: int, with_tp: bool,
+                    repeats: int = REPEATS) -> Record:
     """prunecli and (interleaved) Torch-Pruning on one model; errors end up in the record."""
     from prunecli.cost import count_macs
 
     x = example_input(spec)
-    rec = Record(spec.name, spec.source, list(x.shape))
+    rec = Record(spec.name, spec.source, list(x.shape), measured=now())
     try:
         model = build(spec)
         rec.macs_before = count_macs(model, x)
@@ -323,7 +406,7 @@ def benchmark_model(spec: ModelSpec, threads: int, with_tp: bool) -> Record:
         worker = None
     runs: list[PrunecliRun] = []
     try:
-        for _ in range(REPEATS):
+        for _ in range(repeats):
             if rec.status in ("not run", "ok"):
                 try:
                     runs.append(prunecli_once(model, x))
@@ -367,16 +450,23 @@ def check_prunecli(rec: Record, model: nn.Module, runs: list[PrunecliRun],
     rec.trace_s = median([r.trace_s for r in runs])
     rec.slim_s = median([r.slim_s for r in runs])
     rec.total_s = median([r.trace_s + r.slim_s for r in runs])
+    rec.times = [(r.trace_s, r.slim_s) for r in runs]
     try:
         rec.macs_after = count_macs(run.small, x)
-        rec.max_rel_diff = masked_vs_slim(model, run, x)
+        rec.max_rel_diff, rec.output_change = masked_vs_slim(model, run, x)
         if rec.status == "ok" and not rec.max_rel_diff <= TOLERANCE:
             rec.status = "mismatch"
+        elif rec.status == "ok" and not rec.output_change >= MIN_CHANGE:
+            rec.status = "void: pruning did not change the output"
     except Exception as exc:
         rec.status = f"error: {first_line(exc)}"
 
 
 # ----------------------------------------------------------------------------- report
+def now() -> str:
+    return dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm", "torch-pruning"):
@@ -419,8 +509,8 @@ def notes(rec: Record) -> str:
 
 
 HEADER = ("| Model | Source | Input | Groups | Prunable | Prunable ch. | MACs M | MACs after M "
-          "| Max rel diff | Trace s | Slim s | Trace+slim s | Status | TP | TP MACs after M "
-          "| TP s | Not pruned because |")
+          "| Max rel diff | Output change | Trace s | Slim s | Trace+slim s | Status | TP "
+          "| TP MACs after M | TP s | Not pruned because |")
 
 
 def table_row(rec: Record) -> str:
@@ -428,16 +518,17 @@ def table_row(rec: Record) -> str:
     size = f"{rec.input[-1]}²"
     cells = [rec.model, rec.source, size, fmt(rec.groups, "d"), fmt(rec.prunable_groups, "d"),
              share, macs(rec.macs_before), macs(rec.macs_after), fmt(rec.max_rel_diff, ".1e"),
+             fmt(rec.output_change, ".2f"),
              fmt(rec.trace_s, ".3f"), fmt(rec.slim_s, ".3f"), fmt(rec.total_s, ".3f"),
              short(rec.status, 80), short(rec.tp.status, 80), macs(rec.tp.macs_after),
              fmt(rec.tp.seconds, ".3f"), notes(rec)]
     return "| " + " | ".join(cells) + " |"
 
 
-def summary(records: list[Record], with_tp: bool) -> list[str]:
+def summary(records: list[Record], with_tp: bool, repeats: int) -> list[str]:
     ok = sum(r.status == "ok" for r in records)
     lines = [f"- prunecli: **{ok}/{len(records)}** models slim exactly (masked == slimmed within "
-             f"{TOLERANCE:g} relative)."]
+             f"{TOLERANCE:g} relative, pruning changing the output)."]
     none = [r.model for r in records if r.prunable_groups == 0]
     if none:
         lines.append(f"- Nothing prunable: {', '.join(none)}.")
@@ -447,31 +538,64 @@ def summary(records: list[Record], with_tp: bool) -> list[str]:
                      "forward pass.")
     r50 = next((r for r in records if r.model == "resnet50" and r.source == "torchvision"), None)
     if r50 is not None:
-        lines.append(f"- ResNet-50 trace+slim (median of {REPEATS}): prunecli "
+        lines.append(f"- ResNet-50 trace+slim (median of {repeats}): prunecli "
                      f"{fmt(r50.total_s, '.3f')} s vs Torch-Pruning {fmt(r50.tp.seconds, '.3f')} s "
                      "(deep copy + dependency graph + step).")
     return lines
 
 
+DESCRIPTION = (
+    "Random init, eval mode, batch 1. A random keep-set removes {removed}% of every prunable "
+    "group. *Max rel diff*: masked original vs slimmed copy, max |diff| / max |masked| (pass: "
+    "<= {tol}). *Output change*: the same between the unpruned and the slimmed model; it must "
+    "not be ~0 (< {change}: *void*), or the check proves nothing, so norm affines, "
+    "constant-initialised per-channel parameters (zero-init last BN, layer scale) and BN "
+    "statistics are randomised / re-estimated first. Times are medians of {repeats} runs, "
+    "prunecli and Torch-Pruning interleaved (TP: BasePruner, L1 magnitude, ratio 0.3, "
+    "classifier ignored; deep copy + dependency graph + step). *Prunable ch.*: share of all "
+    "channels (logits included) in prunable groups. *Not pruned because*: ops prunecli did not "
+    "understand and the most common reasons groups stay unpruned (the model input and the "
+    "logits, unprunable in every model, are left out). Generated by "
+    "`python benchmarks/coverage.py`."
+)
+
+
+def load_previous(path: Path) -> tuple[dict[str, Any], list[Record]]:
+    """Meta and rows of an earlier ``coverage.json`` (empty if there is no such file)."""
+    if not path.exists():
+        return {}, []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    records = []
+    for row in data["models"]:
+        tp = TPResult(**row.pop("tp"))
+        records.append(Record(**row, tp=tp))
+    return data["meta"], records
+
+
+def merge(old: list[Record], new: list[Record]) -> list[Record]:
+    """``old`` with the rows of ``new`` replacing same-model rows, in the order of MODELS."""
+    rows = {(r.source, r.model): r for r in old} | {(r.source, r.model): r for r in new}
+    order = [(s.source, s.name) for s in MODELS]
+    return sorted(rows.values(), key=lambda r: order.index((r.source, r.model))
+                  if (r.source, r.model) in order else len(order))
+
+
 def write_reports(records: list[Record], meta: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     v = meta["versions"]
+    when = meta["date"]
+    if meta.get("remeasured"):
+        when += f" (re-measured later with --merge: {', '.join(meta['remeasured'])})"
     lines = [
         "# Channel-structure coverage",
         "",
-        f"{meta['date']} · torch {v['torch']} · torchvision {v['torchvision']} · timm {v['timm']}"
+        f"{when} · torch {v['torch']} · torchvision {v['torchvision']} · timm {v['timm']}"
         f" · torch-pruning {v['torch-pruning']} · {meta['threads']} CPU threads ({meta['cpu']})",
         "",
-        f"Random init, eval mode, batch 1. A random keep-set removes "
-        f"{100 * (1 - KEEP_RATIO):.0f}% of every prunable group; *Max rel diff* compares the "
-        "masked original with the slimmed copy (pass: <= 1e-4). Times are medians of "
-        f"{REPEATS} runs, prunecli and Torch-Pruning (TP: BasePruner, L1 magnitude, ratio 0.3, "
-        "classifier ignored) interleaved. *Prunable ch.*: share of all channels in prunable "
-        "groups. *Not pruned because*: ops prunecli did not understand and the most common "
-        "reasons groups stay unpruned (the model input and the logits, unprunable in every "
-        "model, are left out). Generated by `python benchmarks/coverage.py`.",
+        DESCRIPTION.format(removed=f"{100 * (1 - KEEP_RATIO):.0f}", tol=f"{TOLERANCE:g}",
+                           change=f"{MIN_CHANGE:g}", repeats=meta["repeats"]),
         "",
-        *summary(records, meta["torch_pruning"]),
+        *summary(records, meta["torch_pruning"], meta["repeats"]),
         "",
         HEADER,
         "|" + "---|" * HEADER.count(" | ") + "---|",
@@ -504,12 +628,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results",
                    help="output folder for coverage.md / coverage.json")
+    p.add_argument("--repeats", type=int, default=REPEATS,
+                   help=f"timed runs per model, median reported (default {REPEATS})")
+    p.add_argument("--merge", action="store_true",
+                   help="replace only these models' rows in an existing coverage.json (re-measure "
+                        "rows disturbed by other load on a shared machine)")
     p.add_argument("--no-tp", action="store_true", help="skip the Torch-Pruning reference")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    started = now()
     quiet()
     torch.set_num_threads(args.threads)
     specs = list(select(args.models))
@@ -520,16 +650,22 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             print("torch-pruning not installed (pip install 'prunecli[bench]'); skipping it")
             with_tp = False
-    records = []
+    records: list[Record] = []
     for spec in specs:
-        rec = benchmark_model(spec, args.threads, with_tp)
+        rec = benchmark_model(spec, args.threads, with_tp, args.repeats)
         records.append(rec)
         print(f"{spec.label:32s} {rec.status[:50]:50s} prunable {fmt(rec.prunable_share, '.2f')}"
               f" {fmt(rec.total_s, '.3f')} s | TP {rec.tp.status[:40]} "
               f"{fmt(rec.tp.seconds, '.3f')} s", flush=True)
-    meta = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "versions": versions(),
-            "threads": args.threads, "cpu": cpu_name(), "keep_ratio": KEEP_RATIO,
-            "tolerance": TOLERANCE, "repeats": REPEATS, "torch_pruning": with_tp}
+    meta = {"date": started, "versions": versions(), "threads": args.threads, "cpu": cpu_name(),
+            "keep_ratio": KEEP_RATIO, "tolerance": TOLERANCE, "repeats": args.repeats,
+            "torch_pruning": with_tp}
+    if args.merge:
+        old_meta, old_records = load_previous(args.out / "coverage.json")
+        if old_meta:
+            redone = [f"{s.label} ({meta['date']})" for s in specs]
+            meta = {**old_meta, "remeasured": old_meta.get("remeasured", []) + redone}
+        records = merge(old_records, records)
     write_reports(records, meta, args.out)
     print(f"wrote {args.out / 'coverage.md'} and {args.out / 'coverage.json'}")
 
