@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -25,15 +26,14 @@ def export_torchscript(model: nn.Module, example_inputs: torch.Tensor,
 def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.PathLike[str],
                 opset: int = 17, dynamic_batch: bool = True) -> Path:
     """Export to ONNX with a dynamic batch axis (TorchScript-based exporter)."""
+    if importlib.util.find_spec("onnx") is None:
+        raise PrunecliError("ONNX export needs the 'onnx' package: pip install 'prunecli[onnx]' "
+                            "(or pip install onnx)")
     path = Path(path)
     model = model.eval()
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    try:
-        with torch.no_grad():
-            torch.onnx.export(model, (example_inputs,), str(path), input_names=["input"],
-                              output_names=["output"], opset_version=opset, dynamic_axes=axes,
-                              dynamo=False)
-    except ModuleNotFoundError as exc:
-        raise PrunecliError(f"ONNX export needs the '{exc.name}' package: "
-                            "pip install 'prunecli[onnx]'") from exc
+    with torch.no_grad():
+        torch.onnx.export(model, (example_inputs,), str(path), input_names=["input"],
+                          output_names=["output"], opset_version=opset, dynamic_axes=axes,
+                          dynamo=False)
     return path

@@ -560,13 +560,13 @@ def _keeps_channel_axis(idx: Any, axis: int, channels: int) -> bool:
         idx = (idx,)
     if any(item is Ellipsis or item is None for item in idx):
         return False
-    for i, item in enumerate(idx[: axis + 1]):
+    for item in idx[: axis + 1]:
         if not isinstance(item, slice):
             return False
         whole = item == slice(None) or (
             item.start in (None, 0) and item.step in (None, 1)
             and isinstance(item.stop, int) and item.stop >= channels)
-        if not whole and (i < axis or i == axis):
+        if not whole:
             return False
     return True
 
