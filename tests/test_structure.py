@@ -318,3 +318,15 @@ def test_slimming_a_masked_model_leaves_it_working() -> None:
     with torch.no_grad():
         assert torch.allclose(model(X), small(X), atol=1e-5)
     assert not hasattr(small.a1[0], "parametrizations")
+
+
+def test_onnx_export_without_the_onnx_package_says_what_to_install(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from prunecli.errors import PrunecliError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnx" else real(name, *a))
+    with pytest.raises(PrunecliError, match=r"pip install 'prunecli\[onnx\]'"):
+        export_onnx(_net(nets.Residual), X, tmp_path / "m.onnx")
