@@ -43,6 +43,7 @@ from prunecli.cost.latency_table import (
     interpolate,
     signature_of,
 )
+from prunecli.cost.model import CountsCost
 from prunecli.errors import ConfigError
 from prunecli.structure import ChannelStructure
 
@@ -136,7 +137,7 @@ class _Terms:
     const: float
 
 
-class LatencyCostModel:
+class LatencyCostModel(CountsCost):
     """Milliseconds of one forward pass at the table's batch size, for any kept counts; the
     interface of :class:`prunecli.cost.CostModel`."""
 
@@ -202,17 +203,6 @@ class LatencyCostModel:
         return blocks
 
     # ------------------------------------------------------------------ evaluation
-    def counts_vector(self, counts: Mapping[int, int] | None = None) -> np.ndarray:
-        x = self.full.copy()
-        for gid, c in (counts or {}).items():
-            x[gid] = c
-        return x
-
-    def cost(self, counts: Mapping[int, int] | np.ndarray | None = None) -> float:
-        """Latency (ms) with ``counts[g]`` channels kept in group ``g`` (others whole)."""
-        x = counts if isinstance(counts, np.ndarray) else self.counts_vector(counts)
-        return float(self.cost_batch(np.asarray(x, dtype=np.float64)[None])[0])
-
     def _io(self, b: _SigBlock, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cin = x @ b.a.T
         cout = np.where(b.out >= 0, x[:, np.maximum(b.out, 0)], b.fixed_out)
@@ -238,10 +228,6 @@ class LatencyCostModel:
             ms = b.latency(cin, cout, [self._names[i] for i in b.layer_ids])[0] * b.calls
             out.update({self._names[i]: float(v) for i, v in zip(b.layer_ids, ms, strict=True)})
         return out
-
-    def ratio(self, counts: Mapping[int, int] | np.ndarray | None = None) -> float:
-        """Fraction of the dense latency kept."""
-        return self.cost(counts) / self.dense if self.dense else 1.0
 
     def channel_grid(self, group: int) -> np.ndarray:
         """Counts of ``group`` that are measured grid points of every layer whose width it sets

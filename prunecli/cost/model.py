@@ -11,6 +11,7 @@ once with an independent counter, so ``cost(full counts)`` equals the whole mode
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -39,18 +40,17 @@ class _Terms:
     const: float
 
 
-class CostModel:
-    """A cost (MACs, params or memory bytes) for any kept-channel counts of a structure."""
+class CountsCost(ABC):
+    """What every cost model offers on top of its ``cost_batch``: the cost of one count
+    mapping (groups not listed stay whole) and the fraction of the dense cost kept."""
 
-    def __init__(self, name: str, unit: str, structure: ChannelStructure, terms: _Terms) -> None:
-        self.name = name
-        self.unit = unit
-        self.structure = structure
-        self.terms = terms
-        self.full = np.array([g.size for g in structure.groups], dtype=np.float64)
-        self.dense = float(self.cost_batch(self.full[None])[0])
+    full: np.ndarray  # every group's full width
+    dense: float
 
-    # ------------------------------------------------------------------ evaluation
+    @abstractmethod
+    def cost_batch(self, x: np.ndarray) -> np.ndarray:
+        """Costs of many count vectors at once: ``x`` is (batch, groups)."""
+
     def counts_vector(self, counts: Mapping[int, int] | None = None) -> np.ndarray:
         x = self.full.copy()
         for gid, c in (counts or {}).items():
@@ -62,16 +62,29 @@ class CostModel:
         x = counts if isinstance(counts, np.ndarray) else self.counts_vector(counts)
         return float(self.cost_batch(np.asarray(x, dtype=np.float64)[None])[0])
 
+    def ratio(self, counts: Mapping[int, int] | np.ndarray | None = None) -> float:
+        """Fraction of the dense cost kept."""
+        return self.cost(counts) / self.dense if self.dense else 1.0
+
+
+class CostModel(CountsCost):
+    """A cost (MACs, params or memory bytes) for any kept-channel counts of a structure."""
+
+    def __init__(self, name: str, unit: str, structure: ChannelStructure, terms: _Terms) -> None:
+        self.name = name
+        self.unit = unit
+        self.structure = structure
+        self.terms = terms
+        self.full = np.array([g.size for g in structure.groups], dtype=np.float64)
+        self.dense = float(self.cost_batch(self.full[None])[0])
+
+    # ------------------------------------------------------------------ evaluation
     def cost_batch(self, x: np.ndarray) -> np.ndarray:
         """Costs of many count vectors at once: ``x`` is (batch, groups)."""
         t = self.terms
         ones = np.ones((x.shape[0], 1))
         xo = np.concatenate([x, ones], axis=1)[:, t.out]  # out == -1 picks the ones column
         return (x @ t.a.T * xo) @ t.bil + x @ t.lin + t.const
-
-    def ratio(self, counts: Mapping[int, int] | np.ndarray | None = None) -> float:
-        """Fraction of the dense cost kept."""
-        return self.cost(counts) / self.dense if self.dense else 1.0
 
     # ------------------------------------------------------------------ for allocators
     def group_curves(self, counts: Mapping[int, int] | np.ndarray | None = None,
