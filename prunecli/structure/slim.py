@@ -39,24 +39,20 @@ def _take(module: nn.Module, attr: str, index: torch.Tensor, dim: int) -> None:
         setattr(module, attr, new)
 
 
+_SIZE_ATTRS = {"conv": ("in_channels", "out_channels"), "linear": ("in_features", "out_features")}
+
+
 def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
                  out_idx: torch.Tensor | None) -> None:
-    if kind == "conv":
+    if kind in _SIZE_ATTRS:  # conv / linear: outputs on dim 0, inputs on dim 1
+        in_attr, out_attr = _SIZE_ATTRS[kind]
         if out_idx is not None:
             _take(module, "weight", out_idx, 0)
             _take(module, "bias", out_idx, 0)
-            module.out_channels = len(out_idx)
+            setattr(module, out_attr, len(out_idx))
         if in_idx is not None:
             _take(module, "weight", in_idx, 1)
-            module.in_channels = len(in_idx)
-    elif kind == "linear":
-        if out_idx is not None:
-            _take(module, "weight", out_idx, 0)
-            _take(module, "bias", out_idx, 0)
-            module.out_features = len(out_idx)
-        if in_idx is not None:
-            _take(module, "weight", in_idx, 1)
-            module.in_features = len(in_idx)
+            setattr(module, in_attr, len(in_idx))
     elif kind == "depthwise" and in_idx is not None:
         _take(module, "weight", in_idx, 0)
         _take(module, "bias", in_idx, 0)
