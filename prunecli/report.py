@@ -63,6 +63,16 @@ def run_table(results: dict[str, Any], title: str) -> Table:
     dense = results.get("dense_macs")
     if dense and results.get("macs") is not None and results["macs"] != dense:
         table.add_row("MACs kept", f"{100.0 * results['macs'] / dense:.1f} %")
+    if results.get("dense_params") and results.get("params") != results.get("dense_params"):
+        table.add_row("params kept", f"{100.0 * results['params'] / results['dense_params']:.1f} %")
+    if results.get("cost_kept") is not None:
+        table.add_row(f"{results['cost']} kept (target)",
+                      f"{100 * results['cost_kept']:.1f} % ({100 * results['cost_target']:.1f} %)")
+    for key, header in (("dense_top1", "dense top-1 %"),
+                        ("top1_before_pruning", "top-1 % before pruning"),
+                        ("slim_top1", "slim model top-1 %")):
+        if results.get(key) is not None:
+            table.add_row(header, f"{results[key]:.2f}")
     return table
 
 
@@ -79,5 +89,7 @@ def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -
     table = run_table(results, title)
     save_table(table, run_dir / "results.txt")
     rich.get_console().print(table)
-    rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] "
-                             "(results.json, results.txt, metrics.jsonl, last.pt)")
+    files = "results.json, results.txt, metrics.jsonl, last.pt"
+    if results.get("slim_model"):
+        files += ", slim.pt"
+    rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] ({files})")

@@ -34,12 +34,13 @@ from prunecli.allocate.options import (
     make_options,
     top_channels,
 )
+from prunecli.allocate.ranking import RankingResult, prune_by_ranking
 from prunecli.allocate.threshold import global_threshold, per_group_ratio, ratio_count
 
 __all__ = [
     "Allocation", "BudgetResult", "GroupOptions", "allocate_to_budget", "allowed_counts",
     "cheapest", "chunk_counts", "efficient",
     "fixed_options", "global_threshold", "halp_items", "halp_options", "make_options",
-    "per_group_ratio", "pick_method", "ratio_count", "solve", "solve_dp", "solve_halp",
+    "per_group_ratio", "pick_method", "prune_by_ranking", "RankingResult", "ratio_count", "solve", "solve_dp", "solve_halp",
     "solve_halp_augmented", "solve_pareto", "top_channels", "within_budget",
 ]

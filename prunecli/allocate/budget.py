@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from prunecli.allocate.halp import halp_options
 from prunecli.allocate.knapsack import solve
-from prunecli.allocate.options import as_array, fixed_options, make_options, top_channels
+from prunecli.allocate.options import (
+    GroupOptions,
+    as_array,
+    fixed_options,
+    make_options,
+    top_channels,
+)
 from prunecli.errors import ConfigError
 
 
@@ -38,45 +45,63 @@ class BudgetResult:
         return self.cost / self.dense if self.dense else 1.0
 
 
-def _uniform_point(cost_model: Any, groups: list[int], target: float) -> np.ndarray:
-    """All scored groups scaled by one factor so the exact cost is the target (bisection)."""
+def _uniform_point(cost_model: Any, groups: list[int], target: float,
+                   upper: np.ndarray) -> np.ndarray:
+    """All scored groups scaled by one factor of their ``upper`` widths so the exact cost is
+    the target (bisection)."""
     lo, hi = 0.0, 1.0
-    full = cost_model.full
     for _ in range(30):
         mid = (lo + hi) / 2
-        x = full.copy()
-        x[groups] = np.maximum(1, np.round(full[groups] * mid))
+        x = upper.copy()
+        x[groups] = np.maximum(1, np.round(upper[groups] * mid))
         if cost_model.cost(x) > target:
             hi = mid
         else:
             lo = mid
-    x = full.copy()
-    x[groups] = np.maximum(1, np.round(full[groups] * max(lo, 1e-6)))
+    x = upper.copy()
+    x[groups] = np.maximum(1, np.round(upper[groups] * max(lo, 1e-6)))
     return x
 
 
 def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: float,
                        min_channels: int = 1, round_to: int = 1, side_weight: float = 1.0,
                        method: str = "auto", tolerance: float = 0.005,
-                       max_iterations: int = 30) -> BudgetResult:
+                       max_iterations: int = 30, active: Mapping[int, Any] | None = None,
+                       group_size: int | None = None) -> BudgetResult:
     """Keep-counts for every scored group so the model's exact cost is at most
     ``(1 - prune_ratio) * dense`` and, when reachable, within ``tolerance * dense`` of it.
 
     ``cost_model``: a :class:`prunecli.cost.CostModel` (or the latency model); ``scores``:
-    per-channel importance of each prunable group (higher = keep).
+    per-channel importance of each prunable group (higher = keep). ``active``: boolean masks of
+    the channels that may be kept (pruned channels never return, as in HALP); the result keeps
+    a subset of them. ``group_size``: HALP's neuron groups -- each group keeps a prefix of its
+    importance-sorted chunks of that many channels (at least one chunk) instead of any count.
     """
     if not 0.0 <= prune_ratio < 1.0:
         raise ConfigError(f"cost.ratio={prune_ratio} must be in [0, 1): the fraction of the dense "
                           "cost to remove")
-    scores = {g: as_array(s) for g, s in scores.items()}
+    full_scores = {g: as_array(s) for g, s in scores.items()}
+    index = {g: (np.arange(len(s)) if active is None or g not in active
+                 else np.flatnonzero(as_array(active[g], bool))) for g, s in full_scores.items()}
+    scores = {g: full_scores[g][index[g]] for g in full_scores}
+    upper = cost_model.full.copy()
+    for g, idx in index.items():
+        upper[g] = len(idx)
     dense = cost_model.dense
     target = (1.0 - prune_ratio) * dense
-    point = _uniform_point(cost_model, sorted(scores), target)
+    point = _uniform_point(cost_model, sorted(scores), target, upper)
     curves = cost_model.group_curves(point, side_weight=side_weight)
     const = cost_model.cost(point) - math.fsum(curves[g][int(point[g])] for g in curves)
-    options = [make_options(g, scores[g], c, min_channels, round_to) if g in scores
-               else fixed_options(g, int(point[g]), float(c[int(point[g])]))
-               for g, c in curves.items()]
+
+    def group_options(g: int, curve: np.ndarray) -> GroupOptions:
+        if g not in scores:
+            return fixed_options(g, int(point[g]), float(curve[int(point[g])]))
+        part = curve[: len(scores[g]) + 1]
+        if group_size:
+            return halp_options(g, scores[g], part, group_size, force_first=True)
+        return make_options(g, scores[g], part, min_channels, round_to)
+
+    options = [group_options(g, c) for g, c in curves.items()]
 
     def attempt(budget: float) -> tuple[float, dict[int, int]]:
         alloc = solve(options, budget - const, method=method)
@@ -99,5 +124,5 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
         else:
             hi = (lo + hi) / 2
     cost, counts = best or lowest
-    keep = {g: top_channels(scores[g], c) for g, c in counts.items()}
+    keep = {g: index[g][top_channels(scores[g], c)] for g, c in counts.items()}
     return BudgetResult(counts, keep, cost, target, dense, iterations, best is not None)

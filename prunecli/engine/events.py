@@ -31,7 +31,9 @@ Python values: checkpoints are loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -60,6 +62,9 @@ class HookContext:
     # the fp16 loss scaler (disabled otherwise); get_scale() synchronises with the GPU, so the
     # engine never calls it per step and a method should only when it needs the value
     grad_scaler: Any = None
+    run_dir: Path | None = None  # where the run writes (only rank 0 may write files)
+    # evaluate(model) -> {"top1", "top5", "loss"} on the validation set (all ranks must call it)
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
 
     @property

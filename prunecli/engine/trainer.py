@@ -119,7 +119,8 @@ class Trainer:
         self.ctx = HookContext(model=self.model, config=cfg, dist=self.dist,
                                example_inputs=example, epochs=tcfg.epochs,
                                steps_per_epoch=self.steps_per_epoch,
-                               grad_scaler=self.precision.scaler)
+                               grad_scaler=self.precision.scaler, run_dir=self.run_dir,
+                               evaluate=self._evaluate)
         self.method.setup(self.ctx)
         if tcfg.sync_bn and self.device.type != "cuda":
             raise ConfigError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs "
@@ -148,6 +149,11 @@ class Trainer:
         self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _evaluate(self, model: nn.Module) -> dict[str, float]:
+        """The validation metrics of ``model`` (any model of the same task, e.g. a slimmed one)."""
+        return evaluate(model, self.val_loader, self.device, self.precision,
+                        self.cfg.trainer.channels_last, self.cfg.trainer.limit_val_batches)
 
     def _build_loaders(self) -> None:
         dcfg, d = self.cfg.data, self.dist
@@ -212,8 +218,7 @@ class Trainer:
                 train_time += time.time() - te
                 last = epoch + 1 == tcfg.epochs
                 if (epoch + 1) % tcfg.eval_every == 0 or last:
-                    val = evaluate(self.model, self.val_loader, self.device, self.precision,
-                                   tcfg.channels_last, tcfg.limit_val_batches)
+                    val = self._evaluate(self.model)
                 metrics = {"epoch": epoch + 1, **{f"train_{k}": v for k, v in train.items()},
                            **{f"val_{k}": v for k, v in val.items()},
                            "lr": self.optimizer.param_groups[0]["lr"],

@@ -1,0 +1,82 @@
+"""Global ranking: remove the lowest-scoring channels of all groups, one after another, until
+the model's exact cost reaches a target (Taylor's iterative removal, Network Slimming's global
+threshold when the target is a cost rather than a channel count).
+
+Scores of different groups are compared directly (one global order, no per-layer
+normalisation, as the papers do). Each candidate prefix of that order is costed exactly, in one
+vectorised call of the cost model, so the cut lands on the first prefix at or under the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prunecli.allocate.options import as_array
+
+
+@dataclass
+class RankingResult:
+    keep: dict[int, np.ndarray]  # kept channel indices per scored group, ascending
+    removed: int  # channels removed by this call
+    cost: float  # exact cost after the removal
+    reached: bool  # the cost is at or under the target
+
+
+def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
+                     active: Mapping[int, Any] | None = None, max_remove: int | None = None,
+                     min_channels: int = 1, priority: Mapping[int, Any] | None = None
+                     ) -> RankingResult:
+    """Remove active channels in ascending score order until ``cost <= target``.
+
+    ``active``: boolean masks of the channels still present (default: all); removed channels
+    stay removed. ``max_remove`` caps how many go in this call (an iterative schedule).
+    Each group keeps its ``min_channels`` best active channels. ``priority`` (optional, same
+    shape as ``scores``): channels with a lower priority go first whatever their score (e.g.
+    the channels Optimal Thresholding marks negligible).
+    """
+    groups = sorted(scores)
+    arrays = {g: as_array(scores[g]) for g in groups}
+    masks = {g: (np.ones(len(arrays[g]), bool) if active is None or g not in active
+                 else as_array(active[g], bool)) for g in groups}
+    counts = cost_model.full.copy()
+    for g in groups:
+        counts[g] = masks[g].sum()
+    cand_group, cand_index, cand_score, cand_prio = [], [], [], []
+    for g in groups:
+        idx = np.flatnonzero(masks[g])
+        if len(idx) <= min_channels:
+            continue
+        s = arrays[g][idx]
+        order = np.argsort(-s, kind="stable")  # the best min_channels stay
+        removable = idx[order[max(min_channels, 1):]]
+        cand_group.append(np.full(len(removable), g))
+        cand_index.append(removable)
+        cand_score.append(arrays[g][removable])
+        prio = as_array(priority[g])[removable] if priority is not None and g in priority \
+            else np.zeros(len(removable))
+        cand_prio.append(prio)
+    keep = {g: np.flatnonzero(masks[g]) for g in groups}
+    now = cost_model.cost(counts)
+    if not cand_group or now <= target:
+        return RankingResult(keep, 0, now, now <= target)
+    cg = np.concatenate(cand_group)
+    ci = np.concatenate(cand_index)
+    order = np.lexsort((ci, np.concatenate(cand_score), np.concatenate(cand_prio)))
+    limit = len(order) if max_remove is None else min(len(order), max(0, int(max_remove)))
+    order = order[:limit]
+    # counts after removing the first k candidates, k = 0..limit, costed in one batch
+    steps = np.zeros((limit + 1, len(counts)))
+    np.add.at(steps, (np.arange(1, limit + 1), cg[order]), 1.0)
+    path = counts[None] - np.cumsum(steps, axis=0)
+    costs = np.concatenate([cost_model.cost_batch(path[i: i + 4096])
+                            for i in range(0, limit + 1, 4096)])
+    under = np.flatnonzero(costs <= target)
+    k = int(under[0]) if len(under) else limit
+    for g, i in zip(cg[order[:k]], ci[order[:k]], strict=True):
+        masks[int(g)][int(i)] = False
+    keep = {g: np.flatnonzero(masks[g]) for g in groups}
+    return RankingResult(keep, k, float(costs[k]), bool(costs[k] <= target))

@@ -1,0 +1,210 @@
+"""What every pruning method shares: the channel structure, masks, the cost model and budget,
+the record of pruning events, and the end of the run (slim, check, save, report).
+
+A method subclasses :class:`PruningMethod`, scores channels with :mod:`prunecli.importance`,
+picks kept channels with :mod:`prunecli.allocate` and calls :meth:`PruningMethod.apply`; the
+training loop never knows which method runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from prunecli.cost import build_cost_model, count_macs, count_params
+from prunecli.engine.events import HookContext, TrainingHooks
+from prunecli.errors import ConfigError, PrunecliError
+from prunecli.structure import ChannelMasker, ChannelStructure, save_slim, slim, trace_structure
+from prunecli.structure.masks import strip_all_masks
+
+log = logging.getLogger("prunecli")
+
+SLIM_FILE = "slim.pt"
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """A method hyperparameter from a DictConfig, a dataclass or a dict."""
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+class PruningMethod(TrainingHooks):
+    """Base of the pruning methods. Subclasses set ``soft_masks`` and override the hooks they
+    need, calling ``super()`` for ``setup``, ``on_train_start``, ``on_epoch_end``,
+    ``on_train_end``, ``state_dict`` and ``load_state_dict``."""
+
+    soft_masks = False  # straight-through masks (SMCP) instead of hard ones
+    needs_budget = True  # the method cannot run without cost.ratio > 0
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.history: list[dict[str, Any]] = []  # one entry per pruning event
+        self.dense_top1: float | None = None  # of the loaded weights, before training
+        self.top1_before_pruning: float | None = None
+        self.structure: ChannelStructure
+        self.masker: ChannelMasker
+        self.cost_model: Any
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, ctx: HookContext) -> None:
+        run = ctx.config
+        self.ratio = float(run.cost.ratio)
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"cost.ratio={self.ratio} must be in [0, 1): the fraction of the "
+                              f"dense {run.cost.name} to remove")
+        if self.needs_budget and self.ratio == 0.0:
+            raise ConfigError(f"method={self.cfg.name} needs a budget: set cost.ratio, the "
+                              f"fraction of the dense {run.cost.name} to remove (e.g. "
+                              "cost.ratio=0.5)")
+        self.structure = trace_structure(ctx.model, ctx.example_inputs,
+                                         ignore=list(cfg_get(self.cfg, "ignore", []) or []))
+        if not self.structure.prunable_groups:
+            raise PrunecliError(f"{run.model.name} has no prunable channel group; see "
+                                f"`prunecli inspect model={run.model.name}` for the reasons")
+        self.cost_model = build_cost_model(
+            run.cost.name, ctx.model, self.structure, ctx.example_inputs,
+            batch_size=run.cost.batch_size, table=run.cost.table,
+            allow_mismatch=run.cost.allow_mismatch)
+        self.target_cost = (1.0 - self.ratio) * self.cost_model.dense
+        self.masker = ChannelMasker(ctx.model, self.structure, soft=self.soft_masks)
+        self.device = ctx.example_inputs.device
+        self.min_channels = int(cfg_get(self.cfg, "min_channels", 1))
+
+    def on_train_start(self, ctx: HookContext) -> None:
+        self.masker.sync_from_buffers()  # a resumed run's masks came with the weights
+        mcfg = ctx.config.model
+        if ctx.step == 0 and not self.history and (mcfg.weights or mcfg.pretrained) \
+                and ctx.evaluate is not None:
+            self.dense_top1 = ctx.evaluate(ctx.model).get("top1")
+            log.info("dense model before pruning: top-1 %.2f%%", self.dense_top1)
+
+    def on_epoch_end(self, ctx: HookContext, metrics: dict[str, float]) -> None:
+        if not self.history and "val_top1" in metrics:  # the last accuracy before pruning
+            self.top1_before_pruning = metrics["val_top1"]
+
+    # ------------------------------------------------------------------ state
+    def active(self) -> dict[int, np.ndarray]:
+        """Boolean masks (True = present) of every prunable group."""
+        return {g: m.numpy() for g, m in self.masker.channel_masks().items()}
+
+    def counts(self) -> np.ndarray:
+        x = self.cost_model.full.copy()
+        for g, m in self.masker.channel_masks().items():
+            x[g] = int(m.sum())
+        return x
+
+    def kept_cost_ratio(self) -> float:
+        """The current fraction of the dense cost."""
+        return self.cost_model.ratio(self.counts())
+
+    def apply(self, ctx: HookContext, keep: dict[int, Any], note: str = "") -> None:
+        """Set the masks to ``keep`` (kept channel indices per group; groups not listed keep
+        their current masks) and record the event."""
+        self.masker.set_keep({g: torch.as_tensor(np.asarray(k), dtype=torch.int64)
+                              for g, k in keep.items()})
+        counts = self.counts()
+        kept = int(sum(counts[g.id] for g in self.structure.prunable_groups))
+        ratio = self.cost_model.ratio(counts)
+        self.history.append({"step": int(ctx.step), "epoch": int(ctx.epoch),
+                             "cost_kept": round(ratio, 6), "channels_kept": kept})
+        log.info("%sstep %d: %d/%d prunable channels kept, %s at %.1f%% of dense (target "
+                 "%.1f%%)", f"{note}: " if note else "", ctx.step, kept,
+                 self.structure.prunable_channels(), self.cost_model.name, 100 * ratio,
+                 100 * (1 - self.ratio))
+
+    def score_arrays(self, scores: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
+        """Scores to numpy on the host, averaged over processes (they already agree when they
+        come from all-reduced gradients; activation-based scores do not)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for s in scores.values():
+                dist.all_reduce(s)
+                s /= dist.get_world_size()
+        return {g: s.detach().float().cpu().numpy().astype(np.float64)
+                for g, s in scores.items()}
+
+    def steps_of(self, ctx: HookContext, epochs: float) -> int:
+        """A point of training given in epochs, as optimizer steps."""
+        return int(round(float(epochs) * ctx.steps_per_epoch))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": list(self.history), "dense_top1": self.dense_top1,
+                "top1_before_pruning": self.top1_before_pruning}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state.get("history", []))
+        self.dense_top1 = state.get("dense_top1")
+        self.top1_before_pruning = state.get("top1_before_pruning")
+
+    # ------------------------------------------------------------------ end of the run
+    def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
+        keep = {g: idx for g, idx in self.masker.keep().items()
+                if len(idx) < self.structure.groups[g].size}
+        counts = self.counts()
+        summary: dict[str, Any] = {
+            "cost": self.cost_model.name,
+            "cost_target": round(1.0 - self.ratio, 6),
+            "cost_kept": round(self.cost_model.ratio(counts), 6),
+            "cost_dense": self.cost_model.dense,
+            "cost_pruned": self.cost_model.cost(counts),
+            "channels_kept": int(sum(counts[g.id] for g in self.structure.prunable_groups)),
+            "channels_prunable": self.structure.prunable_channels(),
+            "prune_events": len(self.history),
+            "dense_top1": self.dense_top1,
+            "top1_before_pruning": self.top1_before_pruning,
+        }
+        small = self.slim_model(ctx.model, keep)
+        x = ctx.example_inputs
+        summary["macs"] = count_macs(small, x)
+        summary["params"] = count_params(small)
+        diff = self._check_equal(ctx.model, small, x)
+        summary["slim_max_diff"] = diff
+        if cfg_get(self.cfg, "eval_slim", True) and ctx.evaluate is not None:
+            summary["slim_top1"] = ctx.evaluate(small).get("top1")
+        if ctx.run_dir is not None and ctx.dist.is_main and cfg_get(self.cfg, "save_slim", True):
+            path = Path(ctx.run_dir) / SLIM_FILE
+            with torch.no_grad():
+                num_classes = int(small.eval()(x).shape[1])
+            save_slim(path, small, self.structure, keep, ctx.config.model, num_classes,
+                      int(x.shape[1]), extra={"method": self.cfg.name, "epoch": ctx.epoch + 1,
+                                              "cost": summary["cost"],
+                                              "cost_kept": summary["cost_kept"],
+                                              "data_config": _plain(ctx.config.data)})
+            summary["slim_model"] = str(path.resolve())
+        return summary
+
+    def slim_model(self, model: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
+        """A slimmed copy of the masked ``model`` (the model itself is left as it is)."""
+        dense = copy.deepcopy(model)
+        strip_all_masks(dense)
+        return slim(dense, self.structure, keep, inplace=True).eval()
+
+    @torch.no_grad()
+    def _check_equal(self, masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
+        was = masked.training
+        masked.eval()
+        inp = torch.randn((2, *x.shape[1:]), generator=torch.Generator().manual_seed(0)
+                          ).to(x.device, x.dtype)
+        a, b = masked(inp).float(), small(inp).float()
+        masked.train(was)
+        diff = ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
+        if diff > 1e-3:
+            raise PrunecliError(f"the slimmed model differs from the masked one by {diff:.2e}; "
+                                "please report this model")
+        return diff
+
+
+def _plain(cfg: Any) -> Any:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return cfg

@@ -1,0 +1,84 @@
+"""HALP: Hardware-Aware Latency Pruning (Shen et al., NeurIPS 2022).
+
+Importance per channel: ``|sum over the group's norms of gamma*dL/dgamma + beta*dL/dbeta|``
+each iteration (a group without a norm: ``|sum w*dL/dw|`` over its consumer inputs), summed
+over the ``prune_every`` iterations before a pruning step and averaged (iterations with NaN/Inf
+scores are skipped). At each of ``prune_steps`` steps the cost target follows the geometric
+schedule ``L0^(1-t/T) * LT^(t/T)``; the channels still active are sorted by importance and cut
+into neuron groups of ``group_size``, and the augmented knapsack keeps the most important
+prefix of every group's chunks under that target (cost from the latency table of
+``prunecli lut`` with ``cost=latency``, or any other cost model; producer view of a layer's
+cost by default, ``side_weight=0``). Pruned channels never return; the last step lands on the
+budget and the rest of the run fine-tunes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prunecli.allocate import allocate_to_budget
+from prunecli.engine.events import HookContext
+from prunecli.errors import ConfigError
+from prunecli.importance import Accumulator, BNTaylor, norm_slices
+from prunecli.methods.base import PruningMethod
+from prunecli.methods.schedule import geometric_target
+
+log = logging.getLogger("prunecli")
+
+
+class HALP(PruningMethod):
+    def setup(self, ctx: HookContext) -> None:
+        super().setup(ctx)
+        c = self.cfg
+        if c.group_size < 1 or c.prune_every < 1 or c.prune_steps < 1:
+            raise ConfigError("method.group_size, method.prune_every and method.prune_steps "
+                              "must be >= 1")
+        self.start = self.steps_of(ctx, c.start_epoch)
+        total = ctx.epochs * ctx.steps_per_epoch
+        end = self.start + c.prune_steps * c.prune_every
+        if end > total:
+            raise ConfigError(
+                f"HALP prunes until step {end} (start {self.start} + {c.prune_steps} steps x "
+                f"{c.prune_every} iterations) but the run has {total} optimizer steps; lower "
+                "method.prune_steps / method.prune_every / method.start_epoch or train longer")
+        self.taylor = BNTaylor(ctx.model, self.structure, norm_slices(ctx.model, self.structure))
+        self.window = Accumulator("average", skip_nonfinite=True)
+        self.done_steps = 0
+
+    def before_optimizer_step(self, ctx: HookContext) -> None:
+        if self.done_steps < self.cfg.prune_steps and ctx.step >= self.start:
+            self.window.update({g: s.abs() for g, s in self.taylor().items()})
+
+    def after_optimizer_step(self, ctx: HookContext) -> None:
+        c = self.cfg
+        if self.done_steps >= c.prune_steps or ctx.step <= self.start:
+            return
+        if (ctx.step - self.start) % c.prune_every == 0:
+            self.prune_step(ctx)
+
+    def prune_step(self, ctx: HookContext) -> None:
+        c = self.cfg
+        self.done_steps += 1
+        scores = self.score_arrays(self.window.value())
+        self.window.reset()
+        dense = self.cost_model.dense
+        target = geometric_target(dense, self.target_cost, self.done_steps, c.prune_steps)
+        if self.cost_model.cost(self.counts()) <= target:
+            return  # already at or under this step's target
+        result = allocate_to_budget(self.cost_model, scores, 1.0 - target / dense,
+                                    side_weight=c.side_weight, active=self.active(),
+                                    group_size=c.group_size)
+        if not result.feasible:
+            log.warning("halp: step %d target %.1f%% of dense is out of reach with one neuron "
+                        "group per layer kept", self.done_steps, 100 * target / dense)
+        self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{c.prune_steps}")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "window": self.window.state_dict(),
+                "done_steps": self.done_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.window.load_state_dict(state.get("window", {}), self.device)
+        self.done_steps = int(state.get("done_steps", 0))

@@ -1,0 +1,19 @@
+"""Pruning schedules: when masks change and what cost each step aims at."""
+
+from __future__ import annotations
+
+
+def geometric_target(start: float, end: float, step: int, steps: int) -> float:
+    """HALP's schedule: ``start^(1 - t/T) * end^(t/T)`` -- equal *relative* cuts per step, so
+    early steps (when the network is large) remove more in absolute terms."""
+    if steps <= 0 or step >= steps:
+        return end
+    t = step / steps
+    return start ** (1.0 - t) * end ** t
+
+
+def removal_count(spec: float, total: int) -> int:
+    """``spec`` channels per pruning step: a fraction of ``total`` when below 1, a count
+    otherwise (at least 1)."""
+    n = spec * total if spec < 1 else spec
+    return max(1, int(round(n)))
