@@ -41,6 +41,7 @@ __all__ = [
     "Allocation", "BudgetResult", "GroupOptions", "allocate_to_budget", "allowed_counts",
     "cheapest", "chunk_counts", "efficient",
     "fixed_options", "global_threshold", "halp_items", "halp_options", "make_options",
-    "per_group_ratio", "pick_method", "prune_by_ranking", "RankingResult", "ratio_count", "solve", "solve_dp", "solve_halp",
+    "per_group_ratio", "pick_method", "prune_by_ranking", "RankingResult", "ratio_count",
+    "solve", "solve_dp", "solve_halp",
     "solve_halp_augmented", "solve_pareto", "top_channels", "within_budget",
 ]
