@@ -230,6 +230,10 @@ def extract_state_dict(obj: Any, path: str | Path = "<weights>") -> dict[str, to
             "torch.save(model.state_dict()) or a checkpoint with a 'model' or 'state_dict' entry."
         )
     state = dict(obj)
+    if any(".parametrizations.weight." in k for k in state):  # a pruning run's masked weights
+        from prunecli.structure.masked_state import split_masked_state_dict
+
+        state, _ = split_masked_state_dict(state)  # dense weights; the masks are dropped
     for prefix in _WRAPPER_PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
