@@ -76,7 +76,29 @@ def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
                             for i in range(0, limit + 1, 4096)])
     under = np.flatnonzero(costs <= target)
     k = int(under[0]) if len(under) else limit
-    for g, i in zip(cg[order[:k]], ci[order[:k]], strict=True):
+    removed = order[:k]
+    cost = float(costs[k])
+    if len(under) and k > 0:
+        removed, cost = _fill_back(cost_model, path[k].copy(), cg, removed, target)
+    for g, i in zip(cg[removed], ci[removed], strict=True):
         masks[int(g)][int(i)] = False
     keep = {g: np.flatnonzero(masks[g]) for g in groups}
-    return RankingResult(keep, k, float(costs[k]), bool(costs[k] <= target))
+    return RankingResult(keep, len(removed), cost, bool(cost <= target))
+
+
+def _fill_back(cost_model: Any, counts: np.ndarray, cand_group: np.ndarray,
+               removed: np.ndarray, target: float) -> tuple[np.ndarray, float]:
+    """The channel that crossed the target may have been a costly one (a channel of a wide
+    residual stream is worth several percent of a small network): give back, best first, the
+    removed channels that still fit under the target, so the cut lands close to it."""
+    cost = cost_model.cost(counts)
+    back = np.zeros(len(removed), bool)
+    for j in range(len(removed) - 1, -1, -1):  # the most important removed channel first
+        g = int(cand_group[removed[j]])
+        counts[g] += 1
+        trial = cost_model.cost(counts)
+        if trial <= target:
+            back[j], cost = True, trial
+        else:
+            counts[g] -= 1
+    return removed[~back], cost
