@@ -330,3 +330,18 @@ def test_onnx_export_without_the_onnx_package_says_what_to_install(tmp_path, mon
                         lambda name, *a: None if name == "onnx" else real(name, *a))
     with pytest.raises(PrunecliError, match=r"pip install 'prunecli\[onnx\]'"):
         export_onnx(_net(nets.Residual), X, tmp_path / "m.onnx")
+
+
+def test_a_whole_group_keep_set_turns_a_masked_group_back_on() -> None:
+    from prunecli.models import build_model
+    from prunecli.structure import ChannelMasker
+
+    model = build_model({"name": "resnet20"}, num_classes=10)
+    s = trace_structure(model, torch.randn(1, 3, 16, 16))
+    g = s.prunable_groups[0]
+    masker = ChannelMasker(model, s)
+    masker.set_keep({g.id: [0, 1]})
+    assert int(masker.channel_masks()[g.id].sum()) == 2
+    masker.set_keep({g.id: list(range(g.size))})  # every channel back (SMCP's soft masks)
+    assert bool(masker.channel_masks()[g.id].all())
+    assert all(bool(p.mask.all()) for p in masker.masks.values())

@@ -71,6 +71,32 @@ class HALPConfig(PruningConfig):
     side_weight: float = 0.0  # layer cost charged to its output channels (HALP's view)
 
 
+@dataclass
+class SMCPConfig(PruningConfig):
+    """Humble et al.: soft (straight-through) input-channel masks re-solved by a cost knapsack.
+
+    Schedule lengths (``warmup_epochs``, ``ramp_epochs``, ``cooldown_epochs``) follow the
+    ``optim.milestones`` rule: below 1 a fraction of training, from 1 on a number of epochs. The
+    defaults are the paper's ImageNet 10 / 55 / 25 of 90 epochs as fractions.
+    """
+
+    name: str = "smcp"
+    mask: str = "soft"  # soft (straight-through: masked channels keep learning) | hard
+    importance: str = "magnitude"  # magnitude |w| | taylor_fo -w*g | taylor_so -w*g + w^2*H/2
+    grad_source: str = "grad"  # taylor: g = this step's gradient | momentum (SGD/Adam buffer)
+    accumulator: str = "momentum"  # latest | momentum | average (reset at every re-solve)
+    accumulator_momentum: float = 0.9  # m of m * past + (1 - m) * new
+    pruned_decay: float = 2e-4  # extra decay of masked weights (added to their gradient)
+    warmup_epochs: float = 0.11  # nothing pruned (paper: 10 of 90 epochs)
+    ramp_epochs: float = 0.61  # the removed cost grows to cost.ratio (paper: 55 of 90 epochs)
+    ramp: str = "exponential"  # exponential | linear | power
+    ramp_power: float = 3.0  # ramp=power: 1 - (1 - u)^a of the ramp's progress u
+    cooldown_epochs: float = 0.28  # masks frozen at the end (paper: 25 of 90 epochs)
+    prune_every: int = 80  # optimizer steps between re-solves (paper: 80 at 256 images a step)
+    round_to: int = 8  # kept widths are multiples of this when the group is wide enough
+    channel_doublesided_weight: float = 1.0  # 1: layer cost on its input side, 0: producer side
+
+
 # name -> (schema, "module:Class" of the implementation, one-line description)
 METHOD_SCHEMAS: dict[str, tuple[type[MethodConfig], str, str]] = {
     "none": (NoneConfig, "prunecli.methods.none:NoPruning", "dense training, no pruning"),
@@ -81,4 +107,6 @@ METHOD_SCHEMAS: dict[str, tuple[type[MethodConfig], str, str]] = {
                  "Thresholding)"),
     "halp": (HALPConfig, "prunecli.methods.halp:HALP",
              "Shen et al. NeurIPS 2022: latency-aware augmented knapsack, geometric schedule"),
+    "smcp": (SMCPConfig, "prunecli.methods.smcp:SMCP",
+             "Humble et al. ECCV 2022: soft channel masks re-solved by a cost knapsack"),
 }

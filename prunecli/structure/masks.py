@@ -67,8 +67,15 @@ class ChannelMasker:
                                for g in structure.groups if g.prunable}
 
     def set_keep(self, keep: KeepSpec) -> None:
-        """Turn on exactly the given channels of each listed group (others stay as they are)."""
-        for gid, idx in self.structure.normalise_keep(keep).items():
+        """Turn on exactly the given channels of each listed group (others stay as they are);
+        a keep-set holding a whole group turns all of it back on."""
+        reduced = self.structure.normalise_keep(keep)
+        for ref in keep:
+            gid = self.structure.group(ref).id
+            if gid in self._channel_masks:
+                self._channel_masks[gid] = torch.ones(self.structure.groups[gid].size,
+                                                      dtype=torch.bool)
+        for gid, idx in reduced.items():
             m = torch.zeros(self.structure.groups[gid].size, dtype=torch.bool)
             m[idx] = True
             self._channel_masks[gid] = m
