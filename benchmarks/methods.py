@@ -1,0 +1,170 @@
+"""Every pruning method side by side: same data, model, epochs and budgets.
+
+Run on demand (not a test; about 2 minutes per run on this project's 2-core CPU)::
+
+    python benchmarks/methods.py [--methods taylor slimming halp] [--ratios 0.5 0.7]
+                                 [--epochs 5] [--runs benchmarks/runs] [--reuse]
+
+Trains the dense baseline (``method=none``) and each method at each ``cost.ratio`` (the
+fraction of dense MACs removed: 0.5 -> 50% of the MACs kept, 0.7 -> 30%) on the embedded
+default (ResNet-20 on the Fashion-MNIST subset), each run a separate ``prunecli train``
+process, one after another. Every method gets the same epochs; its schedule is set so that
+pruning ends by about 60% of training and the rest fine-tunes (``SCHEDULES``). Then the dense
+model and every slimmed model (``slim.pt``) are timed on the CPU, interleaved in one loop so
+they see the same machine load, at batch 1 and 32; medians are reported.
+
+Writes ``methods.md`` and ``methods.json`` to ``--out`` (default ``benchmarks/results``).
+``--reuse`` skips runs whose ``results.json`` exists (re-time or re-tabulate only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# 157 optimizer steps per epoch on the embedded data at batch 128; pruning ends by ~60% of
+# 5 epochs (471 steps) for every method.
+SCHEDULES: dict[str, list[str]] = {
+    "none": [],
+    "taylor": ["method.start_epoch=1", "method.prune_every=10", "method.remove_per_step=0.03",
+               "method.finish_at=0.6"],
+    "slimming": ["method.sparsity=1e-4", "method.prune_at=0.6"],
+    "halp": ["method.start_epoch=1", "method.prune_every=10", "method.prune_steps=20",
+             "method.group_size=4"],
+    "smcp": ["method.warmup_epochs=1", "method.ramp_epochs=2", "method.cooldown_epochs=2",
+             "method.prune_every=10"],
+    "gator": [],
+    "chex": [],
+}
+
+
+def run_one(method: str, ratio: float, epochs: int, runs: Path, reuse: bool,
+            extra: list[str]) -> dict:
+    name = "dense" if method == "none" else f"{method}_{ratio:g}"
+    out = runs / name
+    if reuse and (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text())
+    cmd = [sys.executable, "-m", "prunecli", "train", f"method={method}",
+           f"trainer.epochs={epochs}", "trainer.progress=false", f"hydra.run.dir={out}",
+           *([] if method == "none" else [f"cost.ratio={ratio}"]), *SCHEDULES.get(method, []),
+           *extra]
+    print("$", " ".join(cmd[2:]), flush=True)
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"  FAILED ({proc.returncode}): {' | '.join(tail)}", flush=True)
+        return {"method": method, "error": " ".join(tail), "ratio": ratio}
+    r = json.loads((out / "results.json").read_text())
+    print(f"  top-1 {r['top1']:.2f}%  MACs {r['macs'] / 1e6:.2f} M  {time.time() - t0:.0f} s",
+          flush=True)
+    return r
+
+
+def time_models(rows: list[dict], runs: Path, repeats: int, threads: int) -> None:
+    """Median CPU latency of the dense and every slimmed model, interleaved."""
+    from prunecli.bench.timing import prepare, time_interleaved
+    from prunecli.structure import load_slim
+    from prunecli.structure.from_checkpoint import load_masked_model
+
+    torch.set_num_threads(threads)
+    cpu = torch.device("cpu")
+    models, shape = {}, None
+    for r in rows:
+        if "error" in r:
+            continue
+        if r["method"] == "none":
+            loaded = load_masked_model(runs / "dense" / "last.pt")
+            models["dense"], shape = loaded.model, tuple(loaded.example.shape[1:])
+        elif r.get("slim_model"):
+            models[r["run_name"]] = load_slim(r["slim_model"]).model
+    if shape is None:
+        return
+    fns = {k: prepare(m, cpu, "fp32", False, False) for k, m in models.items()}
+    for batch in (1, 32):
+        timings = time_interleaved(fns, shape, batch, cpu, warmup=5, repeats=repeats)
+        for r in rows:
+            key = "dense" if r["method"] == "none" else r.get("run_name")
+            if key in timings:
+                r[f"ms_b{batch}"] = timings[key].median_ms
+
+
+def table(rows: list[dict]) -> str:
+    dense = next((r for r in rows if r["method"] == "none" and "error" not in r), None)
+    head = ("| method | MACs kept (target) | top-1 % | vs dense | MACs | params | "
+            "ms @1 | speed-up @1 | ms @32 | speed-up @32 | prune events | wall s |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} {r['ratio']} | failed: {r['error']} |" + " |" * 10)
+            continue
+        target = "100%" if r["method"] == "none" else f"{100 * r['cost_kept']:.1f}% " \
+            f"({100 * r['cost_target']:.0f}%)"
+        delta = "" if dense is None else f"{r['top1'] - dense['top1']:+.2f}"
+        sp1 = sp32 = ""
+        if dense is not None and r.get("ms_b1") and dense.get("ms_b1"):
+            sp1 = f"{dense['ms_b1'] / r['ms_b1']:.2f}x"
+            sp32 = f"{dense['ms_b32'] / r['ms_b32']:.2f}x"
+        lines.append(
+            f"| {r['method']} | {target} | {r['top1']:.2f} | {delta} | "
+            f"{r['macs'] / 1e6:.2f} M | {r['params'] / 1e3:.1f} K | "
+            f"{r.get('ms_b1', float('nan')):.2f} | {sp1} | {r.get('ms_b32', float('nan')):.1f} | "
+            f"{sp32} | {r.get('prune_events', 0)} | {r['wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from prunecli.methods import method_names
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+",
+                    default=[m for m in method_names() if m != "none"])
+    ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.7])
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("extra", nargs="*", help="further overrides for every run")
+    args = ap.parse_args()
+    t0 = time.time()
+    rows = [{**run_one("none", 0.0, args.epochs, args.runs, args.reuse, args.extra),
+             "run_name": "dense"}]
+    for ratio in args.ratios:
+        for method in args.methods:
+            r = run_one(method, ratio, args.epochs, args.runs, args.reuse, args.extra)
+            rows.append({**r, "run_name": f"{method}_{ratio:g}"})
+    time_models(rows, args.runs, args.repeats, args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "methods.json").write_text(json.dumps(rows, indent=2) + "\n")
+    md = [
+        "# Pruning methods side by side",
+        "",
+        f"`python benchmarks/methods.py` ({dt.date.today()}, {platform.processor() or 'CPU'},"
+        f" {os.cpu_count()} cores, torch {torch.__version__}, {time.time() - t0:.0f} s in all).",
+        "",
+        f"ResNet-20 on the embedded Fashion-MNIST subset (20k train / 4k test, 28x28), "
+        f"{args.epochs} epochs for every run, SGD lr 0.1 cosine; budgets in MACs. Pruning "
+        "schedules (`SCHEDULES` in the script) end by ~60% of training, the rest fine-tunes. "
+        "Latency: CPU, fp32, eager PyTorch, 2 threads, the dense and all slimmed models timed "
+        "interleaved, median of the repeats.",
+        "",
+        table(rows),
+        "",
+    ]
+    (args.out / "methods.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
