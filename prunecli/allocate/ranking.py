@@ -93,12 +93,15 @@ def _fill_back(cost_model: Any, counts: np.ndarray, cand_group: np.ndarray,
     removed channels that still fit under the target, so the cut lands close to it."""
     cost = cost_model.cost(counts)
     back = np.zeros(len(removed), bool)
+    marginal: dict[int, float] = {}  # cost of giving one channel back to a group, at `counts`
     for j in range(len(removed) - 1, -1, -1):  # the most important removed channel first
         g = int(cand_group[removed[j]])
-        counts[g] += 1
-        trial = cost_model.cost(counts)
-        if trial <= target:
-            back[j], cost = True, trial
-        else:
+        if g not in marginal:
+            counts[g] += 1
+            marginal[g] = cost_model.cost(counts) - cost
             counts[g] -= 1
+        if cost + marginal[g] <= target:
+            counts[g] += 1
+            back[j], cost = True, cost_model.cost(counts)
+            marginal.clear()  # the other groups' marginal costs may depend on this one
     return removed[~back], cost
