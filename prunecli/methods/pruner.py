@@ -39,11 +39,13 @@ from prunecli.methods.schemas import METHOD_SCHEMAS
 
 
 class Pruner:
-    """A pruning method driven by a user's loop. ``hyper``: the method's hyperparameters
-    (the keys of ``conf/method/<name>.yaml``), validated against its schema."""
+    """A pruning method driven by a user's loop. ``ratio``: the fraction of the dense ``cost``
+    to remove (``cost.ratio``; 0 for methods given another target, e.g. slimming's
+    ``channel_ratio`` or CHEX's ``sparsity``). ``hyper``: the method's hyperparameters (the keys
+    of ``conf/method/<name>.yaml``), validated against its schema."""
 
     def __init__(self, model: nn.Module, example_inputs: torch.Tensor, method: str = "taylor",
-                 cost: str = "macs", ratio: float = 0.5, epochs: int = 1,
+                 cost: str = "macs", ratio: float = 0.0, epochs: int = 1,
                  steps_per_epoch: int = 1, table: str | None = None, **hyper: Any) -> None:
         if method not in METHOD_SCHEMAS or method == "none":
             raise ConfigError(f"unknown pruning method '{method}'; use one of "

@@ -97,9 +97,51 @@ class SMCPConfig(PruningConfig):
     channel_doublesided_weight: float = 1.0  # 1: layer cost on its input side, 0: producer side
 
 
+@dataclass
+class CHEXConfig(PruningConfig):
+    """Hou et al. (CVPR 2022): prune by column subset selection and regrow, from scratch.
+
+    ``update_every`` and ``t_max`` follow the ``optim.milestones`` rule (below 1 a fraction of
+    training, from 1 on epochs); the defaults are the paper's 2 epochs and 180 of 250 epochs.
+    """
+
+    name: str = "chex"
+    sparsity: Optional[float] = None  # S: fraction of channels to remove (None: cost.ratio)
+    d0: float = 0.3  # exploration: start at S - d0, d_t decays to 0 by t_max (cosine)
+    update_every: float = 2.0  # dT between prune-and-regrow updates (epochs; < 1: fraction)
+    t_max: float = 0.72  # T_max: masks frozen at the target from here (fraction; >= 1: epochs)
+    regrow_sampling: str = "softmax"  # softmax | proportional | uniform of ||w - P w||
+    regrow_temperature: float = 1.0  # softmax(||w - P w|| / temperature)
+
+
+@dataclass
+class GatorConfig(PruningConfig):
+    """Passov et al.: per-sample channel gates trained with a cost-weighted gate loss.
+
+    ``gate_epochs`` follows the ``optim.milestones`` rule (below 1 a fraction of training, from
+    1 on epochs); ``start_epoch`` is in epochs. With ``cost.ratio > 0`` the criteria weight is
+    adapted to the budget and the masks are cut to it exactly when gating ends.
+    """
+
+    name: str = "gator"
+    criteria_weight: float = 0.5  # lambda of the cost loss (paper: 0.5 for FLOPs -> ~50%)
+    gradient_multiplier: float = 0.2  # gate gradients x multiplier / w_h (paper: 0.2)
+    gate_init_prob: float = 0.995  # initial gate probability: theta = logit(p)
+    tau: float = 1.0  # sigmoid temperature of the gate samples
+    start_epoch: float = 0.0  # dense training before gating starts (epochs)
+    gate_epochs: float = 0.5  # gating length (paper: 30 epochs from pretrained), then fine-tune
+    sync_every: int = 10  # steps between host syncs (hard masks, cost weights, controller)
+    budget_gain: float = 2.0  # controller: lambda *= exp(gain * (expected / goal - 1))
+    budget_ramp: float = 0.75  # fraction of gating over which the goal falls to the budget
+
+
 # name -> (schema, "module:Class" of the implementation, one-line description)
 METHOD_SCHEMAS: dict[str, tuple[type[MethodConfig], str, str]] = {
+    "gator": (GatorConfig, "prunecli.methods.gator:Gator",
+              "Passov et al. 2022: per-sample channel gates with a cost-weighted gate loss"),
     "none": (NoneConfig, "prunecli.methods.none:NoPruning", "dense training, no pruning"),
+    "chex": (CHEXConfig, "prunecli.methods.chex:CHEX",
+             "Hou et al. CVPR 2022: prune by column subset selection, regrow, from scratch"),
     "taylor": (TaylorConfig, "prunecli.methods.taylor:TaylorPruning",
                "Molchanov et al. CVPR 2019: first-order Taylor importance, iterative removal"),
     "slimming": (SlimmingConfig, "prunecli.methods.slimming:NetworkSlimming",

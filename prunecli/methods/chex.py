@@ -1,0 +1,547 @@
+"""CHEX: Channel Exploration (Hou et al., CVPR 2022) -- prune and regrow channels from scratch.
+
+Target: ``method.sparsity`` S, the fraction of the channels of the scored groups to remove (the
+paper's knob), or, when it is not set, the budget ``cost.ratio`` r in the run's cost model
+(macs, params, memory, latency). "S" below stands for either; with a cost budget every
+sparsity is read as a removal ratio of the dense cost.
+
+- **Start** (before the first optimizer step): every group keeps the same fraction of its
+  channels, the largest one at which the model is at sparsity ``S - d0``, chosen by the L1 norm
+  of the producers' output filters.
+- **Exploration**, every ``update_every`` (dT) until ``t_max`` (T_max) -- both in optimizer
+  steps from the ``optim.milestones`` rule: below 1 a fraction of training, from 1 on epochs --
+  with ``d_t = d0 * (1 + cos(pi * t / T_max)) / 2``:
+
+  1. *layer allocation*: one global ranking of the BN scales ``|gamma|`` (mean over a group's
+     norms, :func:`prunecli.importance.bn_scale`) over all channels, pruned ones included (their
+     gamma is zero, so they go first): how many channels each group keeps at ``S`` ("down") and
+     at ``S - d_t`` ("up"), by :func:`prunecli.allocate.prune_by_ranking` on the channel count
+     (``method.sparsity``) or the cost model;
+  2. *prune* by column subset selection: ``X`` stacks the group's producers' (input-masked)
+     weights so that each output channel is one column, shape ``(sum C_in*k*k, C)``; among the
+     active columns, the ``down`` ones with the largest leverage scores ``||V_{:r}[j]||^2``
+     (``r`` = down, ``V`` the right singular vectors of ``X``) stay. When the active columns are
+     linearly dependent (``C_in*k^2 < C``, rank-deficient) the L1 norm of the columns decides;
+  3. *regrow* ``up - down`` channels sampled without replacement from the rest, with
+     probabilities ``softmax(||w_j - P w_j|| / regrow_temperature)`` (P projects onto the span of
+     the kept columns; ``regrow_sampling=proportional``: ``||w_j - P w_j||`` normalised to sum
+     1; ``uniform``). A regrown channel gets back the producer rows, biases and follower entries
+     (BN weight, bias, running mean/var, depthwise filter) it had when it was last active: the
+     snapshot taken at the update that pruned it (for a channel pruned at the previous update,
+     that update's snapshot). Its optimizer state starts from zero.
+
+  The last update, at T_max, has ``d = 0``: the masks freeze at the "down" allocation (the
+  target itself, at or just under it in the chosen cost) and training goes on.
+- Masks are hard (input channels of every consumer); in addition, after every optimizer step the
+  producers' output rows and the followers' weights/biases of pruned channels are zeroed, as the
+  paper does. Running statistics are not zeroed (a zero-scale BN outputs zero anyway) but they
+  are part of the snapshot. Groups without a norm have no BN scale to rank: they stay whole.
+
+Sampling uses a ``torch.Generator`` seeded from the run's ``seed``; its state, the update count
+and the snapshot (only the pruned channels' rows, on the host) are in the checkpoint, so a
+resumed run is the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from prunecli.allocate import prune_by_ranking
+from prunecli.cost.channels import ChannelCountCost
+from prunecli.engine.events import HookContext
+from prunecli.errors import ConfigError
+from prunecli.importance import bn_scale, norm_slices
+from prunecli.methods.base import PruningMethod, cfg_get
+from prunecli.methods.smcp import span_steps
+from prunecli.structure.keep import _weight, kept_count
+
+log = logging.getLogger("prunecli")
+
+SAMPLINGS = ("softmax", "proportional", "uniform")
+
+
+# ---------------------------------------------------------------------- the pieces
+def exploration_delta(t: float, t_max: float, d0: float) -> float:
+    """``d_t = d0 * (1 + cos(pi * t / T_max)) / 2``: ``d0`` at 0, ``d0 / 2`` halfway, 0 from
+    ``T_max`` on."""
+    if t_max <= 0 or t >= t_max:
+        return 0.0
+    return float(d0) * (1.0 + math.cos(math.pi * max(0.0, float(t)) / t_max)) / 2.0
+
+
+def _rank_tol(s: torch.Tensor, shape: tuple[int, ...]) -> float:
+    if s.numel() == 0:
+        return 0.0
+    return float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+
+
+def leverage_scores(x: torch.Tensor, r: int) -> torch.Tensor | None:
+    """``||V_{:r}[j]||^2`` for every column ``j`` of ``x`` (d x n), ``V`` its right singular
+    vectors in decreasing order of singular value; None when the columns are linearly dependent
+    (rank < n, e.g. d < n), where leverage scores do not single out columns."""
+    x = x.detach().double().cpu()
+    d, n = x.shape
+    if n == 0:
+        return torch.zeros(0, dtype=torch.float64)
+    if d < n:
+        return None
+    if d > n:  # X = QR: R (n x n) has the same right singular vectors, at a fraction of the cost
+        x = torch.linalg.qr(x, mode="r").R
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    if int((s > _rank_tol(s, (d, n))).sum()) < n:
+        return None
+    return vh[: max(0, int(r))].square().sum(0)
+
+
+def css_select(x: torch.Tensor, r: int) -> np.ndarray:
+    """Column subset selection: the ``r`` columns of ``x`` with the largest leverage scores
+    (ascending indices); the largest L1 norms when ``x`` is rank-deficient."""
+    n = x.shape[1]
+    r = int(r)
+    if r >= n:
+        return np.arange(n)
+    if r <= 0:
+        return np.zeros(0, dtype=np.int64)
+    score = leverage_scores(x, r)
+    if score is None:
+        score = x.detach().double().cpu().abs().sum(0)
+    order = np.argsort(-score.numpy(), kind="stable")
+    return np.sort(order[:r])
+
+
+def projection_residuals(x: torch.Tensor, kept: Any, cand: Any) -> torch.Tensor:
+    """``||x_j - P x_j||`` for the columns ``cand`` of ``x``, ``P`` the orthogonal projector
+    onto the span of the columns ``kept``."""
+    x = x.detach().double().cpu()
+    kept = torch.as_tensor(np.asarray(kept, dtype=np.int64))
+    xc = x[:, torch.as_tensor(np.asarray(cand, dtype=np.int64))]
+    if kept.numel() == 0:
+        return xc.norm(dim=0)
+    xk = x[:, kept]
+    u, s, _ = torch.linalg.svd(xk, full_matrices=False)
+    u = u[:, s > _rank_tol(s, tuple(xk.shape))]
+    return (xc - u @ (u.T @ xc)).norm(dim=0)
+
+
+def regrow_probabilities(residuals: torch.Tensor, sampling: str = "softmax",
+                         temperature: float = 1.0) -> torch.Tensor:
+    """Sampling probabilities of the pruned channels from their projection residuals:
+    ``softmax(res / temperature)`` (the paper), ``res / sum(res)`` or uniform."""
+    res = residuals.detach().double().cpu()
+    n = res.numel()
+    if n == 0:
+        return res
+    if sampling == "softmax":
+        return torch.softmax(res / float(temperature), 0)
+    if sampling == "proportional" and float(res.sum()) > 0:
+        p = res + 1e-12 * float(res.max())  # every channel stays possible
+        return p / p.sum()
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"method.regrow_sampling={sampling} is unknown; use one of "
+                          f"{', '.join(SAMPLINGS)}")
+    return torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A per-channel tensor of a group: channel ``c`` is index ``offset + c`` along ``dim`` of
+    ``module.attr`` (the stored weight when it carries a mask)."""
+
+    key: str
+    module: str  # module name ("" = the model itself)
+    attr: str
+    dim: int
+    offset: int
+    zero: bool  # zeroed while the channel is pruned (weights, biases; not running statistics)
+    producer: bool = False  # an output filter of a producer: a column block of X
+
+
+_FOLLOWER_ATTRS = {
+    "norm": (("weight", True), ("bias", True), ("running_mean", False), ("running_var", False)),
+    "depthwise": (("weight", True), ("bias", True)),
+    "prelu": (("weight", True),),
+}
+
+
+class CHEX(PruningMethod):
+    needs_budget = False  # method.sparsity alone is a target
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        self.started = False  # the uniform L1 start was done
+        self.frozen = False  # the final update was done
+        self.updates = 0
+        self.regrown: list[int] = []  # channels regrown at each update
+        self.snapshot: dict[int, dict[str, Any]] = {}  # group -> index, rows (pruned channels)
+        self.generator = torch.Generator()
+        self._zero_targets: list[tuple[torch.Tensor, int, torch.Tensor]] = []
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, ctx: HookContext) -> None:
+        c = self.cfg
+        sparsity = cfg_get(c, "sparsity")
+        self.sparsity = None if sparsity is None else float(sparsity)
+        if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
+            raise ConfigError(f"method.sparsity={self.sparsity} must be in [0, 1): the fraction "
+                              "of channels to remove")
+        self.d0 = float(cfg_get(c, "d0", 0.3))
+        if not 0.0 <= self.d0 < 1.0:
+            raise ConfigError(f"method.d0={self.d0} must be in [0, 1)")
+        every, t_max = float(cfg_get(c, "update_every", 2.0)), float(cfg_get(c, "t_max", 0.72))
+        if every <= 0 or t_max < 0:
+            raise ConfigError("method.update_every must be > 0 and method.t_max >= 0 (below 1: "
+                              "fractions of training, from 1 on: epochs)")
+        self.sampling = str(cfg_get(c, "regrow_sampling", "softmax"))
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"method.regrow_sampling={self.sampling} is unknown; use one of "
+                              f"{', '.join(SAMPLINGS)}")
+        self.temperature = float(cfg_get(c, "regrow_temperature", 1.0))
+        if self.temperature <= 0:
+            raise ConfigError("method.regrow_temperature must be > 0")
+        super().setup(ctx)
+        if self.sparsity is not None and self.ratio > 0:
+            raise ConfigError("set either method.sparsity (fraction of channels) or cost.ratio "
+                              "(fraction of the cost), not both")
+        if self.sparsity is None and self.ratio == 0:
+            raise ConfigError(f"method=chex needs a target: method.sparsity (fraction of "
+                              f"channels to remove, the paper's S) or cost.ratio (fraction of "
+                              f"the dense {ctx.config.cost.name} to remove)")
+        total = ctx.epochs * ctx.steps_per_epoch
+        self.every = max(1, span_steps(every, ctx.epochs, ctx.steps_per_epoch))
+        self.t_max = span_steps(t_max, ctx.epochs, ctx.steps_per_epoch)
+        if self.t_max > total:
+            raise ConfigError(f"method.t_max={t_max:g} is step {self.t_max} but the run has "
+                              f"{total} optimizer steps; lower it (below 1: a fraction of "
+                              "training)")
+        self.slices = norm_slices(ctx.model, self.structure)
+        if not self.slices:
+            raise ConfigError(f"{ctx.config.model.name} has no BN after a prunable layer: CHEX "
+                              "allocates channels by BN scales")
+        self.groups = sorted(self.slices)
+        whole = [g.key for g in self.structure.prunable_groups if g.id not in self.slices]
+        if whole:
+            log.warning("chex: %d group(s) without a norm stay whole: %s", len(whole),
+                        ", ".join(whole[:5]))
+        if self.sparsity is not None:
+            self.alloc_cost: Any = ChannelCountCost(self.structure, self.groups)
+            self.final = self.sparsity
+        else:
+            self.alloc_cost, self.final = self.cost_model, self.ratio
+        self.model = ctx.model
+        self.slots = {g: self._group_slots(ctx.model, g) for g in self.groups}
+        self.generator.manual_seed(_seed(ctx.config))
+
+    def _group_slots(self, model: nn.Module, gid: int) -> list[_Slot]:
+        g, modules = self.structure.groups[gid], dict(model.named_modules())
+        slots = []
+        for name in g.producers:
+            slots.append(_Slot(f"{name}.weight", name, "weight", 0, 0, True, producer=True))
+            if getattr(modules[name], "bias", None) is not None:
+                slots.append(_Slot(f"{name}.bias", name, "bias", 0, 0, True))
+        for name in g.followers:
+            role = self.structure.roles[name]
+            for seg in role.in_segments:
+                if seg.group != gid or seg.spatial != 1:
+                    continue
+                for attr, zero in _FOLLOWER_ATTRS.get(role.kind, ()):
+                    if isinstance(getattr(modules[name], attr, None), torch.Tensor):
+                        slots.append(_Slot(f"{name}.{attr}@{seg.offset}", name, attr, 0,
+                                           seg.offset, zero))
+        for p in self.structure.params:
+            owner = modules[p.module] if p.module else model
+            t = getattr(owner, p.attr)
+            dim = next(d for d, n in enumerate(t.shape) if n == t.numel())
+            for seg in p.segments:
+                if seg.group == gid and seg.spatial == 1:
+                    slots.append(_Slot(f"{p.module}.{p.attr}@{seg.offset}", p.module, p.attr,
+                                       dim, seg.offset, True))
+        return slots
+
+    def _tensor(self, slot: _Slot) -> torch.Tensor:
+        module = self._named[slot.module] if slot.module else self.model
+        return _weight(module) if slot.attr == "weight" else getattr(module, slot.attr)
+
+    # ------------------------------------------------------------------ hooks
+    def on_train_start(self, ctx: HookContext) -> None:
+        super().on_train_start(ctx)
+        self.model = ctx.model  # after a SyncBatchNorm conversion
+        self._named = dict(self.model.named_modules())
+        if not self.started:
+            self.start(ctx)
+        else:
+            self._refresh_zero_targets()
+        log.info("chex: %s, d0 %.2f, update every %d steps until step %d", self._target_text(),
+                 self.d0, self.every, self.t_max)
+
+    def after_optimizer_step(self, ctx: HookContext) -> None:
+        if not self.started:
+            return
+        self.zero_pruned()
+        if not self.frozen and (ctx.step >= self.t_max or ctx.step % self.every == 0):
+            self.update(ctx)
+
+    def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
+        if self.started and not self.frozen and ctx.step >= ctx.epochs * ctx.steps_per_epoch:
+            self.update(ctx, last=True)  # defensive: the final update was missed
+        summary = super().on_train_end(ctx)
+        kept = sum(int(m.sum()) for g, m in self.active().items() if g in self.slices)
+        total = sum(self.structure.groups[g].size for g in self.groups)
+        summary.update({
+            "chex_updates": self.updates,
+            "channels_regrown": int(sum(self.regrown)),
+            "regrown_per_update": list(self.regrown),
+            "chex_sparsity_target": self.sparsity,
+            "channel_sparsity": round(1.0 - kept / total, 6),
+        })
+        return summary
+
+    # ------------------------------------------------------------------ the method
+    def start(self, ctx: HookContext) -> None:
+        """Uniform pruning by filter L1 norm to ``S - d0``."""
+        removed = max(0.0, self.final - exploration_delta(0, self.t_max, self.d0))
+        counts = self.uniform_counts(removed)
+        before = self.active()
+        keep = {}
+        for g in self.groups:
+            l1 = self.matrix(g, before).abs().sum(0).numpy()
+            keep[g] = np.sort(np.argsort(-l1, kind="stable")[: counts[g]])
+        self.started = True
+        self.frozen = self.t_max == 0
+        self._change(ctx, self._agree(keep), f"chex start (uniform L1, {self._text(removed)})")
+
+    def update(self, ctx: HookContext, last: bool | None = None) -> None:
+        """One exploration step: allocate, prune by CSS, regrow (see the module docstring)."""
+        last = ctx.step >= self.t_max if last is None else last
+        d = 0.0 if last else exploration_delta(ctx.step, self.t_max, self.d0)
+        scores = self.score_arrays(bn_scale(self.slices))
+        down = self.allocate(self.final, scores)
+        up = down if last else {g: max(u, down[g]) for g, u in
+                                self.allocate(max(0.0, self.final - d), scores).items()}
+        before = self.active()
+        keep = {}
+        for g in self.groups:
+            x = self.matrix(g, before)
+            act = np.flatnonzero(before[g])
+            kept = act[css_select(x[:, torch.as_tensor(act)], min(down[g], len(act)))]
+            extra = up[g] - len(kept)
+            if extra > 0:
+                cand = np.setdiff1d(np.arange(len(before[g])), kept)
+                p = regrow_probabilities(projection_residuals(x, kept, cand), self.sampling,
+                                         self.temperature)
+                pick = torch.multinomial(p, extra, replacement=False, generator=self.generator)
+                kept = np.union1d(kept, cand[pick.numpy()])
+            keep[g] = kept
+        self.frozen = last
+        self.updates += 1
+        phase = "final" if last else f"{self.updates}"
+        note = f"chex update {phase} (d_t {d:.4f}, up {self._text(self.final - d)})"
+        regrown = self._change(ctx, self._agree(keep), note)
+        self.regrown.append(regrown)
+        self.history[-1].update({"delta": round(d, 6), "regrown": regrown})
+        if last:
+            log.info("chex: masks frozen at step %d; %d channels regrown over %d updates",
+                     ctx.step, sum(self.regrown), self.updates)
+
+    def allocate(self, removed: float, scores: dict[int, np.ndarray]) -> dict[int, int]:
+        """Channels per group at removal ratio ``removed``, from one global |gamma| ranking of
+        all channels."""
+        sizes = {g: self.structure.groups[g].size for g in self.groups}
+        if removed <= 0:
+            return sizes
+        result = prune_by_ranking(self.alloc_cost, scores, (1.0 - removed) * self.alloc_cost.dense,
+                                  min_channels=self.min_channels)
+        if not result.reached:
+            log.warning("chex: %s is out of reach with method.min_channels=%d per group",
+                        self._text(removed), self.min_channels)
+        return {g: len(result.keep[g]) for g in self.groups}
+
+    def uniform_counts(self, removed: float) -> dict[int, int]:
+        """The same kept fraction ``q`` in every group, the largest at which the model is at
+        removal ratio ``removed`` or under it (bisection)."""
+        sizes = {g: self.structure.groups[g].size for g in self.groups}
+        if removed <= 0:
+            return sizes
+        target = (1.0 - removed) * self.alloc_cost.dense
+
+        def counts(q: float) -> dict[int, int]:
+            return {g: kept_count(n, q, min_channels=self.min_channels) for g, n in sizes.items()}
+
+        lo, hi = 0.0, 1.0
+        if self.alloc_cost.cost(counts(lo)) > target:
+            log.warning("chex: the start at %s is out of reach with method.min_channels=%d",
+                        self._text(removed), self.min_channels)
+            return counts(lo)
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if self.alloc_cost.cost(counts(mid)) <= target:
+                lo = mid
+            else:
+                hi = mid
+        return counts(lo)
+
+    @torch.no_grad()
+    def matrix(self, gid: int, active: dict[int, np.ndarray]) -> torch.Tensor:
+        """``X`` of a group (host, float64): the producers' output filters, input-masked, one
+        column per channel; a pruned channel's column holds its last active weights."""
+        size = self.structure.groups[gid].size
+        parts = []
+        for k, slot in enumerate(self.slots[gid]):
+            if not slot.producer:
+                continue
+            rows = self._last_rows(gid, k, np.arange(size), active).double()
+            mask = self.masker.masks.get(slot.module)
+            if mask is not None:
+                m = mask.mask.detach().double().cpu()
+                rows = rows * m.view((1, -1) + (1,) * (rows.ndim - 2))
+            parts.append(rows.reshape(size, -1))
+        return torch.cat(parts, 1).T.contiguous()
+
+    # ------------------------------------------------------------------ rows and snapshots
+    def _current_rows(self, slot: _Slot, channels: np.ndarray) -> torch.Tensor:
+        t = self._tensor(slot).detach()
+        idx = torch.as_tensor(channels + slot.offset, dtype=torch.int64, device=t.device)
+        return t.index_select(slot.dim, idx).movedim(slot.dim, 0).cpu()
+
+    def _last_rows(self, gid: int, k: int, channels: np.ndarray,
+                   active: dict[int, np.ndarray]) -> torch.Tensor:
+        """Rows of slot ``k`` for ``channels``: the current ones for active channels, the
+        snapshot for pruned ones (their stored values when they were never snapshot)."""
+        rows = self._current_rows(self.slots[gid][k], channels)
+        snap = self.snapshot.get(gid)
+        stale = ~active[gid][channels]
+        if snap is None or not stale.any() or len(snap["index"]) == 0:
+            return rows
+        index = snap["index"].numpy()
+        pos = np.searchsorted(index, channels).clip(0, len(index) - 1)
+        found = stale & (index[pos] == channels)
+        if found.any():
+            rows[torch.as_tensor(found)] = snap["rows"][k][torch.as_tensor(pos[found])].to(
+                rows.dtype)
+        return rows
+
+    @torch.no_grad()
+    def _change(self, ctx: HookContext, keep: dict[int, np.ndarray], note: str) -> int:
+        """Set the masks to ``keep``: snapshot the channels that go, restore the ones that come
+        back, zero the pruned ones; returns how many came back."""
+        before = self.active()
+        snapshot, regrown = {}, 0
+        for g in self.groups:
+            after = np.zeros(len(before[g]), dtype=bool)
+            after[np.asarray(keep[g], dtype=np.int64)] = True
+            pruned = np.flatnonzero(~after)
+            back = np.flatnonzero(after & ~before[g])
+            gone = np.flatnonzero(before[g] & ~after)
+            regrown += len(back)
+            snapshot[g] = {"index": torch.as_tensor(pruned, dtype=torch.int64),
+                           "rows": [self._last_rows(g, k, pruned, before)
+                                    for k in range(len(self.slots[g]))]}
+            for k, slot in enumerate(self.slots[g]):
+                t = self._tensor(slot)
+                if len(back):
+                    rows = self._last_rows(g, k, back, before).movedim(0, slot.dim)
+                    idx = torch.as_tensor(back + slot.offset, device=t.device)
+                    t.index_copy_(slot.dim, idx, rows.to(t.device, t.dtype))
+                if slot.zero and len(gone):
+                    t.index_fill_(slot.dim, torch.as_tensor(gone + slot.offset, device=t.device),
+                                  0)
+                if slot.zero and isinstance(t, nn.Parameter):
+                    self._zero_state(ctx, t, slot.dim, np.concatenate([back, gone]) + slot.offset)
+        self.snapshot = snapshot
+        self.apply(ctx, keep, note=note)
+        self._refresh_zero_targets()
+        self.zero_pruned()
+        return regrown
+
+    @staticmethod
+    def _zero_state(ctx: HookContext, p: torch.Tensor, dim: int, index: np.ndarray) -> None:
+        """A pruned or regrown channel's optimizer state (momentum, Adam moments) restarts."""
+        if ctx.optimizer is None or len(index) == 0:
+            return
+        for v in ctx.optimizer.state.get(p, {}).values():
+            if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                v.index_fill_(dim, torch.as_tensor(index, device=v.device), 0)
+
+    def _refresh_zero_targets(self) -> None:
+        targets = []
+        for g, m in self.active().items():
+            if g not in self.slots or m.all():
+                continue
+            pruned = np.flatnonzero(~m)
+            for slot in self.slots[g]:
+                if slot.zero:
+                    t = self._tensor(slot)
+                    targets.append((t, slot.dim, torch.as_tensor(pruned + slot.offset,
+                                                                 device=t.device)))
+        self._zero_targets = targets
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """The paper's mask on weights: pruned channels' filters and norm entries are zero."""
+        for t, dim, idx in self._zero_targets:
+            t.index_fill_(dim, idx, 0)
+
+    def _agree(self, keep: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+        """Every process takes rank 0's keep-sets (SVDs and sampling agree anyway)."""
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return keep
+        masks = []
+        for g in self.groups:
+            m = torch.zeros(self.structure.groups[g].size, dtype=torch.uint8)
+            m[torch.as_tensor(np.asarray(keep[g], dtype=np.int64))] = 1
+            masks.append(m)
+        flat = torch.cat(masks).to(self.device)
+        dist.broadcast(flat, 0)
+        out, at = {}, 0
+        for g, m in zip(self.groups, masks, strict=True):
+            out[g] = np.flatnonzero(flat[at: at + len(m)].cpu().numpy())
+            at += len(m)
+        return out
+
+    def _text(self, removed: float) -> str:
+        if self.sparsity is not None:
+            return f"channel sparsity {max(0.0, removed):.4f}"
+        return f"{self.cost_model.name} ratio {max(0.0, removed):.4f}"
+
+    def _target_text(self) -> str:
+        return f"target {self._text(self.final)}"
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "started": self.started, "frozen": self.frozen,
+                "updates": self.updates, "regrown": list(self.regrown),
+                "generator": self.generator.get_state(),
+                "snapshot": {int(g): {"index": s["index"], "rows": list(s["rows"]),
+                                      "keys": [slot.key for slot in self.slots[g]]}
+                             for g, s in self.snapshot.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.started = bool(state.get("started", False))
+        self.frozen = bool(state.get("frozen", False))
+        self.updates = int(state.get("updates", 0))
+        self.regrown = [int(r) for r in state.get("regrown", [])]
+        if state.get("generator") is not None:
+            self.generator.set_state(state["generator"].cpu())
+        self.snapshot = {}
+        for g, s in state.get("snapshot", {}).items():
+            g = int(g)
+            if g not in self.slots or s.get("keys") != [slot.key for slot in self.slots[g]]:
+                log.warning("chex: the checkpoint's snapshot of group %d does not match this "
+                            "model; its pruned channels regrow with their stored values", g)
+                continue
+            self.snapshot[g] = {"index": s["index"].cpu(), "rows": [r.cpu() for r in s["rows"]]}
+
+
+def _seed(config: Any) -> int:
+    try:
+        return int(config.get("seed", 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
