@@ -42,8 +42,8 @@ SCHEDULES: dict[str, list[str]] = {
              "method.group_size=4"],
     "smcp": ["method.warmup_epochs=1", "method.ramp_epochs=2", "method.cooldown_epochs=2",
              "method.prune_every=10"],
-    "gator": [],
-    "chex": [],
+    "gator": ["method.start_epoch=1", "method.gate_epochs=2"],
+    "chex": ["method.update_every=0.1", "method.t_max=0.6"],
 }
 
 
