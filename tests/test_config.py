@@ -71,8 +71,8 @@ def test_wrong_type_is_an_error() -> None:
 
 
 def test_unknown_option_is_an_error() -> None:
-    with pytest.raises(ConfigCompositionException, match="method/halp"):
-        _compose(["method=halp"])
+    with pytest.raises(ConfigCompositionException, match="method/pruneall"):
+        _compose(["method=pruneall"])
 
 
 def test_typo_inside_a_yaml_file_is_an_error() -> None:
