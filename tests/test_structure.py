@@ -345,3 +345,32 @@ def test_a_whole_group_keep_set_turns_a_masked_group_back_on() -> None:
     masker.set_keep({g.id: list(range(g.size))})  # every channel back (SMCP's soft masks)
     assert bool(masker.channel_masks()[g.id].all())
     assert all(bool(p.mask.all()) for p in masker.masks.values())
+
+
+def test_masks_cost_nothing_until_a_channel_is_off_and_survive_a_state_dict_load() -> None:
+    from prunecli.models import build_model
+    from prunecli.structure import ChannelMasker
+
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet20"}, num_classes=10)
+    x = torch.randn(2, 3, 16, 16)
+    s = trace_structure(model, x[:1])
+    masker = ChannelMasker(model, s, soft=True)
+    assert all(p.full for p in masker.masks.values())  # pass-through while nothing is masked
+    g = s.prunable_groups[1]
+    masker.set_keep({g.id: [0, 3]})
+    assert not all(p.full for p in masker.masks.values())
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    other = build_model({"name": "resnet20"}, num_classes=10)
+    ChannelMasker(other, s, soft=True)  # fresh masks: all on, pass-through ...
+    other.load_state_dict(state)  # ... until the saved masks arrive
+    model.eval()
+    other.eval()
+    torch.testing.assert_close(other(x), model(x))
+    # the straight-through mask: masked forward, unchanged gradient
+    p = next(iter(v for v in masker.masks.values() if not v.full))
+    w = torch.randn(4, p.mask.numel(), 3, 3, requires_grad=True)
+    out = p(w)
+    assert torch.equal(out[:, p.mask == 0], torch.zeros_like(out[:, p.mask == 0]))
+    out.sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))

@@ -12,6 +12,7 @@ reaches ``w`` unchanged, so masked channels keep learning and can come back.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,21 +21,43 @@ from torch.nn.utils import parametrize
 from prunecli.structure.structure import ChannelStructure, KeepSpec
 
 
+class _StraightThrough(torch.autograd.Function):
+    """``w * m`` forward, the gradient passed to ``w`` unchanged (one op, no extra buffers)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad, None
+
+
 class InputChannelMask(nn.Module):
-    """``w -> w * mask`` over the input-channel axis (dim 1) of a conv/linear weight."""
+    """``w -> w * mask`` over the input-channel axis (dim 1) of a conv/linear weight.
+
+    ``full`` is a host-side flag kept by :class:`ChannelMasker` (no GPU sync to read it): while
+    every channel is on, the weight passes through untouched, so masks cost nothing until a
+    layer is actually pruned."""
 
     def __init__(self, in_channels: int, weight_ndim: int, soft: bool) -> None:
         super().__init__()
         self.soft = soft
+        self.full = False  # only the masker, which knows the mask, may say it is all ones
         self.shape = (1, in_channels) + (1,) * (weight_ndim - 2)
         self.register_buffer("mask", torch.ones(in_channels))
 
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self.full = bool(self.mask.bool().all())  # once per load, not per step
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.full:
+            return weight
         m = self.mask.view(self.shape).to(weight.dtype)
-        masked = weight * m
         if self.soft:  # value of w*m, gradient of w
-            return weight + (masked - weight).detach()
-        return masked
+            return _StraightThrough.apply(weight, m)
+        return weight * m
 
 
 class ChannelMasker:
@@ -65,6 +88,7 @@ class ChannelMasker:
             self.masks[name] = p
         self._channel_masks = {g.id: torch.ones(g.size, dtype=torch.bool)
                                for g in structure.groups if g.prunable}
+        self.sync_from_buffers()  # masks that came with the model (a resumed run) stay
 
     def set_keep(self, keep: KeepSpec) -> None:
         """Turn on exactly the given channels of each listed group (others stay as they are);
@@ -101,6 +125,7 @@ class ChannelMasker:
                     m = self._channel_masks[seg.group].repeat_interleave(seg.spatial)
                     full[seg.offset: seg.offset + seg.length * seg.spatial] = m
             p.mask.copy_(full.to(p.mask.dtype))
+            p.full = bool(full.all())
 
     def sync_from_buffers(self) -> None:
         """Rebuild the channel masks from the consumers' buffers (after ``load_state_dict``)."""
@@ -110,6 +135,8 @@ class ChannelMasker:
             seg = next(s for s in self.structure.roles[name].in_segments if s.group == gid)
             buf = self.masks[name].mask[seg.offset: seg.offset + seg.length * seg.spatial]
             self._channel_masks[gid] = buf.view(seg.length, seg.spatial)[:, 0].bool().cpu()
+        for p in self.masks.values():
+            p.full = bool(p.mask.bool().all())
 
     def remove(self) -> None:
         """Take the masks off, leaving the original (unmasked) weights in place."""
