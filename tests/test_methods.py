@@ -190,3 +190,24 @@ def test_halp_on_a_latency_table(run_cli, tmp_path: Path, fake_timing) -> None:
     r = read_results(run)
     assert r["cost"] == "latency" and 0.68 <= r["cost_kept"] <= 0.7 + 1e-9
     assert np.isfinite(r["cost_pruned"]) and r["cost_pruned"] < r["cost_dense"]
+
+
+def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:
+    """Activation-based scores differ per process: they are averaged, so both processes set
+    the same masks (rank 0 alone writes slim.pt)."""
+    import os
+    import subprocess
+    import sys
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prunecli", "train",
+           *SMALL, "method=taylor", "method.criterion=iclr2017", "cost.ratio=0.5",
+           *SCHEDULE["taylor"], f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = read_results(out)
+    assert r["world_size"] == 2 and 0.48 <= r["cost_kept"] <= 0.5
+    assert r["slim_top1"] == r["top1"]
+    assert load_slim(out / "slim.pt").model is not None
