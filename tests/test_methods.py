@@ -211,3 +211,12 @@ def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     assert r["world_size"] == 2 and 0.48 <= r["cost_kept"] <= 0.5
     assert r["slim_top1"] == r["top1"]
     assert load_slim(out / "slim.pt").model is not None
+
+
+def test_taylor_spreads_the_removal_evenly_by_default() -> None:
+    _, _, pruner, masks = _loop("taylor", steps=24, prune_every=2, finish_at=0.75)
+    kept = [sum(int(m.sum()) for m in step.values()) for step in masks]
+    drops = [a - b for a, b in zip(kept, kept[1:], strict=False) if a != b]
+    assert len(drops) >= 6  # pruned over many steps, not in one final cut
+    assert max(drops) <= 2 * min(drops) + 2
+    assert 0.48 <= pruner.method.kept_cost_ratio() <= 0.5

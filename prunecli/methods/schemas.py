@@ -41,7 +41,7 @@ class TaylorConfig(PruningConfig):
     name: str = "taylor"
     criterion: str = "fo_bn"  # fo_bn (CVPR 2019) | fo_weight | iclr2017
     prune_every: int = 30  # minibatches averaged between pruning steps
-    remove_per_step: float = 0.02  # channels per step: fraction of prunable (<1) or count
+    remove_per_step: float = 0.0  # channels per step: fraction (<1), count, or 0 = spread evenly
     momentum: float = 0.9  # smoothing of scores across pruning steps
     start_epoch: float = 0.0  # train this long before the first pruning step
     finish_at: float = 0.5  # fraction of training by which the budget must be reached

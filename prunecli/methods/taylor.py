@@ -11,7 +11,9 @@ Importance of a channel = the first-order change of the loss when it is removed:
 Scores are averaged over the ``prune_every`` minibatches between pruning steps, then smoothed
 across steps with ``momentum``. Every step removes the ``remove_per_step`` lowest-ranked active
 channels (one global ranking), stopping as soon as the cost budget is met; the rest of the run
-fine-tunes. Unlike the original, the channels are really removed at the end (slim.pt).
+fine-tunes. ``remove_per_step=0`` spreads the removal evenly: each step removes the channels
+still needed to reach the budget divided by the pruning steps left before ``finish_at``.
+Unlike the original, the channels are really removed at the end (slim.pt).
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ class TaylorPruning(PruningMethod):
         total = ctx.epochs * ctx.steps_per_epoch
         self.finish = min(total, max(self.start + c.prune_every,
                                      int(round(c.finish_at * total))))
-        self.per_step = removal_count(c.remove_per_step, self.structure.prunable_channels())
+        if c.remove_per_step < 0:
+            raise ConfigError("method.remove_per_step must be >= 0 (0: spread evenly)")
+        self.per_step = (None if c.remove_per_step == 0 else
+                         removal_count(c.remove_per_step, self.structure.prunable_channels()))
         slices = norm_slices(ctx.model, self.structure)
         self.hooks: ActivationTaylor | None = None
         if c.criterion == "fo_bn":
@@ -100,9 +105,15 @@ class TaylorPruning(PruningMethod):
                                            for g in self.structure.prunable_groups}
         arrays = self.score_arrays(smoothed)
         last = ctx.step >= self.finish  # out of time: cut to the budget now
-        result = prune_by_ranking(self.cost_model, arrays, self.target_cost, self.active(),
-                                  max_remove=None if last else self.per_step,
-                                  min_channels=self.min_channels)
+        active = self.active()
+        cap = None if last else self.per_step
+        if cap is None and not last:  # spread evenly over the pruning steps left
+            needed = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
+                                      min_channels=self.min_channels).removed
+            steps_left = (self.finish - ctx.step) // self.cfg.prune_every + 1
+            cap = -(-needed // max(1, steps_left))
+        result = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
+                                  max_remove=cap, min_channels=self.min_channels)
         if result.removed:
             self.apply(ctx, result.keep, note="taylor")
         if result.reached or last:
