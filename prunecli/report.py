@@ -30,6 +30,13 @@ COLUMNS: list[tuple[str, str, Any]] = [
 ]
 
 
+# a sweep table also shows what each run's budget gave (one column per run's cost kept)
+SWEEP_COLUMNS = COLUMNS[:8] + [
+    ("cost", "cost", str),
+    ("cost_kept", "cost kept", lambda v: f"{100 * v:.1f} %"),
+] + COLUMNS[8:]
+
+
 def _si(v: float) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(v) >= scale:
@@ -42,7 +49,7 @@ def results_table(rows: Sequence[dict[str, Any]], title: str, extra: Sequence[st
     table = Table(title=title, title_justify="left")
     for key in extra:
         table.add_column(key)
-    columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    columns = [c for c in SWEEP_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     for _, header, fmt in columns:
         table.add_column(header, justify="left" if fmt is str else "right")
     for r in rows:
