@@ -48,3 +48,13 @@ def console_script(*args: str, cwd: Path, env: dict | None = None, timeout: int 
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([str(exe), *args], cwd=cwd, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def torchrun_train(*args: str, cwd: Path, nproc: int = 2, timeout: int = 300
+                   ) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=N -m prunecli train ARGS`` on the CPU."""
+    torchrun = Path(sys.executable).parent / "torchrun"
+    cmd = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m", "prunecli",
+           "train", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})

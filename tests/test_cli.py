@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from prunecli.cli import find_command, main
-from tests.conftest import console_script, read_results
+from tests.conftest import console_script, read_results, torchrun_train
 
 SMOKE = ["experiment=smoke", "trainer.epochs=1", "data.train_size=64", "data.val_size=32",
          "data.image_size=16"]
@@ -120,12 +120,8 @@ def test_shell_completion(tmp_path: Path) -> None:
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path: Path) -> None:
-    torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prunecli", "train",
-           *SMOKE, "trainer.epochs=2", f"hydra.run.dir={out}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun_train(*SMOKE, "trainer.epochs=2", f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     assert results["world_size"] == 2 and results["epochs"] == 2

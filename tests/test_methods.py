@@ -18,7 +18,7 @@ from prunecli.methods.pruner import Pruner
 from prunecli.models import build_model
 from prunecli.structure import load_slim
 from tests import test_latency
-from tests.conftest import console_script, read_results
+from tests.conftest import console_script, read_results, torchrun_train
 
 SMALL = ("experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
          "data.image_size=16", "trainer.progress=false", "trainer.epochs=4")
@@ -195,17 +195,9 @@ def test_halp_on_a_latency_table(run_cli, tmp_path: Path, fake_timing) -> None:
 def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     """Activation-based scores differ per process: they are averaged, so both processes set
     the same masks (rank 0 alone writes slim.pt)."""
-    import os
-    import subprocess
-    import sys
-
-    torchrun = Path(sys.executable).parent / "torchrun"
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "prunecli", "train",
-           *SMALL, "method=taylor", "method.criterion=iclr2017", "cost.ratio=0.5",
-           *SCHEDULE["taylor"], f"hydra.run.dir={out}"]
-    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = torchrun_train(*SMALL, "method=taylor", "method.criterion=iclr2017", "cost.ratio=0.5",
+                          *SCHEDULE["taylor"], f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = read_results(out)
     assert r["world_size"] == 2 and 0.48 <= r["cost_kept"] <= 0.5

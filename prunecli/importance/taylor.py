@@ -11,7 +11,7 @@ from torch import nn
 
 from prunecli.importance.norms import NormSlice
 from prunecli.structure import ChannelStructure
-from prunecli.structure.keep import _weight
+from prunecli.structure.keep import _weight, add_channel_sums
 
 
 def l2_normalise(scores: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
@@ -45,12 +45,7 @@ class WeightTaylor:
             w = _weight(module)
             if w.grad is None:
                 continue
-            prod = (w.detach() * w.grad).float()
-            per_input = prod.transpose(0, 1).reshape(prod.shape[1], -1).sum(1)
-            for s in segs:
-                part = per_input[s.offset: s.offset + s.length * s.spatial]
-                part = part.view(s.length, s.spatial).sum(1)
-                out[s.group] = out[s.group] + part if s.group in out else part
+            add_channel_sums(out, (w.detach() * w.grad).float(), segs)
         for g in self.groups:  # no gradient yet (e.g. a frozen consumer): zeros
             if g not in out:
                 out[g] = torch.zeros(self.structure.groups[g].size, device=self.device)

@@ -60,7 +60,7 @@ from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import bn_scale, norm_slices
 from prunecli.methods.base import PruningMethod, cfg_get
-from prunecli.methods.smcp import span_steps
+from prunecli.methods.schedule import span_steps
 from prunecli.structure.keep import _weight, kept_count
 
 log = logging.getLogger("prunecli")

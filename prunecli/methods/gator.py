@@ -60,6 +60,7 @@ from prunecli.allocate import prune_by_ranking
 from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError, PrunecliError
 from prunecli.methods.base import PruningMethod, cfg_get
+from prunecli.methods.schedule import span_steps
 
 log = logging.getLogger("prunecli")
 
@@ -177,8 +178,8 @@ class Gator(PruningMethod):
                                 "one Gator per model")
         total = ctx.epochs * ctx.steps_per_epoch
         self.start = self.steps_of(ctx, cfg_get(c, "start_epoch", 0.0))
-        span = gate_epochs * total if gate_epochs < 1 else gate_epochs * ctx.steps_per_epoch
-        self.gate_end = self.start + max(1, int(round(span)))
+        span = span_steps(gate_epochs, ctx.epochs, ctx.steps_per_epoch)
+        self.gate_end = self.start + max(1, span)
         if self.gate_end > total:
             log.warning("gator: gating ends at step %d but the run has %d optimizer steps; the "
                         "masks are settled at the end, without fine-tuning (lower "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from prunecli.errors import ConfigError
+
 
 def geometric_target(start: float, end: float, step: int, steps: int) -> float:
     """HALP's schedule: ``start^(1 - t/T) * end^(t/T)`` -- equal *relative* cuts per step, so
@@ -17,3 +19,13 @@ def removal_count(spec: float, total: int) -> int:
     otherwise (at least 1)."""
     n = spec * total if spec < 1 else spec
     return max(1, int(round(n)))
+
+
+def span_steps(value: float, epochs: int, steps_per_epoch: int) -> int:
+    """A schedule length in optimizer steps: ``value`` < 1 is a fraction of training, otherwise
+    a number of epochs (the ``optim.milestones`` rule)."""
+    value = float(value)
+    if value < 0:
+        raise ConfigError(f"schedule lengths must be >= 0 (got {value})")
+    total = epochs * steps_per_epoch
+    return int(round(value * total if value < 1 else value * steps_per_epoch))

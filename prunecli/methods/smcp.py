@@ -52,8 +52,9 @@ from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import Accumulator
 from prunecli.methods.base import PruningMethod, cfg_get
+from prunecli.methods.schedule import span_steps
 from prunecli.structure import ChannelMasker, ChannelStructure
-from prunecli.structure.keep import _weight
+from prunecli.structure.keep import _weight, add_channel_sums
 
 log = logging.getLogger("prunecli")
 
@@ -78,16 +79,6 @@ def ramp_fraction(kind: str, u: float, ratio: float, power: float = 3.0) -> floa
             return u
         return (1.0 - (1.0 - ratio) ** u) / ratio
     raise ConfigError(f"method.ramp={kind} is unknown; use one of {', '.join(RAMPS)}")
-
-
-def span_steps(value: float, epochs: int, steps_per_epoch: int) -> int:
-    """A schedule length in optimizer steps: ``value`` < 1 is a fraction of training, otherwise
-    a number of epochs (the ``optim.milestones`` rule)."""
-    value = float(value)
-    if value < 0:
-        raise ConfigError(f"SMCP schedule lengths must be >= 0 (got {value})")
-    total = epochs * steps_per_epoch
-    return int(round(value * total if value < 1 else value * steps_per_epoch))
 
 
 @dataclass
@@ -192,11 +183,7 @@ class SMCPImportance:
                 continue
             if out_group is not None:  # rows of masked output channels do not count
                 e = e * self.out_masks[out_group].view((-1,) + (1,) * (e.ndim - 1)).to(e.dtype)
-            per_input = e.transpose(0, 1).reshape(e.shape[1], -1).sum(1)
-            for s in segs:
-                part = per_input[s.offset: s.offset + s.length * s.spatial]
-                part = part.view(s.length, s.spatial).sum(1)
-                out[s.group] = out[s.group] + part if s.group in out else part
+            add_channel_sums(out, e, segs)
         for g in self.groups:  # no gradient yet (e.g. a frozen consumer): zeros
             if g not in out:
                 out[g] = torch.zeros(self.structure.groups[g].size, device=self.device)

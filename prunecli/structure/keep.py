@@ -6,11 +6,14 @@ a user needs to prune from a script in a few lines, and what the tests and bench
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
 from prunecli.structure.masks import InputChannelMask
 from prunecli.structure.structure import ChannelStructure
+from prunecli.structure.types import Segment
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
@@ -21,6 +24,18 @@ def _weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+def add_channel_sums(out: dict[int, torch.Tensor], elementwise: torch.Tensor,
+                     segments: Iterable[Segment]) -> None:
+    """Sum a consumer-weight-shaped tensor over all but its input axis and add each segment's
+    channels to ``out[group]`` (a flatten's ``spatial`` features fold into one channel). The
+    one rule every weight-based channel score (|w|, w*g, ...) shares."""
+    per_input = elementwise.transpose(0, 1).reshape(elementwise.shape[1], -1).sum(1)
+    for s in segments:
+        part = per_input[s.offset: s.offset + s.length * s.spatial].view(s.length, s.spatial)
+        part = part.sum(1)
+        out[s.group] = out[s.group] + part if s.group in out else part
+
+
 @torch.no_grad()
 def l1_scores(model: nn.Module, structure: ChannelStructure) -> dict[int, torch.Tensor]:
     """Per prunable group: the L1 norm of every channel's input columns over all consumers
@@ -28,12 +43,9 @@ def l1_scores(model: nn.Module, structure: ChannelStructure) -> dict[int, torch.
     modules = dict(model.named_modules())
     scores = {g.id: torch.zeros(g.size) for g in structure.prunable_groups}
     for name in structure.consumers_of_prunable():
-        w = _weight(modules[name]).detach().float().abs()
-        per_input = w.transpose(0, 1).reshape(w.shape[1], -1).sum(1).cpu()
-        for seg in structure.roles[name].in_segments:
-            if seg.group in scores:
-                part = per_input[seg.offset: seg.offset + seg.length * seg.spatial]
-                scores[seg.group] += part.view(seg.length, seg.spatial).sum(1)
+        w = _weight(modules[name]).detach().float().abs().cpu()
+        add_channel_sums(scores, w, [s for s in structure.roles[name].in_segments
+                                     if s.group in scores])
     return scores
 
 
