@@ -31,17 +31,18 @@ from prunecli.allocate.options import (
     GroupOptions,
     allowed_counts,
     fixed_options,
+    kept_count,
     make_options,
     top_channels,
 )
 from prunecli.allocate.ranking import RankingResult, prune_by_ranking
-from prunecli.allocate.threshold import global_threshold, per_group_ratio, ratio_count
+from prunecli.allocate.threshold import global_threshold, per_group_ratio
 
 __all__ = [
     "Allocation", "BudgetResult", "GroupOptions", "allocate_to_budget", "allowed_counts",
     "cheapest", "chunk_counts", "efficient",
-    "fixed_options", "global_threshold", "halp_items", "halp_options", "make_options",
-    "per_group_ratio", "pick_method", "prune_by_ranking", "RankingResult", "ratio_count",
+    "fixed_options", "global_threshold", "halp_items", "halp_options", "kept_count",
+    "make_options", "per_group_ratio", "pick_method", "prune_by_ranking", "RankingResult",
     "solve", "solve_dp", "solve_halp",
     "solve_halp_augmented", "solve_pareto", "top_channels", "within_budget",
 ]

@@ -11,7 +11,7 @@ bisection until the answer's *exact* cost is at most the target and within ``tol
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,8 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
                        min_channels: int = 1, round_to: int = 1, side_weight: float = 1.0,
                        method: str = "auto", tolerance: float = 0.005,
                        max_iterations: int = 30, active: Mapping[int, Any] | None = None,
-                       group_size: int | None = None) -> BudgetResult:
+                       group_size: int | None = None,
+                       droppable: Collection[int] = ()) -> BudgetResult:
     """Keep-counts for every scored group so the model's exact cost is at most
     ``(1 - prune_ratio) * dense`` and, when reachable, within ``tolerance * dense`` of it.
 
@@ -76,6 +77,8 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
     the channels that may be kept (pruned channels never return, as in HALP); the result keeps
     a subset of them. ``group_size``: HALP's neuron groups -- each group keeps a prefix of its
     importance-sorted chunks of that many channels (at least one chunk) instead of any count.
+    ``droppable``: groups that may also keep nothing (layer drop; see
+    ``ChannelGroup.droppable``).
     """
     if not 0.0 <= prune_ratio < 1.0:
         raise ConfigError(f"cost.ratio={prune_ratio} must be in [0, 1): the fraction of the dense "
@@ -98,8 +101,8 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
             return fixed_options(g, int(point[g]), float(curve[int(point[g])]))
         part = curve[: len(scores[g]) + 1]
         if group_size:
-            return halp_options(g, scores[g], part, group_size, force_first=True)
-        return make_options(g, scores[g], part, min_channels, round_to)
+            return halp_options(g, scores[g], part, group_size, force_first=g not in droppable)
+        return make_options(g, scores[g], part, min_channels, round_to, drop=g in droppable)
 
     options = [group_options(g, c) for g, c in curves.items()]
 

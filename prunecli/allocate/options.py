@@ -51,13 +51,14 @@ class GroupOptions:
 
 
 def allowed_counts(n: int, min_channels: int = 1, round_to: int = 1,
-                   allowed: Any = None) -> np.ndarray:
+                   allowed: Any = None, drop: bool = False) -> np.ndarray:
     """Kept counts a group of width ``n`` may take, ascending.
 
     Counts lie in ``[min_channels, n]``; with ``round_to > 1`` (and ``n >= round_to``) only
     multiples of ``round_to`` are offered, because hardware runs such widths faster. ``allowed``
     (e.g. a latency table's channel grid) replaces the ``round_to`` rule when given. The full
-    width ``n`` is always offered so that "do not prune" is never impossible.
+    width ``n`` is always offered so that "do not prune" is never impossible; ``drop`` adds
+    ``0`` (the whole group goes: a layer drop, for groups the graph allows it on).
     """
     if n < 0 or round_to < 1:
         raise ValueError(f"need n >= 0 and round_to >= 1 (got n={n}, round_to={round_to})")
@@ -69,7 +70,17 @@ def allowed_counts(n: int, min_channels: int = 1, round_to: int = 1,
         if round_to > 1 and n >= round_to:
             counts = counts[counts % round_to == 0]
     counts = counts[(counts >= lo) & (counts <= n)]
-    return np.union1d(counts, [n]).astype(np.int64)
+    return np.union1d(counts, [n, 0] if drop else [n]).astype(np.int64)
+
+
+def kept_count(size: int, keep_ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
+    """Channels to keep of ``size`` at ``keep_ratio``: the allowed count (see
+    :func:`allowed_counts`: a multiple of ``round_to`` when the width allows, at least
+    ``min_channels``) nearest ``keep_ratio * size``; a tie goes to the larger count, keeping
+    rather than losing a channel."""
+    counts = allowed_counts(size, max(min_channels, 1), round_to)
+    gap = np.abs(counts - keep_ratio * size)
+    return int(counts[len(counts) - 1 - int(np.argmin(gap[::-1]))])
 
 
 def sorted_cumsum(scores: Any) -> np.ndarray:
@@ -81,7 +92,7 @@ def sorted_cumsum(scores: Any) -> np.ndarray:
 
 
 def make_options(group: int, scores: Any, cost_curve: Any, min_channels: int = 1,
-                 round_to: int = 1, allowed: Any = None) -> GroupOptions:
+                 round_to: int = 1, allowed: Any = None, drop: bool = False) -> GroupOptions:
     """Options of one group from its per-channel ``scores`` and ``cost_curve`` (``n + 1`` costs,
     at ``c = 0..n``); see :func:`allowed_counts` for which counts are offered."""
     values = sorted_cumsum(scores)
@@ -90,7 +101,7 @@ def make_options(group: int, scores: Any, cost_curve: Any, min_channels: int = 1
     if len(curve) != n + 1:
         raise ValueError(f"group {group}: cost_curve needs {n + 1} entries (c = 0..{n}), "
                          f"got {len(curve)}")
-    counts = allowed_counts(n, min_channels, round_to, allowed)
+    counts = allowed_counts(n, min_channels, round_to, allowed, drop)
     return GroupOptions(group, counts, values[counts], curve[counts])
 
 

@@ -9,7 +9,7 @@ vectorised call of the cost model, so the cut lands on the first prefix at or un
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +28,14 @@ class RankingResult:
 
 def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
                      active: Mapping[int, Any] | None = None, max_remove: int | None = None,
-                     min_channels: int = 1, priority: Mapping[int, Any] | None = None
-                     ) -> RankingResult:
+                     min_channels: int = 1, priority: Mapping[int, Any] | None = None,
+                     droppable: Collection[int] = ()) -> RankingResult:
     """Remove active channels in ascending score order until ``cost <= target``.
 
     ``active``: boolean masks of the channels still present (default: all); removed channels
     stay removed. ``max_remove`` caps how many go in this call (an iterative schedule).
-    Each group keeps its ``min_channels`` best active channels. ``priority`` (optional, same
+    Each group keeps its ``min_channels`` best active channels (at least one), except the
+    ``droppable`` groups, which may lose all (layer drop). ``priority`` (optional, same
     shape as ``scores``): channels with a lower priority go first whatever their score (e.g.
     the channels Optimal Thresholding marks negligible).
     """
@@ -48,11 +49,12 @@ def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
     cand_group, cand_index, cand_score, cand_prio = [], [], [], []
     for g in groups:
         idx = np.flatnonzero(masks[g])
-        if len(idx) <= min_channels:
+        floor = 0 if g in droppable else max(min_channels, 1)
+        if len(idx) <= floor:
             continue
         s = arrays[g][idx]
-        order = np.argsort(-s, kind="stable")  # the best min_channels stay
-        removable = idx[order[max(min_channels, 1):]]
+        order = np.argsort(-s, kind="stable")  # the best `floor` stay
+        removable = idx[order[floor:]]
         cand_group.append(np.full(len(removable), g))
         cand_index.append(removable)
         cand_score.append(arrays[g][removable])
@@ -90,12 +92,15 @@ def _fill_back(cost_model: Any, counts: np.ndarray, cand_group: np.ndarray,
                removed: np.ndarray, target: float) -> tuple[np.ndarray, float]:
     """The channel that crossed the target may have been a costly one (a channel of a wide
     residual stream is worth several percent of a small network): give back, best first, the
-    removed channels that still fit under the target, so the cut lands close to it."""
+    removed channels that still fit under the target, so the cut lands close to it. Groups the
+    ranking emptied (layer drop) get nothing back."""
     cost = cost_model.cost(counts)
     back = np.zeros(len(removed), bool)
     marginal: dict[int, float] = {}  # cost of giving one channel back to a group, at `counts`
     for j in range(len(removed) - 1, -1, -1):  # the most important removed channel first
         g = int(cand_group[removed[j]])
+        if counts[g] == 0:  # a dropped layer stays dropped: one channel would bring back its
+            continue  # fixed costs (launches, norms) that a MACs or params count does not see
         if g not in marginal:
             counts[g] += 1
             marginal[g] = cost_model.cost(counts) - cost

@@ -3,12 +3,12 @@ pruning ratio in every group (the usual uniform baseline)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
 
-from prunecli.allocate.options import allowed_counts, as_array, top_channels
+from prunecli.allocate.options import as_array, kept_count, top_channels
 
 
 def _check_ratio(prune_ratio: float) -> None:
@@ -25,7 +25,8 @@ def _finite(scores: Mapping[int, Any]) -> dict[int, np.ndarray]:
 
 
 def global_threshold(scores: Mapping[int, Any], prune_ratio: float,
-                     min_channels: int = 1) -> dict[int, np.ndarray]:
+                     min_channels: int = 1, droppable: Collection[int] = ()
+                     ) -> dict[int, np.ndarray]:
     """Network Slimming: one threshold over the channels of all groups; keep the channels
     scoring strictly above it. Returns the kept channel indices per group, ascending.
 
@@ -33,7 +34,8 @@ def global_threshold(scores: Mapping[int, Any], prune_ratio: float,
     channels in all), so exactly ``k`` channels go when the scores around it are distinct;
     channels tying with it go too. Scores are used as given (Network Slimming passes
     ``|gamma|``). A group left with fewer than ``min_channels`` keeps its ``min_channels`` best
-    instead (at least 1 by default), so no layer is ever emptied by the global cut.
+    instead (at least 1 by default), so no layer is ever emptied by the global cut -- except
+    the ``droppable`` groups (layer drop), which keep whatever passes the threshold.
     """
     _check_ratio(prune_ratio)
     arrays = _finite(scores)
@@ -43,17 +45,9 @@ def global_threshold(scores: Mapping[int, Any], prune_ratio: float,
     keep = {}
     for g, s in arrays.items():
         kept = np.flatnonzero(s > threshold)
-        floor = min(max(min_channels, 0), len(s))
+        floor = 0 if g in droppable else min(max(min_channels, 0), len(s))
         keep[g] = kept if len(kept) >= floor else top_channels(s, floor)
     return keep
-
-
-def ratio_count(n: int, keep_ratio: float, min_channels: int = 1, round_to: int = 1) -> int:
-    """The allowed kept count (see :func:`allowed_counts`) nearest ``keep_ratio * n``; a tie
-    goes to the larger count, keeping rather than losing a channel."""
-    counts = allowed_counts(n, min_channels, round_to)
-    gap = np.abs(counts - keep_ratio * n)
-    return int(counts[len(counts) - 1 - int(np.argmin(gap[::-1]))])
 
 
 def per_group_ratio(scores: Mapping[int, Any], prune_ratio: float, min_channels: int = 1,
@@ -61,5 +55,5 @@ def per_group_ratio(scores: Mapping[int, Any], prune_ratio: float, min_channels:
     """Prune the same fraction of every group (its lowest scores), the count rounded to a
     multiple of ``round_to`` and at least ``min_channels``; kept indices per group, ascending."""
     _check_ratio(prune_ratio)
-    return {g: top_channels(s, ratio_count(len(s), 1.0 - prune_ratio, min_channels, round_to))
+    return {g: top_channels(s, kept_count(len(s), 1.0 - prune_ratio, round_to, min_channels))
             for g, s in _finite(scores).items()}

@@ -77,6 +77,11 @@ class PruningMethod(TrainingHooks):
         self.masker = ChannelMasker(ctx.model, self.structure, soft=self.soft_masks)
         self.device = ctx.example_inputs.device
         self.min_channels = int(cfg_get(self.cfg, "min_channels", 1))
+        # layer drop: groups the graph lets go whole (a residual branch, a DenseNet layer, an SE
+        # bottleneck); the allocators may then keep none of their channels
+        self.droppable: frozenset[int] = frozenset(
+            g.id for g in self.structure.droppable_groups) if cfg_get(
+            self.cfg, "layer_drop", False) else frozenset()
 
     def on_train_start(self, ctx: HookContext) -> None:
         self.masker.sync_from_buffers()  # a resumed run's masks came with the weights
@@ -91,6 +96,11 @@ class PruningMethod(TrainingHooks):
             self.top1_before_pruning = metrics["val_top1"]
 
     # ------------------------------------------------------------------ state
+    def floor(self, group: int) -> int:
+        """Channels ``group`` keeps at least: ``min_channels``, or 0 where it may be dropped."""
+        return 0 if group in self.droppable else min(self.min_channels,
+                                                     self.structure.groups[group].size)
+
     def active(self) -> dict[int, np.ndarray]:
         """Boolean masks (True = present) of every prunable group."""
         return {g: m.numpy() for g, m in self.masker.channel_masks().items()}
@@ -156,6 +166,8 @@ class PruningMethod(TrainingHooks):
             "cost_pruned": self.cost_model.cost(counts),
             "channels_kept": int(sum(counts[g.id] for g in self.structure.prunable_groups)),
             "channels_prunable": self.structure.prunable_channels(),
+            "groups_dropped": [self.structure.groups[g].key for g, idx in keep.items()
+                               if len(idx) == 0],
             "prune_events": len(self.history),
             "dense_top1": self.dense_top1,
             "top1_before_pruning": self.top1_before_pruning,

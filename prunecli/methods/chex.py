@@ -54,14 +54,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from prunecli.allocate import prune_by_ranking
+from prunecli.allocate import kept_count, prune_by_ranking
 from prunecli.cost.channels import ChannelCountCost
 from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import bn_scale, norm_slices
 from prunecli.methods.base import PruningMethod, cfg_get
 from prunecli.methods.schedule import span_steps
-from prunecli.structure.keep import _weight, kept_count
+from prunecli.structure.keep import _weight
 
 log = logging.getLogger("prunecli")
 
@@ -357,7 +357,7 @@ class CHEX(PruningMethod):
         if removed <= 0:
             return sizes
         result = prune_by_ranking(self.alloc_cost, scores, (1.0 - removed) * self.alloc_cost.dense,
-                                  min_channels=self.min_channels)
+                                  min_channels=self.min_channels, droppable=self.droppable)
         if not result.reached:
             log.warning("chex: %s is out of reach with method.min_channels=%d per group",
                         self._text(removed), self.min_channels)

@@ -347,7 +347,7 @@ class Gator(PruningMethod):
         for g in self.groups:
             p = np.zeros(len(theta[g]), dtype=bool)
             idx = np.flatnonzero(active[g])
-            k = min(self.min_channels, self.structure.groups[g].size)
+            k = self.floor(g)
             if len(idx) >= 1:
                 order = np.argsort(-theta[g][idx], kind="stable")
                 p[idx[order[:k]]] = True
@@ -382,8 +382,8 @@ class Gator(PruningMethod):
         on = {}
         for g in self.groups:
             m = dev[g] & prev[g] & (theta[g] >= 0)  # protection only where it is needed
-            k = min(self.min_channels, len(m))
-            if m.sum() < k:  # the best channels stay: never a whole group
+            k = self.floor(g)
+            if m.sum() < k:  # the best channels stay: never a whole group (unless droppable)
                 cand = np.flatnonzero(prev[g] & ~m)
                 m[cand[np.argsort(-theta[g][cand], kind="stable")[: k - int(m.sum())]]] = True
             on[g] = m
@@ -395,6 +395,7 @@ class Gator(PruningMethod):
             if final or kept <= self.target_cost:
                 result = prune_by_ranking(self.cost_model, theta, self.target_cost, active=prev,
                                           min_channels=self.min_channels,
+                                          droppable=self.droppable,
                                           priority={g: on[g].astype(np.float64)
                                                     for g in self.groups})
                 if not result.reached:

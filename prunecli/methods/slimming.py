@@ -109,7 +109,8 @@ class NetworkSlimming(PruningMethod):
             self._done(ctx, keep)
             return
         result = prune_by_ranking(cost, scores, target, self.active(),
-                                  min_channels=self.min_channels, priority=priority)
+                                  min_channels=self.min_channels, priority=priority,
+                                  droppable=self.droppable)
         if not result.reached:
             log.warning("slimming: the target cannot be reached with method.min_channels=%d "
                         "per group", self.min_channels)

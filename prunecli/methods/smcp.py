@@ -307,7 +307,8 @@ class SMCP(PruningMethod):
         before = self.active()
         result = allocate_to_budget(self.cost_model, scores, ratio,
                                     min_channels=self.min_channels, round_to=int(self.cfg.round_to),
-                                    side_weight=float(self.cfg.channel_doublesided_weight))
+                                    side_weight=float(self.cfg.channel_doublesided_weight),
+                                    droppable=self.droppable)
         if not result.feasible:
             log.warning("smcp: %.1f%% of the dense %s is out of reach with "
                         "method.min_channels=%d and method.round_to=%d", 100 * (1 - ratio),

@@ -109,11 +109,13 @@ class TaylorPruning(PruningMethod):
         cap = None if last else self.per_step
         if cap is None and not last:  # spread evenly over the pruning steps left
             needed = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
-                                      min_channels=self.min_channels).removed
+                                      min_channels=self.min_channels,
+                                      droppable=self.droppable).removed
             steps_left = (self.finish - ctx.step) // self.cfg.prune_every + 1
             cap = -(-needed // max(1, steps_left))
         result = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
-                                  max_remove=cap, min_channels=self.min_channels)
+                                  max_remove=cap, min_channels=self.min_channels,
+                                  droppable=self.droppable)
         if result.removed:
             self.apply(ctx, result.keep, note="taylor")
         if result.reached or last:

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from prunecli.allocate.options import kept_count
 from prunecli.structure.masks import InputChannelMask
 from prunecli.structure.structure import ChannelStructure
 from prunecli.structure.types import Segment
@@ -47,14 +48,6 @@ def l1_scores(model: nn.Module, structure: ChannelStructure) -> dict[int, torch.
         add_channel_sums(scores, w, [s for s in structure.roles[name].in_segments
                                      if s.group in scores])
     return scores
-
-
-def kept_count(size: int, keep_ratio: float, round_to: int = 1, min_channels: int = 1) -> int:
-    """Channels to keep of ``size``: ``keep_ratio * size`` rounded to a multiple of ``round_to``
-    (when the width allows), at least ``min_channels``, at most ``size``."""
-    n = keep_ratio * size
-    n = round_to * max(1, round(n / round_to)) if 1 < round_to <= size else round(n)
-    return int(min(size, max(min_channels, n)))
 
 
 def top_k_keep(scores: dict[int, torch.Tensor], keep_ratio: float, round_to: int = 1,

@@ -1,4 +1,6 @@
-"""Physically remove channels: a smaller model of the same classes, no prunecli code inside."""
+"""Physically remove channels: a smaller model of the same classes. Only a dropped group (all
+its channels removed, see :mod:`prunecli.structure.dropped`) puts prunecli's stand-in modules in
+place of the layers it empties."""
 
 from __future__ import annotations
 
@@ -7,9 +9,11 @@ import copy
 import torch
 from torch import nn
 
+from prunecli.errors import PrunecliError
+from prunecli.structure.dropped import ConstantChannels, EmptyChannels
 from prunecli.structure.masks import strip_all_masks
 from prunecli.structure.structure import ChannelStructure, KeepSpec
-from prunecli.structure.types import Segment
+from prunecli.structure.types import ModuleRole, Segment
 
 
 def _input_index(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]
@@ -69,19 +73,62 @@ def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
         module.num_parameters = len(in_idx)
 
 
+def _stand_in(module: nn.Module, role: ModuleRole, idx: dict[int, torch.Tensor],
+              dropped: set[int]) -> nn.Module | None:
+    """What replaces a layer that a dropped group leaves with nothing to do, or None."""
+    reads_only_dropped = bool(role.in_segments) and all(
+        s.group in dropped for s in role.in_segments)
+    if role.kind in ("conv", "linear"):
+        if role.out_group in dropped:
+            return EmptyChannels(module)
+        if reads_only_dropped:
+            return ConstantChannels(module, idx.get(role.out_group))
+    elif reads_only_dropped:
+        return EmptyChannels(module) if role.kind == "depthwise" else nn.Identity()
+    return None
+
+
+def _check_geometry(name: str, new: nn.Module, structure: ChannelStructure) -> None:
+    """The stand-in must reproduce the traced spatial size (a conv we cannot size is an
+    error here, not a shape mismatch deep in a later forward)."""
+    geometry = getattr(new, "geometry", None)
+    if geometry is None or name not in structure.shapes:
+        return
+    in_shape, out_shape = structure.shapes[name]
+    if geometry.out_size(tuple(in_shape[2:])) != tuple(out_shape[2:]):
+        raise PrunecliError(f"cannot drop {name}: its output size {tuple(out_shape[2:])} does "
+                            "not follow from its kernel, stride and padding; keep at least one "
+                            "channel of its group (method.layer_drop=false)")
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    owner = model.get_submodule(parent) if parent else model
+    owner._modules[child] = new
+
+
 def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
          inplace: bool = False) -> nn.Module:
     """Return ``model`` with only the kept channels of each group.
 
     ``keep`` maps group ids or keys to kept channel indices (groups not listed keep all). Masks
     attached by :class:`ChannelMasker` are removed first (their keep-set is what should be
-    passed here: ``masker.keep()``). The result is the same module classes with smaller layers.
+    passed here: ``masker.keep()``). The result is the same module classes with smaller layers;
+    an empty keep-set (a droppable group, ``method.layer_drop``) replaces the layers it empties
+    by zero-cost stand-ins that compute exactly what the masked model did.
     """
     idx = structure.normalise_keep(keep)
     model = model if inplace else copy.deepcopy(model)
     strip_all_masks(model)
     modules = dict(model.named_modules())
+    dropped = {g for g, i in idx.items() if i.numel() == 0}
     for role in structure.roles.values():
+        if dropped:
+            new = _stand_in(modules[role.name], role, idx, dropped)
+            if new is not None:
+                _check_geometry(role.name, new, structure)
+                _replace(model, role.name, new)
+                continue
         in_idx = _input_index(role.in_segments, idx)
         out_idx = idx.get(role.out_group) if role.out_group is not None else None
         if in_idx is not None or out_idx is not None:

@@ -63,6 +63,12 @@ class ChannelStructure:
             names += [c for c in g.consumers if c not in names]
         return names
 
+    @property
+    def droppable_groups(self) -> list[ChannelGroup]:
+        """Groups that may lose every channel (layer drop): a residual branch's inner widths,
+        a DenseNet layer, a squeeze-excite bottleneck."""
+        return [g for g in self.groups if g.prunable and g.droppable]
+
     def prunable_channels(self) -> int:
         return sum(g.size for g in self.prunable_groups)
 
@@ -71,8 +77,8 @@ class ChannelStructure:
 
     # ------------------------------------------------------------------ keep-sets
     def normalise_keep(self, keep: KeepSpec) -> dict[int, torch.Tensor]:
-        """Validate a keep-set: ids or keys -> sorted unique int64 indices, at least one each,
-        only prunable groups may lose channels."""
+        """Validate a keep-set: ids or keys -> sorted unique int64 indices; only prunable
+        groups may lose channels, and only droppable ones all of them."""
         out: dict[int, torch.Tensor] = {}
         for ref, idx in keep.items():
             g = self.group(ref)
@@ -81,9 +87,9 @@ class ChannelStructure:
                 continue  # everything kept: nothing to do for this group
             if not g.prunable:
                 raise KeepError(f"group {g.key} cannot be pruned: {g.reason}")
-            if t.numel() == 0:
-                raise KeepError(f"group {g.key} would lose all {g.size} channels; keep at least "
-                                "one channel per group")
+            if t.numel() == 0 and not g.droppable:
+                raise KeepError(f"group {g.key} would lose all {g.size} channels, and the model's "
+                                "output has no other path around it; keep at least one channel")
             bad = t[(t < 0) | (t >= g.size)]
             if bad.numel():
                 raise KeepError(f"group {g.key} has {g.size} channels; index {int(bad[0])} is "

@@ -657,6 +657,7 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
             g.reasons.append("no layer writes it")
         g.key = g.producers[0] if g.producers else (f"input:{g.id}" if any(
             "model input" in r for r in g.reasons) else f"space:{g.id}")
+    _mark_droppable(an, gm, groups, roles, lambda space: gid[an.uf.find(space)])
     shapes, calls = {}, defaultdict(int)
     for node in gm.graph.nodes:
         if node.op == "call_module":
@@ -670,3 +671,53 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
                     "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
     return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls))
 
+
+
+# ----------------------------------------------------------------------------- layer drop
+_DROP_KINDS = {"conv", "linear", "depthwise", "norm", "prelu"}
+
+
+def _mark_droppable(an: _Analysis, gm: fx.GraphModule, groups: list[ChannelGroup],
+                    roles: dict[str, ModuleRole], group_of: Any) -> None:
+    """A prunable group may lose *all* its channels when the model's outputs still depend on
+    its input without it: the group lies on a residual branch (or a DenseNet layer's new
+    features), not on the only path. With the group empty, every consumer reading nothing else
+    outputs its bias, a per-channel constant (``prunecli.structure.dropped``).
+
+    One forward data-flow pass per candidate: a tensor is *live* when it carries input data in
+    some other group's channels; a consumer reading only the group (or dead data) is dead;
+    shape queries carry no data. Droppable means every tensor output stays live."""
+    consumer_nodes = {n for n in gm.graph.nodes if n.op == "call_module"
+                      and roles.get(str(n.target)) is not None
+                      and roles[str(n.target)].kind in ("conv", "linear")}
+    node_groups = {n: frozenset(group_of(seg.space) for seg in lay.segs)
+                   for n, lay in an.layouts.items() if isinstance(lay, _Layout)}
+    outputs = [n for n in gm.graph.nodes if n.op == "output"]
+    out_tensors = [a for n in outputs for a in _node_args(n) if _meta(a) is not None]
+    candidates = [g for g in groups if g.prunable and g.producers and all(
+        roles[name].kind in _DROP_KINDS for name in (*g.producers, *g.consumers, *g.followers))]
+    if not out_tensors:
+        return
+    for g in candidates:
+        live: set[fx.Node] = set()
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                live.add(node)
+                continue
+            if node.op in ("get_attr", "output") or (node.op == "call_method" and
+                                                     node.target in _SIZE_METHODS):
+                continue
+            if node.op == "call_function" and node.target is getattr:
+                continue
+            args = _node_args(node)
+            if node in consumer_nodes:
+                src = args[0] if args else None
+                carries = node_groups.get(src, frozenset()) - {g.id}
+                if src in live and carries:
+                    live.add(node)
+                continue
+            if any(a in live for a in args):
+                layout = node_groups.get(node)
+                if layout is None or layout - {g.id}:
+                    live.add(node)
+        g.droppable = all(n in live for n in out_tensors)

@@ -46,6 +46,8 @@ class ChannelGroup:
     followers: list[str] = field(default_factory=list)  # per-channel modules (norms, depthwise)
     params: list[str] = field(default_factory=list)  # per-channel parameters ("module.attr")
     reasons: list[str] = field(default_factory=list)  # why it cannot be pruned (empty: prunable)
+    # all channels may go (layer drop): another path still carries the input to every output
+    droppable: bool = False
 
     @property
     def prunable(self) -> bool:
