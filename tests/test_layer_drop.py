@@ -235,3 +235,76 @@ def test_a_run_with_layer_drop_drops_blocks_and_reloads(run_cli, tmp_path: Path)
     assert out.returncode == 0, out.stderr
     again = json.loads((tmp_path / "eval" / "results.json").read_text())
     assert again["top1"] == r["top1"] and again["macs"] == r["macs"]
+
+
+# ----------------------------------------------------------------------------- the cascade
+def test_a_dropped_first_width_takes_the_middle_width_with_it() -> None:
+    from prunecli.cost.cascade import DropCascade
+
+    model = _randomise_norms(torchvision.models.resnet50())
+    x = torch.randn(1, 3, 64, 64)
+    s = trace_structure(model, x)
+    g1, g2 = s.group("layer2.1.conv1").id, s.group("layer2.1.conv2").id
+    assert s.constant_groups({g1}) == {g2}  # conv2 reads only g1: its output is a constant
+    assert s.constant_groups({g2}) == set()  # conv3 writes the stream, which others feed
+    macs = build_cost_model("macs", model, s, x)
+    cascade = DropCascade(macs, s, [g.id for g in s.droppable_groups])
+    assert cascade.cost({g1: 0}) == pytest.approx(macs.cost({g1: 0, g2: 0}))
+    assert cascade.cost({g1: 0}) < macs.cost({g1: 0})
+    assert cascade.cost({g2: 0}) == macs.cost({g2: 0}) and cascade.dense == macs.dense
+    assert cascade.name == "macs" and cascade.group_curves().keys() == macs.group_curves().keys()
+    small = slim(model, s, {g1: [], g2: []})  # the whole branch is one constant now
+    block = small.layer2[1]
+    bn = model.layer2[1].bn3
+    const = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    z = torch.randn(2, 512, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(block(z), torch.relu(z + const.view(1, -1, 1, 1)), atol=1e-6)
+        assert count_macs(block, z) == 0
+
+
+def test_the_pruner_drops_the_constant_width_with_the_first() -> None:
+    from prunecli.methods.pruner import Pruner
+
+    model = torchvision.models.resnet50(num_classes=10)
+    x = torch.randn(4, 3, 32, 32)
+    pruner = Pruner(model, x[:1], "slimming", cost="macs", ratio=0.5, epochs=1,
+                    steps_per_epoch=2, prune_at=0, sparsity=0, layer_drop=True)
+    weak = pruner.method.structure.group("layer3.2.conv1")
+    with torch.no_grad():
+        model.get_submodule("layer3.2.bn1").weight.mul_(1e-4)  # a useless first width
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    pruner.start(opt)
+    for _ in range(2):
+        out = model(x)
+        loss = out.logsumexp(1).mean() + pruner.extra_loss(out, None)
+        loss.backward()
+        pruner.before_step()
+        opt.step()
+        opt.zero_grad()
+        pruner.after_step()
+    small, summary = pruner.finish()
+    assert {"layer3.2.conv1", "layer3.2.conv2"} <= set(summary["groups_dropped"])
+    assert weak.droppable and summary["cost_kept"] <= 0.5 + 1e-9
+    assert isinstance(small.layer3[2].conv3, ConstantChannels)
+
+
+def test_under_smcp_a_dropped_layer_stays_dropped() -> None:
+    """SMCP's masked weights keep learning, so a dropped group would look worth returning at
+    the next re-solve and go again at the one after: it stays dropped instead."""
+    from prunecli.methods.pruner import Pruner
+
+    model = build_model({"name": "resnet20"}, num_classes=10, in_chans=3)
+    x = torch.randn(2, 3, 32, 32)
+    pruner = Pruner(model, x[:1], "smcp", cost="macs", ratio=0.3, epochs=1, steps_per_epoch=1,
+                    layer_drop=True, importance="magnitude")
+    method = pruner.method
+    group = method.structure.group("layer2.1.conv1")
+    method.apply(pruner.ctx, {group.id: []})
+    with torch.no_grad():  # its (masked) weights now look most important of all
+        model.get_submodule(group.consumers[0]).parametrizations.weight.original.mul_(100)
+    method.resolve(pruner.ctx, last=True)
+    assert method.counts()[group.id] == 0
+    method.droppable = frozenset()  # without layer drop the same re-solve brings it back
+    method.resolve(pruner.ctx, last=True)
+    assert method.counts()[group.id] > 0

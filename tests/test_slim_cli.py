@@ -82,3 +82,9 @@ def test_export_command(run_cli, tmp_path: Path) -> None:
         assert torch.allclose(ts(x), load_slim(slim_file).model(x), atol=1e-5)
     run_cli("export", f"ckpt={slim_file}", "format=onnx", run_dir=tmp_path / "x2")
     assert slim_file.with_suffix(".onnx").stat().st_size > 1000
+
+
+def test_inspect_names_the_droppable_groups(run_cli, capsys) -> None:
+    run_cli("inspect", "model=resnet20", "input_size=[3,32,32]", "num_classes=10")
+    out = capsys.readouterr().out
+    assert "9 droppable whole" in out and out.count("droppable") >= 10

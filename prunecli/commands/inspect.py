@@ -62,7 +62,8 @@ def main(cfg: DictConfig) -> None:
                 cfg.show == "unprunable" and g.prunable):
             continue
         size = f"{len(keep[g.id])}/{g.size}" if g.id in keep else str(g.size)
-        status = "[green]yes[/green]" if g.prunable else f"[red]no[/red]: {g.reason}"
+        status = ("[green]yes[/green], droppable" if g.droppable else "[green]yes[/green]") \
+            if g.prunable else f"[red]no[/red]: {g.reason}"
         table.add_row(g.key, size, _names(g.producers), str(len(g.consumers)),
                       str(len(g.followers) + len(g.params)),
                       f"{100.0 * per_group[g.id] / max(1, total):.1f}", status)
@@ -70,7 +71,8 @@ def main(cfg: DictConfig) -> None:
     console.print(table)
     prunable = structure.prunable_channels() / max(1, structure.total_channels())
     console.print(
-        f"{len(structure.groups)} groups, {len(structure.prunable_groups)} prunable holding "
+        f"{len(structure.groups)} groups, {len(structure.prunable_groups)} prunable "
+        f"({len(structure.droppable_groups)} droppable whole: method.layer_drop=true) holding "
         f"{100 * prunable:.1f}% of the channels; {total / 1e6:.1f} M MACs; traced in "
         f"{seconds:.2f} s. MACs % = share of the model's MACs in layers whose cost scales with "
         "the group's width.")

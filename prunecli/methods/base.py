@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from prunecli.cost import build_cost_model, count_macs, count_params
+from prunecli.cost.cascade import DropCascade
 from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.errors import ConfigError, PrunecliError
 from prunecli.structure import ChannelMasker, ChannelStructure, save_slim, slim, trace_structure
@@ -82,6 +83,8 @@ class PruningMethod(TrainingHooks):
         self.droppable: frozenset[int] = frozenset(
             g.id for g in self.structure.droppable_groups) if cfg_get(
             self.cfg, "layer_drop", False) else frozenset()
+        if self.droppable:
+            self.cost_model = DropCascade(self.cost_model, self.structure, self.droppable)
 
     def on_train_start(self, ctx: HookContext) -> None:
         self.masker.sync_from_buffers()  # a resumed run's masks came with the weights
@@ -118,8 +121,10 @@ class PruningMethod(TrainingHooks):
     def apply(self, ctx: HookContext, keep: dict[int, Any], note: str = "") -> None:
         """Set the masks to ``keep`` (kept channel indices per group; groups not listed keep
         their current masks) and record the event."""
-        self.masker.set_keep({g: torch.as_tensor(np.asarray(k), dtype=torch.int64)
-                              for g, k in keep.items()})
+        keep = {g: torch.as_tensor(np.asarray(k), dtype=torch.int64) for g, k in keep.items()}
+        if self.droppable:
+            keep.update(self._cascade(keep))
+        self.masker.set_keep(keep)
         counts = self.counts()
         kept = int(sum(counts[g.id] for g in self.structure.prunable_groups))
         ratio = self.cost_model.ratio(counts)
@@ -129,6 +134,18 @@ class PruningMethod(TrainingHooks):
                  "%.1f%%)", f"{note}: " if note else "", ctx.step, kept,
                  self.structure.prunable_channels(), self.cost_model.name, 100 * ratio,
                  100 * (1 - self.ratio))
+
+    def _cascade(self, keep: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+        """Empty keep-sets for the groups a drop leaves carrying only constants (what
+        :class:`DropCascade` already counted as gone)."""
+        present = {g: int(m.sum()) for g, m in self.masker.channel_masks().items()}
+        present.update({g: len(k) for g, k in keep.items()})
+        empty = {g for g, n in present.items() if n == 0}
+        extra = self.structure.constant_groups(empty) & self.droppable
+        if extra:
+            log.info("layer drop: %s carry only constants now and go too",
+                     ", ".join(self.structure.groups[g].key for g in sorted(extra)))
+        return {g: torch.zeros(0, dtype=torch.int64) for g in extra}
 
     def score_arrays(self, scores: dict[int, torch.Tensor]) -> dict[int, np.ndarray]:
         """Scores to numpy on the host, averaged over processes (they already agree when they

@@ -305,10 +305,14 @@ class SMCP(PruningMethod):
         scores = self.score_arrays(values)
         self.scores.reset()
         before = self.active()
+        # a dropped layer stays dropped: its masked weights keep learning, so a whole group
+        # would look worth bringing back at the next re-solve and go again at the one after
+        # (ResNet-20 at 30% MACs flipped between 232 and 368 channels, and lost 15 points)
+        gone = {g: m for g, m in before.items() if g in self.droppable and not m.any()}
         result = allocate_to_budget(self.cost_model, scores, ratio,
                                     min_channels=self.min_channels, round_to=int(self.cfg.round_to),
                                     side_weight=float(self.cfg.channel_doublesided_weight),
-                                    droppable=self.droppable)
+                                    droppable=self.droppable, active=gone or None)
         if not result.feasible:
             log.warning("smcp: %.1f%% of the dense %s is out of reach with "
                         "method.min_channels=%d and method.round_to=%d", 100 * (1 - ratio),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -68,6 +68,33 @@ class ChannelStructure:
         """Groups that may lose every channel (layer drop): a residual branch's inner widths,
         a DenseNet layer, a squeeze-excite bottleneck."""
         return [g for g in self.groups if g.prunable and g.droppable]
+
+    def constant_rules(self) -> list[tuple[int, frozenset[int]]]:
+        """(group, groups its producers read) for every droppable group whose producers are
+        all convs/linears: once every group it reads is empty, each producer outputs only its
+        bias, so the group carries constants (a bottleneck's middle width after its first
+        width is dropped)."""
+        rules = []
+        for g in self.droppable_groups:
+            roles = [self.roles[p] for p in g.producers]
+            if roles and all(r.kind in ("conv", "linear") and r.in_segments for r in roles):
+                rules.append((g.id, frozenset(s.group for r in roles for s in r.in_segments)))
+        return rules
+
+    def constant_groups(self, empty: Collection[int]) -> set[int]:
+        """Groups left carrying only constants when the ``empty`` groups have no channels
+        (see :meth:`constant_rules`), followed to a fixed point."""
+        gone, out = set(empty), set()
+        rules = self.constant_rules()
+        changed = True
+        while changed:
+            changed = False
+            for gid, reads in rules:
+                if gid not in gone and reads <= gone:
+                    gone.add(gid)
+                    out.add(gid)
+                    changed = True
+        return out
 
     def prunable_channels(self) -> int:
         return sum(g.size for g in self.prunable_groups)
