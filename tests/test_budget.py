@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -54,3 +55,23 @@ def test_bad_ratio_is_a_clear_error() -> None:
     model, x, s, scores = _setup("resnet20")
     with pytest.raises(ConfigError, match="cost.ratio"):
         allocate_to_budget(build_cost_model("macs", model, s, x), scores, 1.2)
+
+
+def test_coarse_options_land_closer_to_the_budget_by_filling_the_slack(monkeypatch) -> None:
+    """HALP's 32-channel chunks with layer drop: whole-layer steps leave the bisection far
+    under the target; widening groups while the exact cost fits gets closer."""
+    import prunecli.allocate.budget as budget
+
+    model = build_model({"name": "resnet20"}, num_classes=10, in_chans=3)
+    x = torch.randn(1, 3, 32, 32)
+    s = trace_structure(model, x)
+    cm = build_cost_model("macs", model, s, x)
+    rng = np.random.default_rng(0)
+    scores = {g.id: rng.random(g.size) for g in s.prunable_groups}
+    drop = [g.id for g in s.droppable_groups]
+    filled = allocate_to_budget(cm, scores, 0.7, group_size=32, droppable=drop)
+    monkeypatch.setattr(budget, "_fill_slack", lambda cm_, opts, counts, cost, t: (cost, counts))
+    plain = allocate_to_budget(cm, scores, 0.7, group_size=32, droppable=drop)
+    assert plain.ratio < filled.ratio <= 0.3 + 1e-12
+    assert filled.ratio == pytest.approx(cm.ratio(filled.counts))
+    assert all(c == 0 or c % 32 == 0 or c == s.groups[g].size for g, c in filled.counts.items())

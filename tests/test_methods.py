@@ -190,6 +190,13 @@ def test_halp_on_a_latency_table(run_cli, tmp_path: Path, fake_timing) -> None:
     r = read_results(run)
     assert r["cost"] == "latency" and 0.68 <= r["cost_kept"] <= 0.7 + 1e-9
     assert np.isfinite(r["cost_pruned"]) and r["cost_pruned"] < r["cost_dense"]
+    # layer drop under the table: an emptied layer costs 0 ms, and the budget still holds
+    run = run_cli("train", *SMALL, "method=halp", "cost=latency", f"cost.table={table}",
+                  "cost.ratio=0.6", *SCHEDULE["halp"], "method.group_size=16",
+                  "method.layer_drop=true", run_dir=tmp_path / "drop")
+    r = read_results(run)  # 16-channel chunks of 16-wide layers: all-or-nothing steps
+    assert 0.33 <= r["cost_kept"] <= 0.4 + 1e-9 and r["slim_max_diff"] < 1e-4
+    assert isinstance(r["groups_dropped"], list)
 
 
 def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ answer oscillates (a heavily pruned point makes every channel look cheap), so th
 curves once, at the uniformly pruned point that has the target cost (every group at
 ``sqrt(keep)`` of its width when costs are bilinear), and then searches the knapsack budget by
 bisection until the answer's *exact* cost is at most the target and within ``tolerance``.
+Where coarse options (neuron groups, dropping a whole layer) leave it further under, groups are
+widened to their next option while the exact cost fits.
 """
 
 from __future__ import annotations
@@ -127,5 +129,37 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
         else:
             hi = (lo + hi) / 2
     cost, counts = best or lowest
+    if best is not None and target - cost > tolerance * dense:
+        by_group = {o.group: o for o in options if o.group in scores}
+        cost, counts = _fill_slack(cost_model, by_group, dict(counts), cost, target)
     keep = {g: index[g][top_channels(scores[g], c)] for g, c in counts.items()}
     return BudgetResult(counts, keep, cost, target, dense, iterations, best is not None)
+
+
+def _fill_slack(cost_model: Any, options: dict[int, GroupOptions], counts: dict[int, int],
+                cost: float, target: float) -> tuple[float, dict[int, int]]:
+    """Coarse options (HALP's neuron groups, a layer-drop option) can leave the bisection well
+    under the target, because the curves are linear and the real cost is not. Widen groups to
+    their next option, the best value per exact cost first, while the exact cost fits."""
+    for _ in range(4 * sum(len(o) for o in options.values())):
+        moves = []
+        for g, o in options.items():
+            i = int(np.searchsorted(o.counts, counts[g], side="right"))
+            if i < len(o.counts):
+                moves.append((g, int(o.counts[i]), float(o.values[i] - o.values[i - 1])
+                              if i > 0 else float(o.values[i])))
+        if not moves:
+            break
+        rows = np.repeat(cost_model.counts_vector(counts)[None], len(moves), axis=0)
+        for r, (g, c, _) in enumerate(moves):
+            rows[r, g] = c
+        costs = np.asarray(cost_model.cost_batch(rows), dtype=np.float64)
+        fits = np.flatnonzero(costs <= target)
+        if not len(fits):
+            break
+        gain = np.array([moves[r][2] for r in fits])
+        extra = np.maximum(costs[fits] - cost, 1e-12 * max(abs(target), 1.0))
+        r = int(fits[int(np.argmax(gain / extra))])
+        counts[moves[r][0]] = moves[r][1]
+        cost = float(costs[r])
+    return cost, counts
