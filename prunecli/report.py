@@ -75,6 +75,8 @@ def run_table(results: dict[str, Any], title: str) -> Table:
     if results.get("cost_kept") is not None:
         table.add_row(f"{results['cost']} kept (target)",
                       f"{100 * results['cost_kept']:.1f} % ({100 * results['cost_target']:.1f} %)")
+    if results.get("slimmed_at_step") is not None:
+        table.add_row("fine-tuned slim from step", str(results["slimmed_at_step"]))
     if results.get("groups_dropped"):
         table.add_row("groups dropped whole", str(len(results["groups_dropped"])))
     for key, header in (("dense_top1", "dense top-1 %"),

@@ -31,6 +31,7 @@ from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.progress import make_progress
 from prunecli.engine.seed import rng_state, seed_everything, set_deterministic, set_rng_state
+from prunecli.engine.slim_training import transfer_optimizer_state
 from prunecli.errors import ConfigError
 from prunecli.methods import build_method
 from prunecli.models import build_model
@@ -116,6 +117,8 @@ class Trainer:
             raise ConfigError(f"trainer.grad_accum={accum} must be >= 1")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.method: TrainingHooks = build_method(cfg.method)
+        self.hooks: TrainingHooks = self.method  # per-step hooks; a no-op once slimmed in training
+        self.slimmed = False
         self.ctx = HookContext(model=self.model, config=cfg, dist=self.dist,
                                example_inputs=example, epochs=tcfg.epochs,
                                steps_per_epoch=self.steps_per_epoch,
@@ -129,11 +132,7 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.ctx.model = self.model
 
-        groups = param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias)
-        groups = self.method.param_groups(groups)
-        self.optimizer = build_optimizer(groups, cfg.optim)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim,
-                                         tcfg.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        self.optimizer, self.scheduler = self._build_optimizer()
         self.ctx.optimizer, self.ctx.scheduler = self.optimizer, self.scheduler
         self.start_epoch = 0
         if self.resume_state is not None:
@@ -149,6 +148,50 @@ class Trainer:
         self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
+        cfg = self.cfg
+        groups = param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias)
+        groups = self.method.param_groups(groups)
+        optimizer = build_optimizer(groups, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.trainer.epochs * self.steps_per_epoch,
+                                    self.steps_per_epoch)
+        return optimizer, scheduler
+
+    def _slim_due(self) -> bool:
+        return (not self.slimmed and bool(getattr(self.cfg.method, "slim_when_final", False))
+                and bool(getattr(self.method, "masks_final", lambda: False)()))
+
+    def _slim_in_training(self, keep: dict[int, torch.Tensor] | None = None,
+                          check: bool = True) -> None:
+        """Swap the masked model for its slimmed copy and carry the optimizer over (see
+        :mod:`prunecli.engine.slim_training`); ``check``: compare the two first."""
+        method: Any = self.method
+        if keep is None:
+            keep = {g: idx for g, idx in method.masker.keep().items()
+                    if len(idx) < method.structure.groups[g].size}
+        log_: dict = {}
+        old_model, old_opt, old_sched = self.model, self.optimizer, self.scheduler
+        small = method.slim_model(old_model, keep, log=log_)
+        diff = method._check_equal(old_model, small, self.ctx.example_inputs) if check else None
+        small.train(old_model.training)
+        self.model = self.ctx.model = small
+        self.optimizer, self.scheduler = self._build_optimizer()
+        transfer_optimizer_state(old_opt, old_model, self.optimizer, small, log_)
+        self.scheduler.load_state_dict(old_sched.state_dict())
+        self.ctx.optimizer, self.ctx.scheduler = self.optimizer, self.scheduler
+        if hasattr(self, "train_model"):
+            self.train_model = self.model
+            if self.dist.distributed:
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        self.hooks = TrainingHooks()
+        self.slimmed = True
+        method.mark_slimmed(keep, diff)
+        if check:
+            macs = count_macs(small, self.ctx.example_inputs)
+            log.info("masks final at step %d: fine-tuning the slimmed model from here (%.1f%% "
+                     "of the dense MACs)", self.ctx.step, 100.0 * macs / max(1, self.dense_macs))
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         """The validation metrics of ``model`` (any model of the same task, e.g. a slimmed one)."""
@@ -175,6 +218,11 @@ class Trainer:
         self.batches_per_epoch = min(len(self.train_loader), limit or len(self.train_loader))
 
     def _restore(self, state: dict[str, Any]) -> None:
+        if state.get("slimmed"):  # the run was fine-tuning its slimmed model: rebuild it
+            method: Any = self.method
+            keep = method.structure.normalise_keep(state["slimmed"]["keep"])
+            method.masker.set_keep(keep)
+            self._slim_in_training(keep, check=False)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -199,7 +247,7 @@ class Trainer:
         t0 = time.time()
         self._setup()
         cfg, tcfg = self.cfg, self.cfg.trainer
-        self.method.on_train_start(self.ctx)
+        (self.hooks if self.slimmed else self.method).on_train_start(self.ctx)
         if self.dist.is_main:
             log.info("run dir: %s", self.run_dir.resolve())
             log.info("%s on %s: %d train / %d val images, %d classes, %.2f M params, %.2f M MACs,"
@@ -254,7 +302,7 @@ class Trainer:
         ctx.epoch, ctx.micro_step = epoch, 0
         self.train_sampler.set_epoch(epoch)
         self.train_model.train()
-        self.method.on_epoch_start(ctx)
+        self.hooks.on_epoch_start(ctx)
         meter = ClassificationMeter(self.device)
         task = progress.add_task(f"epoch {epoch + 1}/{tcfg.epochs}", total=self.batches_per_epoch,
                                  info="") if progress else None
@@ -274,11 +322,11 @@ class Trainer:
                 with self.precision.autocast():
                     logits = self.train_model(images)
                     loss = self.criterion(logits, targets)
-                extra = self.method.extra_loss(ctx, logits, targets)
+                extra = self.hooks.extra_loss(ctx, logits, targets)
                 total = loss if extra is None else loss + extra.float()
                 scaler.scale(total / accum).backward()
             ctx.micro_step = i + 1
-            self.method.after_backward(ctx)
+            self.hooks.after_backward(ctx)
             meter.update(logits.detach().float(), targets, loss.detach())
             if boundary:
                 self._optimizer_step()
@@ -305,7 +353,7 @@ class Trainer:
     def _optimizer_step(self) -> None:
         ctx, scaler, tcfg = self.ctx, self.precision.scaler, self.cfg.trainer
         scaler.unscale_(self.optimizer)  # methods and clipping see true gradients
-        self.method.before_optimizer_step(ctx)
+        self.hooks.before_optimizer_step(ctx)
         if tcfg.clip_grad_norm:
             nn.utils.clip_grad_norm_(self.model.parameters(), tcfg.clip_grad_norm)
         scaler.step(self.optimizer)
@@ -313,7 +361,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         ctx.step += 1
-        self.method.after_optimizer_step(ctx)
+        self.hooks.after_optimizer_step(ctx)
+        if self._slim_due():
+            self._slim_in_training()
 
     # ------------------------------------------------------------------ output
     def _log_epoch(self, m: dict[str, float]) -> None:
@@ -339,6 +389,8 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.precision.scaler.state_dict(),
                 "method": self.method.state_dict(),
+                "slimmed": {"keep": self.method.structure.ids_to_keys(  # type: ignore[attr-defined]
+                    self.method.slimmed_keep)} if self.slimmed else None,
                 "rng": rngs,
                 "epoch": epochs_done,
                 "step": self.ctx.step,

@@ -24,6 +24,7 @@ from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.errors import ConfigError, PrunecliError
 from prunecli.structure import ChannelMasker, ChannelStructure, save_slim, slim, trace_structure
 from prunecli.structure.masks import strip_all_masks
+from prunecli.structure.slim import SliceLog
 
 log = logging.getLogger("prunecli")
 
@@ -50,6 +51,9 @@ class PruningMethod(TrainingHooks):
         self.history: list[dict[str, Any]] = []  # one entry per pruning event
         self.dense_top1: float | None = None  # of the loaded weights, before training
         self.top1_before_pruning: float | None = None
+        self.slimmed_keep: dict[int, torch.Tensor] | None = None  # set once slimmed in training
+        self.slim_diff: float | None = None
+        self.slimmed_at: int | None = None
         self.structure: ChannelStructure
         self.masker: ChannelMasker
         self.cost_model: Any
@@ -85,6 +89,22 @@ class PruningMethod(TrainingHooks):
             self.cfg, "layer_drop", False) else frozenset()
         if self.droppable:
             self.cost_model = DropCascade(self.cost_model, self.structure, self.droppable)
+
+    def masks_final(self) -> bool:
+        """True once the masks will not change again: the rest of the run fine-tunes, and the
+        trainer may slim the model for it (``method.slim_when_final``)."""
+        return False
+
+    def mark_slimmed(self, keep: dict[int, torch.Tensor], diff: float | None) -> None:
+        """The trainer replaced the masked model by its slimmed version (``keep``); from now on
+        only ``on_epoch_end``, ``on_train_end`` and the state are called."""
+        self.slimmed_keep = keep
+        self.slim_diff = diff
+        if self.slimmed_at is None:
+            self.slimmed_at = int(self.history[-1]["step"]) if self.history else 0
+
+    def strip_extras(self, model: nn.Module) -> None:
+        """Remove what the method added to (a copy of) the model before it is slimmed."""
 
     def on_train_start(self, ctx: HookContext) -> None:
         self.masker.sync_from_buffers()  # a resumed run's masks came with the weights
@@ -163,12 +183,15 @@ class PruningMethod(TrainingHooks):
 
     def state_dict(self) -> dict[str, Any]:
         return {"history": list(self.history), "dense_top1": self.dense_top1,
-                "top1_before_pruning": self.top1_before_pruning}
+                "top1_before_pruning": self.top1_before_pruning, "slimmed_at": self.slimmed_at,
+                "slim_diff": self.slim_diff}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
         self.dense_top1 = state.get("dense_top1")
         self.top1_before_pruning = state.get("top1_before_pruning")
+        self.slimmed_at = state.get("slimmed_at")
+        self.slim_diff = state.get("slim_diff")
 
     # ------------------------------------------------------------------ end of the run
     def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
@@ -189,11 +212,15 @@ class PruningMethod(TrainingHooks):
             "dense_top1": self.dense_top1,
             "top1_before_pruning": self.top1_before_pruning,
         }
-        small = self.slim_model(ctx.model, keep)
         x = ctx.example_inputs
+        if self.slimmed_keep is not None:  # slimmed during training: the model is the slim one
+            small, diff = ctx.model.eval(), self.slim_diff
+            summary["slimmed_at_step"] = self.slimmed_at
+        else:
+            small = self.slim_model(ctx.model, keep)
+            diff = self._check_equal(ctx.model, small, x)
         summary["macs"] = count_macs(small, x)
         summary["params"] = count_params(small)
-        diff = self._check_equal(ctx.model, small, x)
         summary["slim_max_diff"] = diff
         if cfg_get(self.cfg, "eval_slim", True) and ctx.evaluate is not None:
             summary["slim_top1"] = ctx.evaluate(small).get("top1")
@@ -209,11 +236,13 @@ class PruningMethod(TrainingHooks):
             summary["slim_model"] = str(path.resolve())
         return summary
 
-    def slim_model(self, model: nn.Module, keep: dict[int, torch.Tensor]) -> nn.Module:
+    def slim_model(self, model: nn.Module, keep: dict[int, torch.Tensor],
+                   log: SliceLog | None = None) -> nn.Module:
         """A slimmed copy of the masked ``model`` (the model itself is left as it is)."""
         dense = copy.deepcopy(model)
         strip_all_masks(dense)
-        return slim(dense, self.structure, keep, inplace=True).eval()
+        self.strip_extras(dense)
+        return slim(dense, self.structure, keep, inplace=True, log=log).eval()
 
     @torch.no_grad()
     def _check_equal(self, masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:

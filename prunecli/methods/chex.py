@@ -514,6 +514,9 @@ class CHEX(PruningMethod):
         return f"target {self._text(self.final)}"
 
     # ------------------------------------------------------------------ state
+    def masks_final(self) -> bool:
+        return bool(self.frozen)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "started": self.started, "frozen": self.frozen,
                 "updates": self.updates, "regrown": list(self.regrown),

@@ -472,6 +472,13 @@ class Gator(PruningMethod):
         })
         return summary
 
+    def strip_extras(self, model: nn.Module) -> None:
+        if hasattr(model, GATES_ATTR):
+            delattr(model, GATES_ATTR)
+
+    def masks_final(self) -> bool:
+        return bool(self.phase == "done")
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "theta": self.gates.theta.detach().cpu().clone(),
                 "active": self.gates.active.detach().cpu().clone(),

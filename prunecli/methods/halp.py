@@ -74,6 +74,9 @@ class HALP(PruningMethod):
                         "group per layer kept", self.done_steps, 100 * target / dense)
         self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{c.prune_steps}")
 
+    def masks_final(self) -> bool:
+        return bool(self.done_steps >= self.cfg.prune_steps)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "window": self.window.state_dict(),
                 "done_steps": self.done_steps}

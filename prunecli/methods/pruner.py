@@ -56,6 +56,9 @@ class Pruner:
         if unknown:
             raise ConfigError(f"method {method} has no option {', '.join(unknown)}; its options "
                               f"are {', '.join(sorted(known - {'name'}))}")
+        if hyper.get("slim_when_final"):
+            raise ConfigError("slim_when_final is a `prunecli train` option: in your own loop, "
+                              "check pruner.method.masks_final() and slim with pruner.finish()")
         mcfg = OmegaConf.structured(schema(**hyper))
         config = OmegaConf.create({
             "cost": OmegaConf.structured(CostConfig(name=cost, ratio=ratio, table=table)),

@@ -31,6 +31,7 @@ class PruningConfig(MethodConfig):
     ignore: list[str] = field(default_factory=list)  # module globs whose groups stay whole
     min_channels: int = 1  # channels every group keeps at least
     layer_drop: bool = False  # groups on a residual branch may lose all channels (the branch goes)
+    slim_when_final: bool = False  # once the masks are final, fine-tune the slimmed model (faster)
     save_slim: bool = True  # write slim.pt next to the checkpoint at the end
     eval_slim: bool = True  # evaluate the slimmed model at the end (it must match the masked)
 

@@ -125,6 +125,9 @@ class NetworkSlimming(PruningMethod):
             self.prune(ctx)  # prune_at >= 1: sparsity training only, prune at the very end
         return super().on_train_end(ctx)
 
+    def masks_final(self) -> bool:
+        return bool(self.pruned)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "pruned": self.pruned}
 

@@ -356,6 +356,9 @@ class SMCP(PruningMethod):
         })
         return summary
 
+    def masks_final(self) -> bool:
+        return bool(self.frozen)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "scores": self.scores.state_dict(),
                 "resolves": self.resolves, "returns": list(self.returns),

@@ -135,6 +135,9 @@ class TaylorPruning(PruningMethod):
             self.prune_step(ctx)
         return super().on_train_end(ctx)
 
+    def masks_final(self) -> bool:
+        return bool(self.done)
+
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "window": self.window.state_dict(),
                 "smooth": self.smooth.state_dict(), "done": self.done}

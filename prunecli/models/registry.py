@@ -319,7 +319,14 @@ def check_compatible(
 
 def load_weights(model: nn.Module, path: str | Path, *, as_pretrained: bool = False) -> None:
     """Load a local weights file into ``model`` in place, checking every key and shape first."""
-    state = extract_state_dict(_read(path), path)
+    raw = _read(path)
+    if isinstance(raw, Mapping) and raw.get("slimmed") and "data_info" in raw:
+        # a run that fine-tuned its slimmed model: its weights scattered back to dense shapes
+        from prunecli.structure.unslim import dense_from_slimmed_checkpoint
+
+        state = dense_from_slimmed_checkpoint(model, raw)
+    else:
+        state = extract_state_dict(raw, path)
     fresh: set[str] = set()
     if as_pretrained:
         state, fresh = _adapt_as_pretrained(model, state)

@@ -14,6 +14,7 @@ from prunecli.errors import CheckpointError
 from prunecli.structure.masked_state import keep_from_masks, split_masked_state_dict
 from prunecli.structure.masks import ChannelMasker
 from prunecli.structure.structure import ChannelStructure, trace_structure
+from prunecli.structure.unslim import dense_state
 
 
 @dataclass
@@ -42,6 +43,14 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
                           generator=torch.Generator().manual_seed(0))
     structure = trace_structure(model, example)
+    if ckpt.get("slimmed"):  # slimmed during training: back to dense shapes, then masked
+        keep = structure.normalise_keep(ckpt["slimmed"]["keep"])
+        state = dense_state(model, structure, keep, ckpt["model"])
+        model.load_state_dict(state)
+        ChannelMasker(model, structure).set_keep(keep)
+        return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
+                           info["num_classes"], info["channels"], example,
+                           int(ckpt.get("epoch", 0)))
     plain, masks = split_masked_state_dict(ckpt["model"])
     try:
         model.load_state_dict(plain)

@@ -31,11 +31,18 @@ def _input_index(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]
     return torch.cat(parts)
 
 
-def _take(module: nn.Module, attr: str, index: torch.Tensor, dim: int) -> None:
+# state-dict name -> the (dim, index) slices that made it from the dense tensor, in order
+SliceLog = dict[str, list[tuple[int, torch.Tensor]]]
+
+
+def _take(module: nn.Module, attr: str, index: torch.Tensor, dim: int,
+          log: SliceLog | None = None, name: str = "") -> None:
     """Replace ``module.attr`` (parameter or buffer) by its slice along ``dim``."""
     old = getattr(module, attr, None)
     if old is None:
         return
+    if log is not None:
+        log.setdefault(f"{name}.{attr}" if name else attr, []).append((dim, index.cpu()))
     new = old.detach().index_select(dim, index.to(old.device)).clone()
     if isinstance(old, nn.Parameter):
         setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
@@ -47,29 +54,33 @@ _SIZE_ATTRS = {"conv": ("in_channels", "out_channels"), "linear": ("in_features"
 
 
 def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
-                 out_idx: torch.Tensor | None) -> None:
+                 out_idx: torch.Tensor | None, log: SliceLog | None = None,
+                 name: str = "") -> None:
+    def take(attr: str, index: torch.Tensor, dim: int) -> None:
+        _take(module, attr, index, dim, log, name)
+
     if kind in _SIZE_ATTRS:  # conv / linear: outputs on dim 0, inputs on dim 1
         in_attr, out_attr = _SIZE_ATTRS[kind]
         if out_idx is not None:
-            _take(module, "weight", out_idx, 0)
-            _take(module, "bias", out_idx, 0)
+            take("weight", out_idx, 0)
+            take("bias", out_idx, 0)
             setattr(module, out_attr, len(out_idx))
         if in_idx is not None:
-            _take(module, "weight", in_idx, 1)
+            take("weight", in_idx, 1)
             setattr(module, in_attr, len(in_idx))
     elif kind == "depthwise" and in_idx is not None:
-        _take(module, "weight", in_idx, 0)
-        _take(module, "bias", in_idx, 0)
+        take("weight", in_idx, 0)
+        take("bias", in_idx, 0)
         module.in_channels = module.out_channels = module.groups = len(in_idx)
     elif kind == "norm" and in_idx is not None:
         for attr in ("weight", "bias", "running_mean", "running_var"):
-            _take(module, attr, in_idx, 0)
+            take(attr, in_idx, 0)
         if hasattr(module, "num_features"):
             module.num_features = len(in_idx)
         if isinstance(module, nn.GroupNorm):
             module.num_channels = module.num_groups = len(in_idx)
     elif kind == "prelu" and in_idx is not None:
-        _take(module, "weight", in_idx, 0)
+        take("weight", in_idx, 0)
         module.num_parameters = len(in_idx)
 
 
@@ -108,7 +119,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
-         inplace: bool = False) -> nn.Module:
+         inplace: bool = False, log: SliceLog | None = None) -> nn.Module:
     """Return ``model`` with only the kept channels of each group.
 
     ``keep`` maps group ids or keys to kept channel indices (groups not listed keep all). Masks
@@ -116,6 +127,10 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
     passed here: ``masker.keep()``). The result is the same module classes with smaller layers;
     an empty keep-set (a droppable group, ``method.layer_drop``) replaces the layers it empties
     by zero-cost stand-ins that compute exactly what the masked model did.
+
+    ``log`` (optional) receives, per state-dict name, the slices that made each sliced tensor
+    from the dense one: what moves optimizer state to the slim model, and scatters a slim
+    state back into dense shapes (:mod:`prunecli.structure.unslim`).
     """
     idx = structure.normalise_keep(keep)
     model = model if inplace else copy.deepcopy(model)
@@ -128,11 +143,14 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
             if new is not None:
                 _check_geometry(role.name, new, structure)
                 _replace(model, role.name, new)
+                out = idx.get(role.out_group) if role.out_group is not None else None
+                if log is not None and getattr(new, "bias", None) is not None:
+                    log[f"{role.name}.bias"] = [] if out is None else [(0, out.cpu())]
                 continue
         in_idx = _input_index(role.in_segments, idx)
         out_idx = idx.get(role.out_group) if role.out_group is not None else None
         if in_idx is not None or out_idx is not None:
-            _slim_module(modules[role.name], role.kind, in_idx, out_idx)
+            _slim_module(modules[role.name], role.kind, in_idx, out_idx, log, role.name)
     for p in structure.params:
         index = _input_index(p.segments, idx)
         if index is None:
@@ -140,5 +158,5 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
         owner = modules[p.module] if p.module else model
         old = getattr(owner, p.attr)
         dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
-        _take(owner, p.attr, index, dim)
+        _take(owner, p.attr, index, dim, log, p.module)
     return model
