@@ -144,3 +144,10 @@ def test_the_swap_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     r = read_results(out)
     assert r["world_size"] == 2 and r["slimmed_at_step"] is not None
     assert 0.48 <= r["cost_kept"] <= 0.5 + 1e-9 and r["slim_top1"] == r["top1"]
+
+
+def test_the_swap_keeps_channels_last(run_cli, tmp_path: Path) -> None:
+    run = run_cli("train", *SMALL, *METHODS["taylor"], "method.slim_when_final=true",
+                  "trainer.channels_last=true", run_dir=tmp_path / "cl")
+    r = read_results(run)
+    assert r["slimmed_at_step"] is not None and r["slim_top1"] == r["top1"]

@@ -175,6 +175,7 @@ class Trainer:
         small = method.slim_model(old_model, keep, log=log_)
         diff = method._check_equal(old_model, small, self.ctx.example_inputs) if check else None
         small.train(old_model.training)
+        small.to(memory_format=self.memory_format)  # slicing made contiguous (NCHW) tensors
         self.model = self.ctx.model = small
         self.optimizer, self.scheduler = self._build_optimizer()
         transfer_optimizer_state(old_opt, old_model, self.optimizer, small, log_)
