@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+THREADS = max(1, min(2, os.cpu_count() or 1))
+torch.set_num_threads(THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _same_threads_for_every_test():
+    """A run with ``trainer.threads=1`` sets torch's thread count for the whole process; put it
+    back, so a test's numbers do not depend on which tests ran before it (CHEX's SVDs did)."""
+    yield
+    torch.set_num_threads(THREADS)
 
 
 @pytest.fixture

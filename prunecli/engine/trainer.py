@@ -168,8 +168,7 @@ class Trainer:
         :mod:`prunecli.engine.slim_training`); ``check``: compare the two first."""
         method: Any = self.method
         if keep is None:
-            keep = {g: idx for g, idx in method.masker.keep().items()
-                    if len(idx) < method.structure.groups[g].size}
+            keep = method.pruned_keep()
         log_: dict = {}
         old_model, old_opt, old_sched = self.model, self.optimizer, self.scheduler
         small = method.slim_model(old_model, keep, log=log_)

@@ -54,6 +54,7 @@ class PruningMethod(TrainingHooks):
         self.slimmed_keep: dict[int, torch.Tensor] | None = None  # set once slimmed in training
         self.slim_diff: float | None = None
         self.slimmed_at: int | None = None
+        self.final_model: nn.Module | None = None  # the slimmed model, set by on_train_end
         self.structure: ChannelStructure
         self.masker: ChannelMasker
         self.cost_model: Any
@@ -134,6 +135,11 @@ class PruningMethod(TrainingHooks):
             x[g] = int(m.sum())
         return x
 
+    def pruned_keep(self) -> dict[int, torch.Tensor]:
+        """Kept channels of every group that lost some: what slimming needs."""
+        return {g: idx for g, idx in self.masker.keep().items()
+                if len(idx) < self.structure.groups[g].size}
+
     def kept_cost_ratio(self) -> float:
         """The current fraction of the dense cost."""
         return self.cost_model.ratio(self.counts())
@@ -195,8 +201,7 @@ class PruningMethod(TrainingHooks):
 
     # ------------------------------------------------------------------ end of the run
     def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
-        keep = {g: idx for g, idx in self.masker.keep().items()
-                if len(idx) < self.structure.groups[g].size}
+        keep = self.pruned_keep()
         counts = self.counts()
         summary: dict[str, Any] = {
             "cost": self.cost_model.name,
@@ -219,6 +224,7 @@ class PruningMethod(TrainingHooks):
         else:
             small = self.slim_model(ctx.model, keep)
             diff = self._check_equal(ctx.model, small, x)
+        self.final_model = small  # the Pruner API hands this one out
         summary["macs"] = count_macs(small, x)
         summary["params"] = count_params(small)
         summary["slim_max_diff"] = diff

@@ -105,9 +105,7 @@ class Pruner:
         (same classes, fewer channels; the masked ``model`` is left as it is) and a summary."""
         self.ctx.epoch = max(0, self.ctx.epoch - 1)
         summary = self.method.on_train_end(self.ctx)
-        keep = {g: idx for g, idx in self.method.masker.keep().items()
-                if len(idx) < self.method.structure.groups[g].size}
-        return self.method.slim_model(self.ctx.model, keep), summary
+        return self.method.final_model, summary
 
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.method.state_dict(), "step": self.ctx.step,
