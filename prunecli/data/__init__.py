@@ -7,7 +7,15 @@ and samplers are the engine's job; this package only builds datasets that return
 
 from __future__ import annotations
 
-from prunecli.data import cifar, embedded, fake, imagefolder  # noqa: F401  (registration)
+from prunecli.data import (  # noqa: F401  (registration)
+    cifar,
+    coco,
+    embedded,
+    fake,
+    fashion_det,  # noqa: F401  (registration; the detection demo)
+    imagefolder,
+    voc,
+)
 from prunecli.data.registry import (
     DATASETS,
     DatasetBundle,

@@ -32,6 +32,9 @@ class DatasetBundle:
     class_names: list[str] | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # "classification": samples are (normalised image, int label); "detection": (image in
+    # [0, 1], target dict), see prunecli.data.detection. Picks the task (prunecli.tasks).
+    task: str = "classification"
 
 
 DatasetFactory = Callable[[DataConfig], DatasetBundle]

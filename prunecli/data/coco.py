@@ -1,0 +1,196 @@
+"""COCO, or any dataset with COCO instances JSON (Roboflow exports, ...), from a local folder.
+
+For a split ``S`` (``data.train_split``, default ``train2017``; ``data.val_split``, default
+``val2017``) the annotations are the first that exists of ``annotations/instances_S.json``
+(COCO), ``S/_annotations.coco.json`` (Roboflow) and ``annotations/S.json``; the images lie in
+``S/`` or ``images/S/``. Nothing is downloaded.
+
+Classes: the categories sorted by id become labels ``1..K`` (COCO's ids run to 90 with gaps);
+``data.class_names`` picks and orders them by name, and annotations of other categories are left
+out. ``iscrowd`` regions stay in the ground truth flagged ``ignore`` (COCOeval's rule) and never
+reach training targets. The training split leaves out images without a non-crowd object, as
+torchvision's detection references do; the validation split keeps every image, since a false
+positive on an empty image counts too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prunecli.config.schema import DataConfig
+from prunecli.data.detection_files import (
+    ImageEntry,
+    check_detection_config,
+    detection_bundle,
+    list_files,
+)
+from prunecli.data.registry import DATASETS, DatasetBundle, require_root
+from prunecli.errors import ConfigError, DataError
+
+DEFAULT_SPLITS = ("train2017", "val2017")
+WHAT = "a COCO folder with annotations/instances_<split>.json and <split>/ image folders"
+
+
+def annotation_candidates(root: Path, split: str) -> list[Path]:
+    return [
+        root / "annotations" / f"instances_{split}.json",
+        root / split / "_annotations.coco.json",
+        root / "annotations" / f"{split}.json",
+    ]
+
+
+def find_split(root: Path, split: str, key: str) -> tuple[Path, Path]:
+    """``(annotation file, image folder)`` of a split, or a DataError listing what was tried."""
+    if not split or "/" in split or "\\" in split:
+        raise ConfigError(f"data.{key}={split!r} must be a split name such as {DEFAULT_SPLITS[0]}")
+    tried = annotation_candidates(root, split)
+    ann = next((p for p in tried if p.is_file()), None)
+    if ann is None:
+        raise DataError(f"no annotation file for data.{key}={split} in {root} (tried "
+                        f"{', '.join(str(p.relative_to(root)) for p in tried)}); data=coco "
+                        f"expects {WHAT}")
+    folders = [root / split, root / "images" / split]
+    images = next((p for p in folders if p.is_dir()), None)
+    if images is None:
+        raise DataError(f"no image folder for data.{key}={split} in {root} (tried "
+                        f"{', '.join(str(p.relative_to(root)) + '/' for p in folders)})")
+    return ann, images
+
+
+def load_coco(path: Path) -> Any:
+    """pycocotools' ``COCO`` index of a JSON file, quietly, with errors naming the file. The
+    JSON is read here (as UTF-8, whatever the locale) and handed to ``COCO.createIndex``."""
+    from pycocotools.coco import COCO
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    missing = [k for k in ("images", "categories") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"{path} has no {' or '.join(repr(k) for k in missing)}; data=coco "
+                        "expects a COCO instances file (images, annotations, categories)")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError) as exc:
+        raise DataError(f"{path} is not a COCO instances file: an entry lacks {exc}") from None
+    return coco
+
+
+def category_names(coco: Any, path: Path) -> dict[int, str]:
+    """Category id -> name, without Roboflow's dataset-level category: exports list the dataset
+    itself as a category (id 0) that is the supercategory of all the others and labels
+    nothing; as a class it would only be a never-seen output."""
+    cats = {int(c["id"]): str(c["name"]) for c in coco.dataset["categories"]}
+    supers = {str(c.get("supercategory")) for c in coco.dataset["categories"]}
+    used = {int(a["category_id"]) for a in coco.dataset.get("annotations", [])}
+    if not cats:
+        raise DataError(f"{path} lists no categories")
+    return {i: n for i, n in cats.items() if n not in supers or i in used or len(cats) == 1}
+
+
+def class_names_of(cfg: DataConfig, cats: dict[int, str], path: Path) -> list[str]:
+    """Category names by id, or ``data.class_names`` checked against them."""
+    found = list(dict.fromkeys(cats[i] for i in sorted(cats)))
+    if not cfg.class_names:
+        return found
+    names = [str(n) for n in cfg.class_names]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"data.class_names has duplicates: {names}")
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise DataError(f"{path} has no category {unknown[0]!r} (data.class_names); its "
+                        f"categories: {', '.join(found)}")
+    return names
+
+
+def read_split(
+    coco: Any, ann_path: Path, image_dir: Path, class_names: Sequence[str], restricted: bool,
+    train: bool,
+) -> list[ImageEntry]:
+    """The images of one split in image-id order (as torchvision's CocoDetection)."""
+    try:
+        return _entries(coco, ann_path, image_dir, class_names, restricted, train)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{ann_path}: malformed image or annotation entry "
+                        f"({type(exc).__name__}: {exc})") from None
+
+
+def _entries(
+    coco: Any, ann_path: Path, image_dir: Path, class_names: Sequence[str], restricted: bool,
+    train: bool,
+) -> list[ImageEntry]:
+    cats = {int(c["id"]): str(c["name"]) for c in coco.dataset["categories"]}
+    wanted = set(class_names)
+    files = list_files(image_dir)
+    entries = []
+    for image_id in sorted(coco.imgs):
+        img = coco.imgs[image_id]
+        boxes, names, crowd, areas = [], [], [], []
+        for a in coco.imgToAnns.get(image_id, []):
+            name = cats.get(int(a["category_id"]))
+            if name is None:
+                raise DataError(f"{ann_path}: annotation {a.get('id')} has category_id "
+                                f"{a['category_id']}, which its categories do not list")
+            if name not in wanted:
+                if restricted:
+                    continue
+                raise DataError(f"{ann_path}: category {name!r} is not among the classes of "
+                                f"the training split ({', '.join(class_names)})")
+            x, y, w, h = (float(v) for v in a["bbox"])
+            if w <= 0 or h <= 0:
+                continue
+            boxes.append((x, y, x + w, y + h))
+            names.append(name)
+            crowd.append(bool(a.get("iscrowd", 0)))
+            areas.append(float(a.get("area", w * h)))
+        if train and all(crowd):  # no object to learn from (crowd regions are never targets)
+            continue
+        path = image_dir / str(img["file_name"])
+        exists = path.name in files if path.parent == image_dir else path.is_file()
+        if not exists:
+            raise DataError(f"{path} is missing; data=coco expects every image of {ann_path} "
+                            f"(its file_name) in {image_dir}")
+        entries.append(ImageEntry(
+            path=str(path),
+            width=int(img["width"]),
+            height=int(img["height"]),
+            boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            names=names,
+            ignore=np.asarray(crowd, dtype=bool),
+            source=str(ann_path),
+            areas=np.asarray(areas, dtype=np.float64),
+            source_id=int(image_id),
+        ))
+    return entries
+
+
+@DATASETS.register(
+    "coco", "COCO instances JSON (COCO 2017, Roboflow exports) from data.root (detection)"
+)
+def coco(cfg: DataConfig) -> DatasetBundle:
+    """COCO 2017 train/val by default; see the module docstring for the layouts."""
+    check_detection_config(cfg)
+    root = require_root(cfg, WHAT)
+    train_ann, train_images = find_split(root, cfg.train_split or DEFAULT_SPLITS[0], "train_split")
+    val_ann, val_images = find_split(root, cfg.val_split or DEFAULT_SPLITS[1], "val_split")
+    restricted = bool(cfg.class_names)
+    index = load_coco(train_ann)  # COCO train2017: ~450 MB of JSON, read once and let go
+    names = class_names_of(cfg, category_names(index, train_ann), train_ann)
+    train = read_split(index, train_ann, train_images, names, restricted, train=True)
+    del index
+    val = read_split(load_coco(val_ann), val_ann, val_images, names, restricted, train=False)
+    return detection_bundle(cfg, train, val, names)

@@ -1,0 +1,258 @@
+"""What the file-based detection datasets (VOC, COCO) share: packed annotations, the dataset
+class that decodes and transforms one image, and the bundle built from two splits.
+
+A reader (``voc.py``, ``coco.py``) parses its annotation format into :class:`ImageEntry` records
+(original pixel coordinates, continuous XYXY) and hands them to :func:`detection_bundle`; all of
+the contract in :mod:`prunecli.data.detection` is implemented once, here.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from prunecli.config.schema import DataConfig
+from prunecli.data.detection import DetectionDataset, Target
+from prunecli.data.registry import DatasetBundle
+from prunecli.errors import ConfigError, DataError
+from prunecli.metrics.types import ImageAnnotations
+
+DEFAULT_DETECTION_SIZE = 300  # SSD300's input; data.image_size overrides it
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+@dataclass
+class ImageEntry:
+    """One image as a reader found it: boxes XYXY in original pixels (continuous coordinates),
+    one class name and one ``ignore`` flag per box. ``source`` is the annotation file, named in
+    errors about this image."""
+
+    path: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    names: list[str]
+    ignore: np.ndarray
+    source: str
+    areas: np.ndarray | None = None
+    source_id: int | None = None
+
+
+class PackedAnnotations:
+    """The annotations of a split in a few flat numpy arrays (image ``i``'s objects are rows
+    ``offsets[i]:offsets[i + 1]``). COCO train has 118k images and 860k objects: flat arrays
+    keep that small, quick to slice, and free of per-object Python objects, whose reference
+    counts would make forked DataLoader workers copy the memory pages they live in."""
+
+    def __init__(self, entries: Sequence[ImageEntry], class_names: Sequence[str]) -> None:
+        label_of = {name: i + 1 for i, name in enumerate(class_names)}
+        labels: list[np.ndarray] = []
+        for e in entries:
+            try:
+                labels.append(np.fromiter((label_of[n] for n in e.names), np.int64, len(e.names)))
+            except KeyError as exc:
+                raise DataError(
+                    f"{e.source}: object class {exc.args[0]!r} is not one of data.class_names "
+                    f"({', '.join(class_names)})"
+                ) from None
+        counts = [len(e.boxes) for e in entries]
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
+        self.paths = np.array([e.path for e in entries], dtype=str)
+        self.sources = np.array([e.source for e in entries], dtype=str)
+        self.sizes = np.array([(e.height, e.width) for e in entries], dtype=np.int64).reshape(-1, 2)
+        self.boxes = _concat([e.boxes for e in entries], np.float64, (0, 4))
+        self.labels = _concat(labels, np.int64, (0,))
+        self.ignore = _concat([e.ignore for e in entries], bool, (0,))
+        has_areas = bool(entries) and all(e.areas is not None for e in entries)
+        self.areas = _concat([e.areas for e in entries], np.float64, (0,)) if has_areas else None
+        has_ids = bool(entries) and all(e.source_id is not None for e in entries)
+        self.source_ids = np.array([e.source_id for e in entries], np.int64) if has_ids else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def objects(self, index: int) -> slice:
+        return slice(int(self.offsets[index]), int(self.offsets[index + 1]))
+
+    def head(self, n: int | None) -> PackedAnnotations:
+        """The first ``n`` images (all of them if ``n`` is None or larger)."""
+        if n is None or n >= len(self):
+            return self
+        out = copy.copy(self)
+        end = int(self.offsets[n])
+        out.offsets = self.offsets[: n + 1]
+        for key in ("paths", "sources", "sizes", "source_ids"):
+            if getattr(self, key) is not None:
+                setattr(out, key, getattr(self, key)[:n])
+        for key in ("boxes", "labels", "ignore", "areas"):
+            if getattr(self, key) is not None:
+                setattr(out, key, getattr(self, key)[:end])
+        return out
+
+
+def _concat(arrays: Sequence[np.ndarray | None], dtype: type, empty: tuple[int, ...]) -> np.ndarray:
+    parts = [np.asarray(a, dtype=dtype).reshape(-1, *empty[1:]) for a in arrays]
+    return np.concatenate(parts) if parts else np.zeros(empty, dtype=dtype)
+
+
+Transform = Callable[..., tuple]
+
+
+class FileDetectionDataset(DetectionDataset):
+    """Images read from files, annotations from :class:`PackedAnnotations`.
+
+    ``__getitem__`` decodes with ``torchvision.io.decode_image`` (libjpeg-turbo, no PIL), leaves
+    out the ignored objects (VOC ``difficult``, COCO ``iscrowd``) as training code for SSD does,
+    and applies ``transform`` to ``(tv_tensors.Image, {"boxes": BoundingBoxes, "labels"})``.
+    """
+
+    def __init__(
+        self, annotations: PackedAnnotations, class_names: Sequence[str], transform: Transform
+    ) -> None:
+        self.annotations = annotations
+        self.class_names = list(class_names)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        from torchvision import tv_tensors
+
+        ann = self.annotations
+        self.check_index(index)
+        h, w = (int(v) for v in ann.sizes[index])
+        image = tv_tensors.Image(self.read_image(index))
+        objects = ann.objects(index)
+        keep = ~ann.ignore[objects]
+        boxes = torch.from_numpy(ann.boxes[objects][keep].astype(np.float32))
+        # a box reaching past the border (COCO has some) is clipped for training only; the
+        # ground truth stays as annotated
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        labels = torch.from_numpy(ann.labels[objects][keep])[valid]
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(boxes[valid], format="XYXY", canvas_size=(h, w)),
+            "labels": labels,
+        }
+        image, target = self.transform(image, target)
+        return image.as_subclass(Tensor), {
+            "boxes": target["boxes"].as_subclass(Tensor).to(torch.float32),
+            "labels": target["labels"].to(torch.int64),
+            "image_id": index,
+            "orig_size": torch.tensor([h, w], dtype=torch.int64),
+        }
+
+    def read_image(self, index: int) -> Tensor:
+        """The uint8 ``3 x H x W`` RGB image, checked against the annotated size (a mismatch
+        would put every box in the wrong place)."""
+        path = str(self.annotations.paths[index])
+        try:
+            image = decode_rgb(path)
+        except (RuntimeError, OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"cannot decode {path}: {reason}") from None
+        h, w = (int(v) for v in self.annotations.sizes[index])
+        if tuple(image.shape[-2:]) != (h, w):
+            raise DataError(
+                f"{path} is {image.shape[-1]}x{image.shape[-2]} pixels but "
+                f"{self.annotations.sources[index]} says {w}x{h}"
+            )
+        return image
+
+    def check_index(self, index: int) -> None:
+        """Only ``0 <= index < len``: ``image_id`` is the index, so ``-1`` must not alias."""
+        if not 0 <= index < len(self.annotations):
+            raise IndexError(f"index {index} out of range for {len(self.annotations)} images")
+
+    def ground_truth(self, index: int) -> ImageAnnotations:
+        self.check_index(index)
+        ann = self.annotations
+        objects = ann.objects(index)
+        h, w = (int(v) for v in ann.sizes[index])
+        return ImageAnnotations(
+            image_id=index,
+            width=w,
+            height=h,
+            boxes=ann.boxes[objects],
+            labels=ann.labels[objects],
+            ignore=ann.ignore[objects],
+            areas=None if ann.areas is None else ann.areas[objects],
+            source_id=None if ann.source_ids is None else int(ann.source_ids[index]),
+        )
+
+
+def decode_rgb(path: str) -> Tensor:
+    """A JPEG/PNG file as a uint8 ``3 x H x W`` RGB tensor.
+
+    ``torchvision.io.decode_image`` (libjpeg-turbo straight into a tensor, ~1 ms for a 500x375
+    JPEG) is deprecated since torchvision 0.29 in favour of TorchCodec and warns on every call;
+    the warning is silenced here, and PIL takes over once torchvision drops the function.
+    """
+    try:
+        from torchvision.io import ImageReadMode, decode_image
+    except ImportError:  # a torchvision without image decoding
+        from PIL import Image
+
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return decode_image(path, mode=ImageReadMode.RGB)
+
+
+def check_detection_config(cfg: DataConfig) -> int:
+    """The input size ``S`` (``data.image_size`` or 300); detection images are RGB."""
+    if cfg.channels not in (None, 3):
+        raise ConfigError(
+            f"data.channels={cfg.channels} is not supported by data={cfg.name}: detection "
+            "images are RGB (leave data.channels unset or set it to 3)"
+        )
+    return cfg.image_size or DEFAULT_DETECTION_SIZE
+
+
+def list_files(folder: Path) -> set[str]:
+    """File names in ``folder`` (one directory read, instead of a stat per image)."""
+    try:
+        with os.scandir(folder) as it:
+            return {e.name for e in it}
+    except OSError:
+        return set()
+
+
+def detection_bundle(
+    cfg: DataConfig,
+    train: Sequence[ImageEntry],
+    val: Sequence[ImageEntry],
+    class_names: Sequence[str],
+) -> DatasetBundle:
+    """Both splits as :class:`FileDetectionDataset` (the first ``data.train_size`` /
+    ``data.val_size`` images of each), with SSD augmentation on the training split."""
+    from prunecli.data.detection_transforms import eval_transform, train_transform
+
+    size = check_detection_config(cfg)
+    # packed in full first, so that a class-name error anywhere in a split shows at once
+    train_ann = PackedAnnotations(train, class_names).head(cfg.train_size)
+    val_ann = PackedAnnotations(val, class_names).head(cfg.val_size)
+    train_tf = train_transform(size, augment=cfg.augment, hflip=cfg.hflip is not False)
+    return DatasetBundle(
+        train=FileDetectionDataset(train_ann, class_names, train_tf),
+        val=FileDetectionDataset(val_ann, class_names, eval_transform(size)),
+        num_classes=len(class_names),
+        channels=3,
+        image_size=size,
+        class_names=list(class_names),
+        mean=(0.0,) * 3,
+        std=(1.0,) * 3,
+        task="detection",
+    )

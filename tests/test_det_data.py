@@ -1,0 +1,261 @@
+"""Detection datasets (VOC, COCO) on tiny files in their real layouts, through the registry.
+
+The fixtures (tests/det_fixtures.py) fix the first image of every split, so box mapping is
+checked against numbers worked out by hand rather than against the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision import tv_tensors
+
+from prunecli.data import build_datasets
+from prunecli.data.detection import collate_detection, detection_base
+from prunecli.data.detection_transforms import SafeRandomIoUCrop
+from prunecli.data.voc import VOC_CLASSES
+from prunecli.errors import ConfigError, DataError
+from tests.det_fixtures import make_coco, make_voc
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_voc(tmp_path_factory.mktemp("voc"), years=("2007", "2012"))
+
+
+@pytest.fixture(scope="module")
+def coco_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_coco(tmp_path_factory.mktemp("coco"))
+
+
+def voc(root: Path, **kw):
+    return build_datasets({"name": "voc", "root": str(root), **kw})
+
+
+def coco(root: Path, **kw):
+    return build_datasets({"name": "coco", "root": str(root), **kw})
+
+
+def check_sample(sample, size: int, index: int, num_classes: int) -> None:
+    """The contract of prunecli.data.detection, for one sample."""
+    image, target = sample
+    assert type(image) is torch.Tensor and image.dtype == torch.float32
+    assert image.shape == (3, size, size) and image.min() >= 0 and image.max() <= 1
+    assert set(target) == {"boxes", "labels", "image_id", "orig_size"}
+    boxes, labels = target["boxes"], target["labels"]
+    assert type(boxes) is torch.Tensor and boxes.dtype == torch.float32 and boxes.shape[1:] == (4,)
+    assert labels.dtype == torch.int64 and labels.shape == (len(boxes),)
+    assert ((labels >= 1) & (labels <= num_classes)).all()
+    assert (boxes >= 0).all() and (boxes <= size).all()
+    assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    assert target["image_id"] == index and isinstance(target["image_id"], int)
+    assert target["orig_size"].dtype == torch.int64 and target["orig_size"].shape == (2,)
+
+
+def one_line_error(exc: pytest.ExceptionInfo, *needles: str) -> str:
+    message = str(exc.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+# --------------------------------------------------------------------------------------- VOC
+
+
+def test_voc_bundle_and_sample_contract(voc_root: Path) -> None:
+    b = voc(voc_root)
+    assert (b.task, b.channels, b.image_size, b.num_classes) == ("detection", 3, 300, 20)
+    assert b.class_names == list(VOC_CLASSES) and b.mean == (0.0,) * 3 and b.std == (1.0,) * 3
+    assert (len(b.train), len(b.val)) == (12, 4)  # 2007 + 2012 trainval; 2007 test
+    for ds in (b.train, b.val):
+        for i in range(len(ds)):
+            check_sample(ds[i], 300, i, 20)
+            gt = ds.ground_truth(i)
+            assert gt.image_id == i
+            assert ds[i][1]["orig_size"].tolist() == [gt.height, gt.width]
+
+
+def test_voc_eval_boxes_and_ground_truth_exact(voc_root: Path) -> None:
+    val = voc(voc_root, image_size=100).val
+    # test image 0: 64x48, cat (5, 7, 30, 25) and difficult dog (20, 10, 60, 40), 1-based incl.
+    gt = val.ground_truth(0)
+    assert (gt.width, gt.height, gt.source_id, gt.areas) == (64, 48, None, None)
+    np.testing.assert_array_equal(gt.boxes, [[4, 6, 30, 25], [19, 9, 60, 40]])
+    np.testing.assert_array_equal(gt.labels, [8, 12])  # cat, dog in VOC's order
+    np.testing.assert_array_equal(gt.ignore, [False, True])
+    w, h = gt.boxes[0, 2] - gt.boxes[0, 0], gt.boxes[0, 3] - gt.boxes[0, 1]
+    assert w * h == (30 - 5 + 1) * (25 - 7 + 1)  # the devkit's (w + 1)(h + 1)
+    _, target = val[0]
+    torch.testing.assert_close(target["boxes"], torch.tensor([[6.25, 12.5, 46.875, 52.083333]]))
+    assert target["labels"].tolist() == [8] and target["orig_size"].tolist() == [48, 64]
+
+
+def test_difficult_objects_flagged_and_left_out_of_targets(voc_root: Path) -> None:
+    b = voc(voc_root, augment=False, image_size=64)
+    flagged = 0
+    for ds in (b.train, b.val):
+        for i in range(len(ds)):
+            gt = ds.ground_truth(i)
+            flagged += int(gt.ignore.sum())
+            assert ds[i][1]["labels"].tolist() == gt.labels[~gt.ignore].tolist()
+    assert flagged >= 3
+
+
+def test_voc_class_names_given_standard_and_inferred(tmp_path: Path, voc_root: Path) -> None:
+    b = voc(voc_root, class_names=["person", "dog", "cat"], image_size=64)
+    assert b.class_names == ["person", "dog", "cat"] and b.num_classes == 3
+    assert b.val.ground_truth(0).labels.tolist() == [3, 2]
+    with pytest.raises(DataError) as exc:
+        voc(voc_root, class_names=["person", "dog"])
+    one_line_error(exc, "'cat'", ".xml")
+    own = make_voc(tmp_path, classes=("zebra", "apple"), n_trainval=3, n_test=2)
+    assert voc(own, train_split="2007/trainval").class_names == ["apple", "zebra"]
+
+
+def test_voc_augmentation_keeps_boxes_valid(voc_root: Path) -> None:
+    train = voc(voc_root, image_size=64, hflip=True).train
+    torch.manual_seed(0)
+    _, plain = voc(voc_root, image_size=64, augment=False).train[0]
+    changed = 0
+    for k in range(200):
+        i = k % len(train)
+        check_sample(train[i], 64, i, 20)
+        if i == 0:
+            changed += int(train[0][1]["boxes"].shape != plain["boxes"].shape
+                           or not torch.equal(train[0][1]["boxes"], plain["boxes"]))
+    assert changed > 0  # augmentation does something
+
+
+def test_iou_crop_leaves_images_without_boxes_alone() -> None:
+    image = tv_tensors.Image(torch.zeros(3, 40, 50, dtype=torch.uint8))
+    target = {"boxes": tv_tensors.BoundingBoxes(torch.zeros(0, 4), format="XYXY",
+                                                canvas_size=(40, 50)),
+              "labels": torch.zeros(0, dtype=torch.int64)}
+    start = time.perf_counter()
+    for _ in range(50):
+        out, out_target = SafeRandomIoUCrop()(image, target)
+        assert out.shape == image.shape and out_target["boxes"].shape == (0, 4)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_collate_in_a_dataloader(voc_root: Path) -> None:
+    b = voc(voc_root, image_size=64, train_size=5)
+    images, targets = next(iter(DataLoader(b.train, batch_size=4, collate_fn=collate_detection)))
+    assert images.shape == (4, 3, 64, 64) and len(targets) == 4
+    assert [t["image_id"] for t in targets] == [0, 1, 2, 3]
+    base, indices = detection_base(b.train)
+    assert base is b.train and indices == list(range(5))
+
+
+def test_voc_sizes_single_folder_and_devkit_parent(tmp_path: Path, voc_root: Path) -> None:
+    full, small = voc(voc_root, image_size=64), voc(voc_root, train_size=3, val_size=2)
+    assert (len(small.train), len(small.val)) == (3, 2)
+    np.testing.assert_array_equal(small.train.ground_truth(2).boxes,
+                                  full.train.ground_truth(2).boxes)
+    assert len(voc(voc_root.parent, val_split="2012/test").val) == 4  # root holding VOCdevkit/
+    folder = make_voc(tmp_path, single_folder=True, n_trainval=5, n_test=3)
+    b = voc(folder, image_size=64)
+    assert (len(b.train), len(b.val)) == (5, 3)
+    assert len(voc(folder, train_split="trainval+test").train) == 8
+    with pytest.raises(ConfigError):
+        voc(folder, train_split="2007/trainval")
+    (folder / "ImageSets" / "Main" / "test.txt").unlink()
+    with pytest.raises(DataError) as exc:
+        voc(folder)
+    one_line_error(exc, str(folder / "ImageSets" / "Main" / "test.txt"), "data.val_split")
+
+
+def test_voc_layout_errors_name_the_path(tmp_path: Path) -> None:
+    root = make_voc(tmp_path, n_trainval=4, n_test=2)  # 2007 only
+    with pytest.raises(DataError) as exc:
+        voc(root)  # default train split needs VOC2012
+    one_line_error(exc, str(root / "VOC2012"), "data.train_split")
+    split = {"train_split": "2007/trainval"}
+    year = root / "VOC2007"
+    (year / "Annotations" / "000002.xml").unlink()
+    with pytest.raises(DataError) as exc:
+        voc(root, **split)
+    one_line_error(exc, str(year / "Annotations" / "000002.xml"), "ImageSets/Main/trainval.txt")
+    (year / "Annotations" / "000002.xml").write_text("<annotation><size><width>3</width>")
+    with pytest.raises(DataError) as exc:
+        voc(root, **split)
+    one_line_error(exc, str(year / "Annotations" / "000002.xml"), "not valid XML")
+    (year / "Annotations" / "000002.xml").write_text("<annotation><object><name>cat</name>"
+                                                     "</object></annotation>")
+    with pytest.raises(DataError) as exc:
+        voc(root, **split)
+    one_line_error(exc, "000002.xml", "<bndbox>")
+    (year / "ImageSets" / "Main" / "trainval.txt").write_text("000001\n000003\n")
+    (year / "JPEGImages" / "000003.jpg").unlink()
+    with pytest.raises(DataError) as exc:
+        voc(root, **split)
+    one_line_error(exc, str(year / "JPEGImages" / "000003.jpg"), "JPEGImages/<id>.jpg")
+    with pytest.raises(ConfigError):
+        voc(root, channels=1)
+    with pytest.raises(DataError) as exc:
+        voc(tmp_path / "nothing_here")
+    one_line_error(exc, "nothing_here")
+
+
+# -------------------------------------------------------------------------------------- COCO
+
+
+def test_coco_categories_source_ids_and_crowd(coco_root: Path) -> None:
+    b = coco(coco_root, image_size=64)
+    assert (b.task, b.num_classes, b.class_names) == ("detection", 3, ["cat", "dog", "person"])
+    val, train = b.val, b.train
+    assert len(val) == 6 and len(train) == 4  # no object (1), only a crowd region (2): dropped
+    assert [val.ground_truth(i).source_id for i in range(6)] == [100 + 7 * i for i in range(6)]
+    assert [train.ground_truth(i).source_id for i in range(4)] == [100, 121, 128, 135]
+    gt = val.ground_truth(0)
+    np.testing.assert_allclose(gt.boxes, [[5, 7, 30, 25], [10.5, 12, 40.5, 32]])
+    assert gt.labels.tolist() == [1, 3]  # category ids 1 and 7
+    np.testing.assert_allclose(gt.areas, [0.8 * 25 * 18, 0.8 * 30 * 20])
+    assert (gt.width, gt.height) == (64, 48)
+    assert len(val.ground_truth(1).boxes) == 0 and val[1][1]["boxes"].shape == (0, 4)
+    assert val.ground_truth(2).ignore.tolist() == [True] and len(val[2][1]["boxes"]) == 0
+    crowd3 = val.ground_truth(3)
+    assert crowd3.ignore[0] and not crowd3.ignore[1:].any()
+    assert (np.diff(crowd3.boxes[:, 0::2]) > 0).all()  # the zero-width box is gone
+    assert len(val[3][1]["boxes"]) == len(crowd3.boxes) - 1
+    for ds in (train, val):
+        for i in range(len(ds)):
+            check_sample(ds[i], 64, i, 3)
+    _, target = val[0]
+    torch.testing.assert_close(target["boxes"][1], torch.tensor([10.5, 16, 40.5, 42.666667]))
+
+
+def test_coco_class_names_restrict_and_reorder(coco_root: Path, tmp_path: Path) -> None:
+    b = coco(coco_root, class_names=["person", "cat"], image_size=64)
+    assert b.num_classes == 2 and b.val.ground_truth(0).labels.tolist() == [2, 1]
+    assert all(set(b.val.ground_truth(i).labels) <= {1, 2} for i in range(len(b.val)))
+    with pytest.raises(DataError) as exc:
+        coco(coco_root, class_names=["horse"])
+    one_line_error(exc, "'horse'", "instances_train2017.json")
+    robo = make_coco(tmp_path / "robo", splits=("train", "valid"), n_images=4, roboflow=True)
+    assert len(coco(robo, train_split="train", val_split="valid").val) == 4
+
+
+def test_coco_errors_name_the_file(tmp_path: Path) -> None:
+    root = make_coco(tmp_path, n_images=4)
+    (root / "annotations" / "instances_val2017.json").unlink()
+    with pytest.raises(DataError) as exc:
+        coco(root)
+    one_line_error(exc, "annotations/instances_val2017.json", "val2017/_annotations.coco.json")
+    (root / "annotations" / "instances_val2017.json").write_text('{"images": [')
+    with pytest.raises(DataError) as exc:
+        coco(root)
+    one_line_error(exc, str(root / "annotations" / "instances_val2017.json"), "not valid JSON")
+    data = json.loads((root / "annotations" / "instances_train2017.json").read_text())
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(data))
+    (root / "train2017" / "000000000100.jpg").unlink()
+    with pytest.raises(DataError) as exc:
+        coco(root)
+    one_line_error(exc, str(root / "train2017" / "000000000100.jpg"))
