@@ -18,6 +18,7 @@ PRUNECLI_MODELS = [
     "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
     "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "mobilenet_v1",
 ]  # fmt: skip
+DETECTION_MODELS = ["ssd300_resnet50", "ssd512_resnet50", "ssd_tiny"]  # tests/test_det_models.py
 
 
 def build(name: str, num_classes: int = 10, in_chans: int = 3, **cfg: object) -> nn.Module:
@@ -25,8 +26,8 @@ def build(name: str, num_classes: int = 10, in_chans: int = 3, **cfg: object) ->
 
 
 def test_all_families_registered() -> None:
-    assert MODELS.names() == sorted(PRUNECLI_MODELS)
-    assert SOURCES == ("prunecli", "torchvision", "timm")
+    assert MODELS.names() == sorted(PRUNECLI_MODELS + DETECTION_MODELS)
+    assert SOURCES == ("prunecli", "torchvision", "timm", "torchvision_det")
 
 
 @pytest.mark.parametrize("name", PRUNECLI_MODELS)
@@ -284,7 +285,9 @@ def test_unknown_config_key() -> None:
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_bad_kwarg(source: str) -> None:
-    name = "mobilenet_v1" if source == "prunecli" else "resnet18"
+    name = {"prunecli": "mobilenet_v1", "torchvision_det": "ssdlite320_mobilenet_v3_large"}.get(
+        source, "resnet18"
+    )
     with pytest.raises(ConfigError) as info:
         build(name, source=source, kwargs={"bogus_arg": 1})
     msg = str(info.value)
@@ -299,8 +302,9 @@ def test_num_classes_in_kwargs_rejected() -> None:
 def test_describe_models() -> None:
     rows = describe_models()
     sources = [r[0] for r in rows]
-    assert sorted(r[1] for r in rows if r[0] == "prunecli") == sorted(PRUNECLI_MODELS)
-    assert sources.count("torchvision") == 1 and sources.count("timm") == 1
+    prunecli_rows = sorted(r[1] for r in rows if r[0] == "prunecli")
+    assert prunecli_rows == sorted(PRUNECLI_MODELS + DETECTION_MODELS)
+    assert all(sources.count(s) == 1 for s in ("torchvision", "timm", "torchvision_det"))
     tv = next(r for r in rows if r[0] == "torchvision")
     assert "model=torchvision model.name=NAME" in tv[2]
     assert all(len(r) == 3 and all(isinstance(x, str) and x for x in r) for r in rows)

@@ -26,7 +26,7 @@ from prunecli.registry import Registry
 ModelFactory = Callable[..., nn.Module]
 
 MODELS: Registry[ModelFactory] = Registry("model")
-SOURCES = ("prunecli", "torchvision", "timm")
+SOURCES = ("prunecli", "torchvision", "timm", "torchvision_det")
 
 # Wrappers whose prefix a saved state_dict may carry: DDP and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -147,12 +147,18 @@ def build_model(
     classifier and the first conv as needed. ``weights`` loads a local state_dict afterwards; if
     ``pretrained`` is also set, the local file is taken as those pretrained weights instead of a
     download (so a mismatching classifier head is kept fresh and a first conv is adapted).
+    Detection models (source ``torchvision_det`` and prunecli's detection families) are built by
+    :func:`prunecli.models.detection.build_detector`, where ``num_classes`` counts object classes.
     """
     cfg = _as_config(cfg)
     if cfg.source not in SOURCES:
         raise ConfigError(
             f"unknown model source '{cfg.source}'; choose one of: {', '.join(SOURCES)}."
         )
+    from prunecli.models.detection.build import build_detector, is_detector_config
+
+    if is_detector_config(cfg):  # detectors: their own meaning of pretrained (COCO, trunk)
+        return build_detector(cfg, num_classes=num_classes, in_chans=in_chans)
     kwargs = dict(cfg.kwargs or {})
     download = bool(cfg.pretrained) and not cfg.weights
     if cfg.source == "prunecli":
@@ -347,7 +353,21 @@ def describe_models() -> list[tuple[str, str, str]]:
 
     rows.append(("torchvision", "*", _external_row("torchvision", external.torchvision_names)))
     rows.append(("timm", "*", _external_row("timm", external.timm_names)))
+    rows.append(("torchvision_det", "*", _detection_row()))
     return rows
+
+
+def _detection_row() -> str:
+    try:
+        from prunecli.models.detection.torchvision_det import torchvision_det_names
+
+        names = torchvision_det_names()
+    except ImportError as exc:  # pragma: no cover - torchvision is a dependency
+        return one_line(exc)
+    return (
+        f"any of {len(names)} torchvision detection models ({', '.join(names)}): "
+        "model=torchvision_det model.name=NAME (add model.pretrained=true for COCO weights)"
+    )
 
 
 def _external_row(source: str, names: Callable[[], list[str]]) -> str:
