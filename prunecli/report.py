@@ -23,6 +23,13 @@ COLUMNS: list[tuple[str, str, Any]] = [
     ("epochs", "epochs", str),
     ("top1", "top-1 %", lambda v: f"{v:.2f}"),
     ("top5", "top-5 %", lambda v: f"{v:.2f}"),
+    ("map", "mAP", lambda v: f"{v:.2f}"),
+    ("map50", "AP50", lambda v: f"{v:.2f}"),
+    ("map75", "AP75", lambda v: f"{v:.2f}"),
+    ("map_small", "AP small", lambda v: f"{v:.2f}"),
+    ("map_medium", "AP medium", lambda v: f"{v:.2f}"),
+    ("map_large", "AP large", lambda v: f"{v:.2f}"),
+    ("voc07_map", "VOC07 mAP", lambda v: f"{v:.2f}"),
     ("macs", "MACs", lambda v: _si(v)),
     ("params", "params", lambda v: _si(v)),
     ("train_time_s", "train s", lambda v: f"{v:.1f}"),
@@ -31,10 +38,13 @@ COLUMNS: list[tuple[str, str, Any]] = [
 
 
 # a sweep table also shows what each run's budget gave (one column per run's cost kept)
-SWEEP_COLUMNS = COLUMNS[:8] + [
+_SWEEP_SKIP = ("map75", "map_small", "map_medium", "map_large")  # the run table has them
+_SPLIT = [k for k, _, _ in COLUMNS].index("macs")
+SWEEP_COLUMNS = [c for c in COLUMNS[:_SPLIT + 2] if c[0] not in _SWEEP_SKIP] + [
     ("cost", "cost", str),
     ("cost_kept", "cost kept", lambda v: f"{100 * v:.1f} %"),
-] + COLUMNS[8:]
+] + COLUMNS[_SPLIT + 2:]
+METRIC_LABELS = {key: header for key, header, _ in COLUMNS}
 
 
 def _si(v: float) -> str:
@@ -79,9 +89,11 @@ def run_table(results: dict[str, Any], title: str) -> Table:
         table.add_row("fine-tuned slim from step", str(results["slimmed_at_step"]))
     if results.get("groups_dropped"):
         table.add_row("groups dropped whole", str(len(results["groups_dropped"])))
-    for key, header in (("dense_top1", "dense top-1 %"),
-                        ("top1_before_pruning", "top-1 % before pruning"),
-                        ("slim_top1", "slim model top-1 %")):
+    metric = results.get("metric", "top1")
+    label = METRIC_LABELS.get(metric, metric)
+    for key, header in ((f"dense_{metric}", f"dense {label}"),
+                        (f"{metric}_before_pruning", f"{label} before pruning"),
+                        (f"slim_{metric}", f"slim model {label}")):
         if results.get(key) is not None:
             table.add_row(header, f"{results[key]:.2f}")
     return table

@@ -47,8 +47,9 @@ def prepare(model: nn.Module, device: torch.device, dtype: str, channels_last: b
 
 
 def _make_input(shape: Sequence[int], batch: int, device: torch.device, dtype: str,
-                channels_last: bool) -> torch.Tensor:
-    x = torch.randn(batch, *shape, device=device, dtype=DTYPES[dtype])
+                channels_last: bool, unit: bool = False) -> torch.Tensor:
+    make = torch.rand if unit else torch.randn
+    x = make(batch, *shape, device=device, dtype=DTYPES[dtype])
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.ndim == 4 else x
 
 
@@ -79,9 +80,10 @@ def _p90(values: list[float]) -> float:
 def time_interleaved(models: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                      input_shape: Sequence[int], batch: int, device: torch.device,
                      dtype: str = "fp32", channels_last: bool = False, warmup: int = 10,
-                     repeats: int = 50) -> dict[str, Timing]:
-    """Median and p90 latency of each model at ``batch``, their calls interleaved."""
-    x = _make_input(input_shape, batch, device, dtype, channels_last)
+                     repeats: int = 50, unit_input: bool = False) -> dict[str, Timing]:
+    """Median and p90 latency of each model at ``batch``, their calls interleaved; the input is
+    standard normal, or uniform in [0, 1] with ``unit_input`` (images, for detectors)."""
+    x = _make_input(input_shape, batch, device, dtype, channels_last, unit_input)
     timer = _timer(device)
     for _ in range(max(1, warmup)):
         for fn in models.values():

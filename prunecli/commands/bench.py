@@ -12,7 +12,7 @@ import rich
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from prunecli.commands.common import run_dir, user_errors_as_one_line
+from prunecli.commands.common import model_input, run_dir, user_errors_as_one_line
 from prunecli.errors import ConfigError
 
 
@@ -24,8 +24,8 @@ def _pair(cfg: DictConfig) -> tuple[dict[str, Any], tuple[int, ...], str]:
     from prunecli.structure.io import is_slim_file, load_slim
 
     if cfg.ckpt is None:
-        shape = tuple(cfg.input_size or (3, 224, 224))
-        model = build_model(OmegaConf.to_container(cfg.model), num_classes=cfg.num_classes,
+        shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
+        model = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
                             in_chans=shape[0])
         return {"dense": model}, shape, cfg.model.name
     if is_slim_file(cfg.ckpt):
@@ -51,6 +51,7 @@ def main(cfg: DictConfig) -> None:
     from prunecli.bench import prepare, time_interleaved
     from prunecli.cost import count_macs, count_params
     from prunecli.engine.distributed import resolve_device
+    from prunecli.models.detection import core_of, is_detector
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -59,16 +60,24 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     models, shape, title = _pair(cfg)
     example = torch.randn(1, *shape)
-    stats = {name: {"macs": count_macs(m, example), "params": count_params(m)}
+    # a detector is timed as its core (backbone, neck, heads: what pruning shrinks) and as the
+    # whole model ("full": anchors, box decoding and NMS too), on images in [0, 1]
+    detector = any(is_detector(m) for m in models.values())
+    stats = {name: {"macs": count_macs(core_of(m), example), "params": count_params(core_of(m))}
              for name, m in models.items()}
-    runners = {name: prepare(m, device, cfg.dtype, cfg.channels_last, cfg.compile)
+    runners = {name: prepare(core_of(m), device, cfg.dtype, cfg.channels_last, cfg.compile)
                for name, m in models.items()}
+    if detector:
+        for name, m in models.items():
+            stats[f"{name} full"] = stats[name]
+            runners[f"{name} full"] = prepare(m, device, cfg.dtype, cfg.channels_last,
+                                              cfg.compile)
     if cfg.onnx:
         from prunecli.bench.onnx_runtime import onnx_runners
 
         if device.type != "cpu":
             raise ConfigError("onnx=true times onnxruntime on the CPU; use device=cpu")
-        onnx = onnx_runners(models, shape, cfg.threads)
+        onnx = onnx_runners({n: core_of(m) for n, m in models.items()}, shape, cfg.threads)
         for name in list(onnx):
             stats[name] = stats[name.split(" ")[0]]
         runners.update(onnx)
@@ -76,7 +85,7 @@ def main(cfg: DictConfig) -> None:
     rows = []
     for batch in cfg.batch_sizes:
         timings = time_interleaved(runners, shape, batch, device, cfg.dtype, cfg.channels_last,
-                                   cfg.warmup, cfg.repeats)
+                                   cfg.warmup, cfg.repeats, unit_input=detector)
         for name, t in timings.items():
             base = name.split(" ")[0]
             ref_name = name.replace(base, "dense", 1)
@@ -89,6 +98,11 @@ def main(cfg: DictConfig) -> None:
                          "speedup": speedup, "macs_speedup": macs_speedup,
                          "delivered": speedup / macs_speedup if macs_speedup else None})
     _report(rows, cfg, title, device, shape)
+    if detector:
+        rich.get_console().print(
+            "core = backbone, neck and heads (what pruning shrinks); full = the whole detector "
+            "with anchors, box decoding and NMS, whose time grows with the boxes that pass the "
+            "score threshold (untrained weights pass nearly all: time a trained checkpoint)")
 
 
 def _report(rows: list[dict[str, Any]], cfg: DictConfig, title: str, device: Any,

@@ -26,10 +26,22 @@ def user_errors_as_one_line(fn: F) -> F:
             check_known_keys(cfg)
             return fn(cfg, *args, **kwargs)
         except PrunecliError as exc:
-            print(f"prunecli: error: {exc}", file=sys.stderr, flush=True)
+            print(f"prunecli: error: {one_line_message(exc)}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def one_line_message(exc: BaseException) -> str:
+    """The error's own line. A DataLoader worker re-raises a dataset's error with the worker's
+    traceback in the message ("Caught DataError in DataLoader worker process 0. Original
+    Traceback ..."); its last line is the original ``DataError: message``."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        prefix = f"{type(exc).__name__}: "
+        return last[len(prefix):] if last.startswith(prefix) else last
+    return text
 
 
 def run_dir() -> Path:
@@ -40,3 +52,18 @@ def run_dir() -> Path:
 def task_overrides() -> list[str]:
     """The ``key=value`` overrides the user typed for this job."""
     return list(HydraConfig.get().overrides.task)
+
+
+def model_input(model_cfg: Any, input_size: Any, num_classes: int | None
+                ) -> tuple[tuple[int, ...], int]:
+    """``(C, H, W)`` and the class count to build a model with when no data says them: the
+    given values, else a detector's native size and COCO's 80 classes, else 3x224x224 and
+    ImageNet's 1000."""
+    from prunecli.errors import ConfigError
+    from prunecli.models.detection import native_input_size
+
+    size = native_input_size(model_cfg)
+    shape = tuple(input_size) if input_size else ((3, size, size) if size else (3, 224, 224))
+    if len(shape) != 3:
+        raise ConfigError(f"input_size={list(shape)} must be [C, H, W]")
+    return shape, int(num_classes or (80 if size else 1000))

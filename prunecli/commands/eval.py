@@ -1,4 +1,5 @@
-"""``prunecli eval ckpt=RUN_DIR_OR_FILE``: accuracy, MACs and params of a trained model.
+"""``prunecli eval ckpt=RUN_DIR_OR_FILE``: the task's metrics (top-1/top-5 accuracy, or COCO and
+VOC07 mAP for a detector), MACs and params of a trained model.
 
 With ``ckpt`` (a training run/checkpoint, masks applied, or a ``prunecli slim`` file) the model
 and dataset come from the file's own config (so the right architecture is rebuilt); ``data.*``
@@ -25,12 +26,13 @@ def main(cfg: DictConfig) -> float:
     from prunecli.cost import count_macs, count_params
     from prunecli.data import build_datasets
     from prunecli.engine.distributed import resolve_device
-    from prunecli.engine.evaluate import evaluate
     from prunecli.engine.precision import Precision
     from prunecli.models import build_model
+    from prunecli.models.detection import core_of, native_input_size
     from prunecli.report import report_run
     from prunecli.structure.from_checkpoint import load_masked_model
     from prunecli.structure.io import is_slim_file, load_slim
+    from prunecli.tasks import build_task
 
     t0 = time.time()
     model_cfg, data_cfg, model = cfg.model, cfg.data, None
@@ -46,20 +48,26 @@ def main(cfg: DictConfig) -> float:
         data_over = [o.lstrip("+")[len("data."):] for o in task_overrides()
                      if o.lstrip("+").startswith("data.")]
         data_cfg = OmegaConf.merge(saved_data, OmegaConf.from_dotlist(data_over))
+    size = native_input_size(model_cfg)  # a detector's input size, unless data sets one
+    if size is not None and data_cfg.image_size is None:
+        data_cfg.image_size = size
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(data_cfg)
+    task = build_task(data, data_cfg)
     if model is None:
         model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
+    task.check_model(model, model_cfg.name, data_cfg.name)
     model.to(device)
     loader = DataLoader(data.val, batch_size=data_cfg.eval_batch_size or 2 * data_cfg.batch_size,
-                        num_workers=data_cfg.num_workers)
-    metrics = evaluate(model, loader, device, Precision(cfg.trainer.precision, device),
-                       limit=cfg.trainer.limit_val_batches)
-    example = data.val[0][0][None].to(device)
-    results = {"model": model_cfg.name, "data": data_cfg.name, "top1": metrics["top1"],
-               "top5": metrics["top5"], "val_loss": metrics["loss"],
-               "samples": metrics["samples"], "macs": count_macs(model, example),
-               "params": count_params(model), "wall_time_s": round(time.time() - t0, 2),
+                        num_workers=data_cfg.num_workers, collate_fn=task.collate_fn)
+    metrics = task.evaluate(model, loader, device, Precision(cfg.trainer.precision, device),
+                            limit=cfg.trainer.limit_val_batches)
+    example = task.example_input(data.val).to(device)
+    results = {"model": model_cfg.name, "data": data_cfg.name, "task": task.name,
+               "metric": task.metric, **task.results(metrics),
+               "samples": metrics.get("samples", metrics.get("images")),
+               "macs": count_macs(core_of(model), example),
+               "params": count_params(core_of(model)), "wall_time_s": round(time.time() - t0, 2),
                "checkpoint": str(cfg.ckpt) if cfg.ckpt else model_cfg.weights}
     report_run(results, run_dir(), title=f"eval: {model_cfg.name} on {data_cfg.name}")
-    return metrics["top1"]
+    return results[task.metric]

@@ -9,7 +9,7 @@ import rich
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from prunecli.commands.common import user_errors_as_one_line
+from prunecli.commands.common import model_input, user_errors_as_one_line
 from prunecli.errors import ConfigError
 
 
@@ -25,6 +25,7 @@ def main(cfg: DictConfig) -> None:
 
     from prunecli.cost import count_macs, group_macs
     from prunecli.models import build_model
+    from prunecli.models.detection import core_of, is_detector
     from prunecli.structure import trace_structure
     from prunecli.structure.from_checkpoint import load_masked_model
 
@@ -37,17 +38,19 @@ def main(cfg: DictConfig) -> None:
         title = f"{loaded.model_config['name']} from {cfg.ckpt}"
         t0 = time.perf_counter()
         if cfg.ignore:
-            structure = trace_structure(model, x, ignore=list(cfg.ignore))
+            structure = trace_structure(core_of(model), x, ignore=list(cfg.ignore))
     else:
-        if len(cfg.input_size) != 3:
-            raise ConfigError(f"input_size={list(cfg.input_size)} must be [C, H, W]")
-        model = build_model(OmegaConf.to_container(cfg.model), num_classes=cfg.num_classes,
-                            in_chans=cfg.input_size[0]).eval()
-        x = torch.randn(1, *cfg.input_size)
+        shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
+        model = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
+                            in_chans=shape[0]).eval()
+        x = torch.randn(1, *shape)
         t0 = time.perf_counter()
-        structure = trace_structure(model, x, ignore=list(cfg.ignore))
-        title = f"{cfg.model.name} at {'x'.join(map(str, cfg.input_size))}"
+        structure = trace_structure(core_of(model), x, ignore=list(cfg.ignore))
+        title = f"{cfg.model.name} at {'x'.join(map(str, shape))}"
+        if is_detector(model):
+            title += " (the detector's core: backbone, neck and heads)"
     seconds = time.perf_counter() - t0
+    model = core_of(model)  # a detector's costs and groups are its core's
     total = count_macs(model, x)
     per_group = group_macs(model, structure)
 

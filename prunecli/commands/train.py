@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> float | None:
     results = Trainer(cfg, out).fit()
     if int(results.get("world_size", 1)) == 1 or _is_rank0():
         report_run(results, out, title=f"{results['model']} on {results['data']}")
-    return results.get("top1")
+    return results.get(results.get("metric", "top1"))  # the task's primary metric (sweepers)
 
 
 def _is_rank0() -> bool:

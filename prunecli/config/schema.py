@@ -40,6 +40,13 @@ class DataConfig:
     val_size: Optional[int] = None
     num_classes: Optional[int] = None  # fake data: number of classes
     pin_memory: bool = True  # only used on CUDA
+    # detection datasets (voc, coco, fashion_det)
+    train_split: Optional[str] = None  # voc: "2007/trainval+2012/trainval"; coco: "train2017"
+    val_split: Optional[str] = None  # voc: "2007/test"; coco: "val2017"
+    class_names: Optional[list[str]] = None  # None: the dataset's own (VOC's 20, COCO's JSON)
+    # the task's primary metric, which methods, reports and sweeps speak of; None: the task's
+    # default (classification: top1; detection: map = COCO mAP@[.5:.95], or voc07_map)
+    metric: Optional[str] = None
 
 
 @dataclass
@@ -59,6 +66,10 @@ class OptimConfig:
     # step scheduler: decay points, in epochs (>= 1) or as fractions of training (< 1)
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1  # step decay factor
+    # step scheduler: the LR factor in force after each milestone instead of gamma^k (SMCP's
+    # SSD512 recipe: milestones [600, 700, 740, 770], factors [0.375, 0.125, 0.05, 0.005])
+    milestone_factors: Optional[list[float]] = None
+    bias_lr_factor: float = 1.0  # LR multiplier of conv/linear biases (SSD recipes: 2)
 
 
 @dataclass
@@ -140,8 +151,9 @@ class InspectConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     ckpt: Optional[str] = None  # inspect a training checkpoint's model (and its masks) instead
-    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])  # C, H, W
-    num_classes: int = 1000
+    # C, H, W; None: a detector's native size (ssd512_resnet50: 3x512x512), else 3x224x224
+    input_size: Optional[list[int]] = None
+    num_classes: Optional[int] = None  # None: 1000 for a classifier, 80 for a detector
     ignore: list[str] = field(default_factory=list)  # module names/globs left unpruned
     show: str = "all"  # all | prunable | unprunable
 
@@ -163,8 +175,9 @@ class BenchConfig:
 
     ckpt: Optional[str] = None  # slim file or masked training checkpoint; None: the model alone
     model: ModelConfig = field(default_factory=ModelConfig)  # used when ckpt is None
-    input_size: Optional[list[int]] = None  # C, H, W; default: the checkpoint's (or 3x224x224)
-    num_classes: int = 1000  # for model without ckpt
+    # C, H, W; default: the checkpoint's, else a detector's native size, else 3x224x224
+    input_size: Optional[list[int]] = None
+    num_classes: Optional[int] = None  # for model without ckpt; None: 1000, or 80 for a detector
     batch_sizes: list[int] = field(default_factory=lambda: [1, 32])
     device: str = "cpu"  # cpu | cuda | cuda:N | auto
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA)

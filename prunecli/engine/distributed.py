@@ -84,3 +84,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
         dist.broadcast_object_list(box, src=src)
         return box[0]
     return obj
+
+
+def gather_to_main(obj: object) -> list[object] | None:
+    """Every rank's ``obj`` as a list on rank 0 (None elsewhere); ``[obj]`` in one process.
+
+    For results too large to all-gather, such as every image's detections."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list[object] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 \
+            else None
+        dist.gather_object(obj, out, dst=0)
+        return out
+    return [obj]

@@ -63,8 +63,10 @@ class HookContext:
     # engine never calls it per step and a method should only when it needs the value
     grad_scaler: Any = None
     run_dir: Path | None = None  # where the run writes (only rank 0 may write files)
-    # evaluate(model) -> {"top1", "top5", "loss"} on the validation set (all ranks must call it)
+    # evaluate(model) -> the task's metrics on the validation set, e.g. {"top1", "top5",
+    # "loss"} or {"map", "map50", "voc07_map", ...} (all ranks must call it)
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    metric: str = "top1"  # the task's primary metric, a key of evaluate()'s result
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
 
     @property

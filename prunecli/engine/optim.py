@@ -18,25 +18,38 @@ from prunecli.errors import ConfigError
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
-def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool
-                 ) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool,
+                 bias_lr_factor: float = 1.0, lr: float | None = None) -> list[dict[str, Any]]:
     """Two groups: decayed weights, and (unless ``decay_norm_and_bias``) norm weights and all
     biases without decay, the usual choice that keeps BN scales from being pushed to zero by
-    weight decay alone (pruning methods that want them small add their own loss)."""
-    if decay_norm_and_bias:
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [{"params": params, "weight_decay": weight_decay, "name": "all"}]
-    decay, no_decay, seen = [], [], set()
+    weight decay alone (pruning methods that want them small add their own loss).
+
+    ``bias_lr_factor`` != 1 puts the biases of convs and linears in a group of their own at
+    ``lr * bias_lr_factor`` (the SSD recipes of SMCP and NVIDIA train biases at twice the LR)."""
+    split_bias = bias_lr_factor != 1.0
+    if split_bias and lr is None:
+        raise ValueError("param_groups: bias_lr_factor needs the base lr")
+    decay, no_decay, bias, seen = [], [], [], set()
     for module in model.modules():
         for pname, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
             is_norm = isinstance(module, _NORM_TYPES)
-            (no_decay if is_norm or pname == "bias" or p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"}]
+            if split_bias and pname == "bias" and not is_norm:
+                bias.append(p)
+            elif decay_norm_and_bias or not (is_norm or pname == "bias" or p.ndim <= 1):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+    name = "all" if decay_norm_and_bias else "decay"
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": name}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    if bias:
+        groups.append({"params": bias, "lr": lr * bias_lr_factor,  # type: ignore[operator]
+                       "weight_decay": weight_decay if decay_norm_and_bias else 0.0,
+                       "name": "bias"})
     return groups
 
 
@@ -59,6 +72,10 @@ def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> Callable[[
     milestones = sorted(
         int(round((m if m >= 1 else m * epochs) * steps_per_epoch)) for m in cfg.milestones
     )
+    factors = getattr(cfg, "milestone_factors", None)
+    if factors and len(factors) != len(milestones):
+        raise ConfigError(f"optim.milestone_factors has {len(factors)} values for "
+                          f"{len(milestones)} optim.milestones; give one factor per milestone")
 
     def factor(s: int) -> float:
         if s < warmup:
@@ -67,7 +84,10 @@ def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> Callable[[
         if cfg.scheduler == "constant":
             return 1.0
         if cfg.scheduler == "step":
-            return cfg.gamma ** sum(s >= m for m in milestones)
+            passed = sum(s >= m for m in milestones)
+            if factors:  # the factor in force after each milestone (the SSD recipes)
+                return 1.0 if passed == 0 else float(factors[passed - 1])
+            return cfg.gamma ** passed
         t = (s - warmup) / max(1, total_steps - warmup)
         return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
 

@@ -24,9 +24,9 @@ from prunecli.cost import count_macs, count_params
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
 from prunecli.engine.distributed import DistEnv, barrier, init_distributed
-from prunecli.engine.evaluate import ShardSampler, evaluate
+from prunecli.engine.evaluate import ShardSampler
 from prunecli.engine.events import HookContext, TrainingHooks
-from prunecli.engine.metrics import ClassificationMeter, JsonlWriter
+from prunecli.engine.metrics import JsonlWriter
 from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.progress import make_progress
@@ -35,6 +35,8 @@ from prunecli.engine.slim_training import transfer_optimizer_state
 from prunecli.errors import ConfigError
 from prunecli.methods import build_method
 from prunecli.models import build_model
+from prunecli.models.detection import core_of, native_input_size
+from prunecli.tasks import Task, build_task
 
 log = logging.getLogger("prunecli")
 
@@ -103,14 +105,21 @@ class Trainer:
         self.precision = Precision(tcfg.precision, self.device)
         self.memory_format = torch.channels_last if tcfg.channels_last else torch.contiguous_format
 
+        size = native_input_size(cfg.model)  # a detector's input size, unless data sets one
+        if size is not None and cfg.data.image_size is None:
+            OmegaConf.update(cfg, "data.image_size", size)
         self.data: DatasetBundle = build_datasets(cfg.data)
+        self.task: Task = build_task(self.data, cfg.data, tcfg.label_smoothing)
         model = build_model(cfg.model, num_classes=self.data.num_classes,
                             in_chans=self.data.channels)
+        self.task.check_model(model, cfg.model.name, cfg.data.name)
         self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)
         self._build_loaders()
-        example = self.data.val[0][0][None].to(self.device, memory_format=self.memory_format)
-        self.dense_macs = count_macs(self.model, example)
-        self.dense_params = count_params(self.model)
+        example = self.task.example_input(self.data.val).to(self.device,
+                                                             memory_format=self.memory_format)
+        # costs are the prunable part's: a classifier, or a detector's core (backbone, heads)
+        self.dense_macs = count_macs(core_of(self.model), example)
+        self.dense_params = count_params(core_of(self.model))
 
         accum = tcfg.grad_accum
         if accum < 1:
@@ -123,7 +132,7 @@ class Trainer:
                                example_inputs=example, epochs=tcfg.epochs,
                                steps_per_epoch=self.steps_per_epoch,
                                grad_scaler=self.precision.scaler, run_dir=self.run_dir,
-                               evaluate=self._evaluate)
+                               evaluate=self._evaluate, metric=self.task.metric)
         self.method.setup(self.ctx)
         if tcfg.sync_bn and self.device.type != "cuda":
             raise ConfigError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs "
@@ -144,14 +153,14 @@ class Trainer:
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=tcfg.label_smoothing)
         self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         cfg = self.cfg
-        groups = param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias)
+        groups = param_groups(self.model, cfg.optim.weight_decay, cfg.optim.decay_norm_and_bias,
+                              cfg.optim.bias_lr_factor, cfg.optim.lr)
         groups = self.method.param_groups(groups)
         optimizer = build_optimizer(groups, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, cfg.trainer.epochs * self.steps_per_epoch,
@@ -195,8 +204,9 @@ class Trainer:
 
     def _evaluate(self, model: nn.Module) -> dict[str, float]:
         """The validation metrics of ``model`` (any model of the same task, e.g. a slimmed one)."""
-        return evaluate(model, self.val_loader, self.device, self.precision,
-                        self.cfg.trainer.channels_last, self.cfg.trainer.limit_val_batches)
+        return self.task.evaluate(model, self.val_loader, self.device, self.precision,
+                                  self.cfg.trainer.channels_last,
+                                  self.cfg.trainer.limit_val_batches)
 
     def _build_loaders(self) -> None:
         dcfg, d = self.cfg.data, self.dist
@@ -209,11 +219,12 @@ class Trainer:
             self.data.train, batch_size=dcfg.batch_size, sampler=self.train_sampler,
             num_workers=dcfg.num_workers, pin_memory=pin, drop_last=shard > dcfg.batch_size,
             # persistent workers draw their seeds once, which a resumed run cannot replay
-            persistent_workers=dcfg.num_workers > 0 and not self.cfg.trainer.deterministic)
+            persistent_workers=dcfg.num_workers > 0 and not self.cfg.trainer.deterministic,
+            collate_fn=self.task.collate_fn)
         self.val_loader = DataLoader(
             self.data.val, batch_size=dcfg.eval_batch_size or 2 * dcfg.batch_size,
             sampler=ShardSampler(len(self.data.val), d.rank, d.world_size),
-            num_workers=dcfg.num_workers, pin_memory=pin)
+            num_workers=dcfg.num_workers, pin_memory=pin, collate_fn=self.task.collate_fn)
         limit = self.cfg.trainer.limit_train_batches
         self.batches_per_epoch = min(len(self.train_loader), limit or len(self.train_loader))
 
@@ -281,12 +292,12 @@ class Trainer:
                                 "continue with resume=%s", epoch + 1, self.run_dir)
                     break
         summary = self.method.on_train_end(self.ctx)
-        macs = count_macs(self.model, self.ctx.example_inputs)
+        macs = count_macs(core_of(self.model), self.ctx.example_inputs)
         results = {
             "model": cfg.model.name, "data": cfg.data.name, "method": cfg.method.name,
-            "epochs": metrics.get("epoch", self.start_epoch), "top1": val.get("top1"),
-            "top5": val.get("top5"), "val_loss": val.get("loss"),
-            "macs": macs, "params": count_params(self.model),
+            "task": self.task.name, "metric": self.task.metric,
+            "epochs": metrics.get("epoch", self.start_epoch), **self.task.results(val),
+            "macs": macs, "params": count_params(core_of(self.model)),
             "dense_macs": self.dense_macs, "dense_params": self.dense_params,
             "train_time_s": round(train_time, 2), "wall_time_s": round(time.time() - t0, 2),
             "world_size": self.dist.world_size, "device": str(self.device),
@@ -303,31 +314,28 @@ class Trainer:
         self.train_sampler.set_epoch(epoch)
         self.train_model.train()
         self.hooks.on_epoch_start(ctx)
-        meter = ClassificationMeter(self.device)
+        meter = self.task.train_meter(self.device)
         task = progress.add_task(f"epoch {epoch + 1}/{tcfg.epochs}", total=self.batches_per_epoch,
                                  info="") if progress else None
         accum, scaler = tcfg.grad_accum, self.precision.scaler
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, targets) in enumerate(self.train_loader):
+        for i, batch in enumerate(self.train_loader):
             if i >= self.batches_per_epoch:
                 break
-            images = images.to(self.device, non_blocking=True).contiguous(
-                memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
+            inputs, targets = self.task.to_device(batch, self.device, self.memory_format)
             boundary = (i + 1) % accum == 0 or i + 1 == self.batches_per_epoch
             sync = contextlib.nullcontext()
             if not boundary and isinstance(self.train_model, DistributedDataParallel):
                 sync = self.train_model.no_sync()
             with sync:
                 with self.precision.autocast():
-                    logits = self.train_model(images)
-                    loss = self.criterion(logits, targets)
-                extra = self.hooks.extra_loss(ctx, logits, targets)
+                    loss, outputs = self.task.loss(self.train_model, inputs, targets)
+                extra = self.hooks.extra_loss(ctx, outputs, targets)
                 total = loss if extra is None else loss + extra.float()
                 scaler.scale(total / accum).backward()
             ctx.micro_step = i + 1
             self.hooks.after_backward(ctx)
-            meter.update(logits.detach().float(), targets, loss.detach())
+            meter.update(outputs, targets, loss.detach())
             if boundary:
                 self._optimizer_step()
                 if ctx.step % tcfg.log_every == 0:  # the only per-step host sync, when logging
@@ -369,11 +377,11 @@ class Trainer:
     def _log_epoch(self, m: dict[str, float]) -> None:
         if not self.dist.is_main:
             return
-        val = (f"val loss {m['val_loss']:.4f} top1 {m['val_top1']:.2f}%"
-               if "val_top1" in m else "no eval")
-        log.info("epoch %d/%d  train loss %.4f top1 %.2f%%  %s  lr %.4g  %.1f s", m["epoch"],
-                 self.cfg.trainer.epochs, m["train_loss"], m["train_top1"], val, m["lr"],
-                 m["epoch_time"])
+        part = {k[4:]: v for k, v in m.items() if k.startswith("val_")}
+        train = {k[6:]: v for k, v in m.items() if k.startswith("train_")}
+        log.info("epoch %d/%d  train %s  val %s  lr %.4g  %.1f s", m["epoch"],
+                 self.cfg.trainer.epochs, self.task.describe(train), self.task.describe(part),
+                 m["lr"], m["epoch_time"])
         self.writer.write(kind="epoch", **m)
 
     def _save(self, epochs_done: int, metrics: dict[str, float]) -> None:
@@ -398,7 +406,8 @@ class Trainer:
                 "config": OmegaConf.to_container(self.cfg, resolve=True),
                 "data_info": {"num_classes": self.data.num_classes,
                               "channels": self.data.channels,
-                              "image_size": self.data.image_size},
+                              "image_size": self.data.image_size, "task": self.task.name,
+                              "class_names": self.data.class_names},
             }
             ckpt_io.save_atomic(state, self.run_dir / ckpt_io.LAST)
         barrier()

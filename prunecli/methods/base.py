@@ -49,8 +49,11 @@ class PruningMethod(TrainingHooks):
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.history: list[dict[str, Any]] = []  # one entry per pruning event
-        self.dense_top1: float | None = None  # of the loaded weights, before training
-        self.top1_before_pruning: float | None = None
+        # the task's primary metric (ctx.metric: top1, map, ...) of the loaded weights before
+        # training, and the last value before the first pruning event
+        self.dense_metric: float | None = None
+        self.metric_before_pruning: float | None = None
+        self.metric = "top1"
         self.slimmed_keep: dict[int, torch.Tensor] | None = None  # set once slimmed in training
         self.slim_diff: float | None = None
         self.slimmed_at: int | None = None
@@ -70,6 +73,12 @@ class PruningMethod(TrainingHooks):
             raise ConfigError(f"method={self.cfg.name} needs a budget: set cost.ratio, the "
                               f"fraction of the dense {run.cost.name} to remove (e.g. "
                               "cost.ratio=0.5)")
+        from prunecli.models.detection import is_detector
+
+        if is_detector(ctx.model):
+            raise PrunecliError(f"method={self.cfg.name} cannot prune a detector yet: this "
+                                "version trains and evaluates detectors dense (method=none); "
+                                "pruning them is the next step")
         self.structure = trace_structure(ctx.model, ctx.example_inputs,
                                          ignore=list(cfg_get(self.cfg, "ignore", []) or []))
         if not self.structure.prunable_groups:
@@ -109,15 +118,17 @@ class PruningMethod(TrainingHooks):
 
     def on_train_start(self, ctx: HookContext) -> None:
         self.masker.sync_from_buffers()  # a resumed run's masks came with the weights
+        self.metric = ctx.metric
         mcfg = ctx.config.model
         if ctx.step == 0 and not self.history and (mcfg.weights or mcfg.pretrained) \
                 and ctx.evaluate is not None:
-            self.dense_top1 = ctx.evaluate(ctx.model).get("top1")
-            log.info("dense model before pruning: top-1 %.2f%%", self.dense_top1)
+            self.dense_metric = ctx.evaluate(ctx.model).get(self.metric)
+            log.info("dense model before pruning: %s %.2f", self.metric, self.dense_metric)
 
     def on_epoch_end(self, ctx: HookContext, metrics: dict[str, float]) -> None:
-        if not self.history and "val_top1" in metrics:  # the last accuracy before pruning
-            self.top1_before_pruning = metrics["val_top1"]
+        key = f"val_{ctx.metric}"
+        if not self.history and key in metrics:  # the last value before pruning
+            self.metric_before_pruning = metrics[key]
 
     # ------------------------------------------------------------------ state
     def floor(self, group: int) -> int:
@@ -188,14 +199,16 @@ class PruningMethod(TrainingHooks):
         return int(round(float(epochs) * ctx.steps_per_epoch))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": list(self.history), "dense_top1": self.dense_top1,
-                "top1_before_pruning": self.top1_before_pruning, "slimmed_at": self.slimmed_at,
-                "slim_diff": self.slim_diff}
+        return {"history": list(self.history), "dense_metric": self.dense_metric,
+                "metric_before_pruning": self.metric_before_pruning,
+                "slimmed_at": self.slimmed_at, "slim_diff": self.slim_diff}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
-        self.dense_top1 = state.get("dense_top1")
-        self.top1_before_pruning = state.get("top1_before_pruning")
+        # checkpoints before tasks existed named these after top-1
+        self.dense_metric = state.get("dense_metric", state.get("dense_top1"))
+        self.metric_before_pruning = state.get("metric_before_pruning",
+                                               state.get("top1_before_pruning"))
         self.slimmed_at = state.get("slimmed_at")
         self.slim_diff = state.get("slim_diff")
 
@@ -214,8 +227,8 @@ class PruningMethod(TrainingHooks):
             "groups_dropped": [self.structure.groups[g].key for g, idx in keep.items()
                                if len(idx) == 0],
             "prune_events": len(self.history),
-            "dense_top1": self.dense_top1,
-            "top1_before_pruning": self.top1_before_pruning,
+            f"dense_{self.metric}": self.dense_metric,
+            f"{self.metric}_before_pruning": self.metric_before_pruning,
         }
         x = ctx.example_inputs
         if self.slimmed_keep is not None:  # slimmed during training: the model is the slim one
@@ -229,7 +242,7 @@ class PruningMethod(TrainingHooks):
         summary["params"] = count_params(small)
         summary["slim_max_diff"] = diff
         if cfg_get(self.cfg, "eval_slim", True) and ctx.evaluate is not None:
-            summary["slim_top1"] = ctx.evaluate(small).get("top1")
+            summary[f"slim_{self.metric}"] = ctx.evaluate(small).get(self.metric)
         if ctx.run_dir is not None and ctx.dist.is_main and cfg_get(self.cfg, "save_slim", True):
             path = Path(ctx.run_dir) / SLIM_FILE
             with torch.no_grad():

@@ -31,9 +31,23 @@ def export_onnx(model: nn.Module, example_inputs: torch.Tensor, path: str | os.P
                             "(or pip install onnx)")
     path = Path(path)
     model = model.eval()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    names = output_names(model, example_inputs)
+    axes = {n: {0: "batch"} for n in ("input", *names)} if dynamic_batch else None
     with torch.no_grad():
         torch.onnx.export(model, (example_inputs,), str(path), input_names=["input"],
-                          output_names=["output"], opset_version=opset, dynamic_axes=axes,
+                          output_names=names, opset_version=opset, dynamic_axes=axes,
                           dynamo=False)
     return path
+
+
+def output_names(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """``output`` for a one-tensor model; a detector core's own names (``cls_logits.0``, ...)
+    or ``output.i`` for a model returning a tuple of tensors."""
+    named = getattr(model, "output_names", None)
+    if named:
+        return [str(n) for n in named]
+    with torch.no_grad():
+        out = model(example_inputs)
+    if isinstance(out, torch.Tensor):
+        return ["output"]
+    return [f"output.{i}" for i in range(len(out))]

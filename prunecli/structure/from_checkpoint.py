@@ -42,7 +42,9 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     model = build_model(cfg["model"], num_classes=info["num_classes"], in_chans=info["channels"])
     example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
                           generator=torch.Generator().manual_seed(0))
-    structure = trace_structure(model, example)
+    from prunecli.models.detection import core_of
+
+    structure = trace_structure(core_of(model), example)  # a detector's prunable part: its core
     if ckpt.get("slimmed"):  # slimmed during training: back to dense shapes, then masked
         keep = structure.normalise_keep(ckpt["slimmed"]["keep"])
         state = dense_state(model, structure, keep, ckpt["model"])

@@ -1,0 +1,88 @@
+"""Image classification: cross-entropy on logits; top-1 / top-5 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunecli.engine.metrics import ClassificationMeter
+from prunecli.engine.precision import Precision
+from prunecli.errors import ConfigError
+from prunecli.tasks.base import TASKS, Meter, Task
+
+
+class _LogitsMeter(Meter):
+    def __init__(self, device: torch.device) -> None:
+        self.meter = ClassificationMeter(device)
+
+    def update(self, outputs: Any, targets: Any, loss: Tensor) -> None:
+        self.meter.update(outputs.detach().float(), targets, loss.detach())
+
+    def compute(self) -> dict[str, float]:
+        return self.meter.compute()
+
+
+@TASKS.register("classification", "one label per image: cross-entropy, top-1/top-5 accuracy")
+class ClassificationTask(Task):
+    name = "classification"
+    metrics = ("top1", "top5")
+    default_metric = "top1"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
+
+    def to_device(self, batch: Any, device: torch.device,
+                  memory_format: torch.memory_format) -> tuple[Tensor, Tensor]:
+        images, targets = batch
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        return images, targets.to(device, non_blocking=True)
+
+    def check_model(self, model: nn.Module, model_name: str, data_name: str) -> None:
+        from prunecli.models.detection import is_detector
+
+        if is_detector(model):
+            raise ConfigError(f"model {model_name} is a detector but data={data_name} is a "
+                              "classification dataset; use a detection dataset (data=voc, "
+                              "data=coco, data=fashion_det) or a classifier")
+
+    def loss(self, model: nn.Module, inputs: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
+        logits = model(inputs)
+        return self.criterion(logits, targets), logits
+
+    def train_meter(self, device: torch.device) -> Meter:
+        return _LogitsMeter(device)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device,
+                 precision: Precision, channels_last: bool = False,
+                 limit: int | None = None) -> dict[str, float]:
+        """Loss / top-1 / top-5 (plain cross-entropy: no label smoothing in evaluation)."""
+        was_training = model.training
+        model.eval()
+        meter = ClassificationMeter(device)
+        criterion = nn.CrossEntropyLoss()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        for i, (images, targets) in enumerate(loader):
+            if limit is not None and i >= limit:
+                break
+            images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            targets = targets.to(device, non_blocking=True)
+            with precision.autocast():
+                logits = model(images)
+            logits = logits.float()
+            meter.update(logits, targets, criterion(logits, targets))
+        model.train(was_training)
+        return meter.compute()
+
+    def results(self, metrics: dict[str, float]) -> dict[str, Any]:
+        return {"top1": metrics.get("top1"), "top5": metrics.get("top5"),
+                "val_loss": metrics.get("loss")}
+
+    def describe(self, metrics: dict[str, float]) -> str:
+        if "top1" not in metrics:
+            return "no eval"
+        return f"loss {metrics['loss']:.4f} top1 {metrics['top1']:.2f}%"
