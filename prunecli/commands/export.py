@@ -1,4 +1,8 @@
-"""``prunecli export ckpt=FILE format=onnx|torchscript``: a deployable file of a model."""
+"""``prunecli export ckpt=FILE format=onnx|torchscript``: a deployable file of a model.
+
+For a detector: its core (what pruning slims; normalised images -> raw head tensors) and, as
+ONNX, the whole detector with anchors, decoding and NMS (``X.full.onnx``; ``whole=false`` skips it).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     from prunecli.engine.checkpoint import resolve_checkpoint
+    from prunecli.models.detection import core_of, is_detector
     from prunecli.structure import export_onnx, export_torchscript, load_slim
     from prunecli.structure.from_checkpoint import load_masked_model
     from prunecli.structure.io import is_slim_file
@@ -35,9 +40,37 @@ def main(cfg: DictConfig) -> None:
         model, shape = loaded.model, loaded.example.shape[1:]
     x = torch.randn(cfg.batch_size, *shape)
     out = Path(cfg.out) if cfg.out else source.with_suffix(SUFFIX[cfg.format])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    detector = model if is_detector(model) else None
+    net = core_of(model)  # a detector's core: images (normalised) -> raw head tensors
     if cfg.format == "onnx":
-        export_onnx(model, x, out, opset=cfg.opset)
+        export_onnx(net, x, out, opset=cfg.opset)
     else:
-        export_torchscript(model, x, out)
-    rich.get_console().print(f"{cfg.format}: [bold]{out.resolve()}[/bold] "
-                             f"(input {list(x.shape)})")
+        export_torchscript(net, x, out)
+    console = rich.get_console()
+    what = "detector core, normalised input" if detector is not None else "input"
+    console.print(f"{cfg.format}: [bold]{out.resolve()}[/bold] ({what} {list(x.shape)})")
+    if detector is not None and cfg.whole:
+        _export_whole(detector, out, cfg, console)
+
+
+def _export_whole(detector, core_file: Path, cfg: DictConfig, console) -> None:
+    """The whole detector beside its core (ONNX only): images in [0, 1] -> detections."""
+    from prunecli.models.detection import export_whole_detector_onnx
+    from prunecli.models.registry import one_line
+
+    if cfg.format != "onnx":
+        console.print("whole detector: exported as ONNX only (format=onnx); the core above is "
+                      "the TorchScript file")
+        return
+    path = core_file.with_name(core_file.stem + ".full.onnx")
+    try:
+        export_whole_detector_onnx(detector, path, opset=cfg.opset)
+    except Exception as exc:  # torchvision's post-processing does not export for every model
+        path.unlink(missing_ok=True)
+        console.print(f"whole detector: not exported ({type(detector).__name__}: "
+                      f"{one_line(exc)}); deploy the core and run post-processing yourself")
+        return
+    size = detector.input_size
+    console.print(f"onnx (whole detector: boxes, scores, labels after NMS): "
+                  f"[bold]{path.resolve()}[/bold] (input [1, 3, {size}, {size}] in [0, 1])")

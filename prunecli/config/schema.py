@@ -167,6 +167,7 @@ class ExportConfig:
     out: Optional[str] = None  # default: next to ckpt, with .onnx / .ts
     batch_size: int = 1  # of the example input used for tracing (ONNX keeps the batch dynamic)
     opset: int = 17
+    whole: bool = True  # detectors: also the whole model with post-processing (X.full.onnx)
 
 
 @dataclass

@@ -112,7 +112,9 @@ class DetectionTask(Task):
         gathered = gather_to_main(detections)
         metrics: dict[str, float] | None = None
         if gathered is not None:
-            everything = [d for part in gathered for d in part]  # type: ignore[union-attr]
+            # a DistributedSampler pads the last round with repeated images: score each once
+            unique = {d.image_id: d for part in reversed(gathered) for d in part}  # type: ignore
+            everything = list(unique.values())
             metrics = self.score(loader.dataset, everything)  # type: ignore[attr-defined]
         return broadcast_object(metrics)  # type: ignore[return-value]
 

@@ -38,6 +38,7 @@ _LAZY = {
     "build_torchvision_detector": "torchvision_det",
     "torchvision_det_names": "torchvision_det",
     "unfreeze_batchnorm": "torchvision_det",
+    "export_whole_detector_onnx": "export",
 }
 
 
@@ -57,6 +58,7 @@ __all__ = [
     "build_detector",
     "build_torchvision_detector",
     "core_of",
+    "export_whole_detector_onnx",
     "flatten_levels",
     "is_detector",
     "is_detector_config",

@@ -1,0 +1,200 @@
+"""Detection end to end through the commands: train, eval, resume, torchrun, inspect, bench,
+export, on the embedded scenes and on VOC / COCO folders in their own layouts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from prunecli.config.schema import OptimConfig
+from prunecli.engine.optim import lr_factor_fn, param_groups
+from tests.conftest import console_script, read_results, torchrun_train
+from tests.det_fixtures import make_coco, make_voc
+
+# the embedded demo, made small: 64 training scenes, 24 test scenes, one epoch
+SMALL_DEMO = ("experiment=detect_demo", "data.train_size=64", "data.val_size=24",
+              "data.batch_size=16", "trainer.epochs=1", "trainer.threads=1")
+
+
+def _epochs(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "epoch"]
+
+
+def test_demo_trains_and_eval_gives_the_same_map(run_cli, tmp_path: Path, capsys) -> None:
+    run = run_cli("train", *SMALL_DEMO, "trainer.epochs=2")
+    results = read_results(run)
+    assert results["task"] == "detection" and results["metric"] == "map"
+    for key in ("map", "map50", "map75", "voc07_map"):
+        assert 0.0 <= results[key] <= 100.0
+    assert results["map50"] >= results["map"]  # AP only falls as the IoU threshold rises
+    assert [e["epoch"] for e in _epochs(run)] == [1, 2]
+    capsys.readouterr()
+    # a fresh evaluation of the checkpoint scores the same detections
+    ev = run_cli("eval", f"ckpt={run}", run_dir=tmp_path / "eval")
+    again = read_results(ev)
+    for key in ("map", "map50", "voc07_map"):
+        assert again[key] == pytest.approx(results[key], abs=1e-9), key
+    assert again["samples"] == 24
+    shown = capsys.readouterr().out
+    assert "mAP" in shown and "VOC07 mAP" in shown
+
+
+@pytest.mark.parametrize("layout", ["voc", "coco"])
+def test_voc_and_coco_folders_train_and_evaluate(run_cli, tmp_path: Path, layout: str) -> None:
+    if layout == "voc":
+        root = make_voc(tmp_path / "data", n_trainval=8, n_test=4, single_folder=True)
+        data = ["data=voc", f"data.root={root}"]
+    else:
+        root = make_coco(tmp_path / "data", n_images=8)
+        data = ["data=coco", f"data.root={root}"]
+    run = run_cli("train", "model=ssd_tiny", *data, "data.batch_size=4", "data.num_workers=0",
+                  "trainer.epochs=1", "optim.lr=0.01", "trainer.threads=1")
+    results = read_results(run)
+    assert results["metric"] == ("voc07_map" if layout == "voc" else "map")
+    assert results["task"] == "detection"
+    assert np.isfinite(results[results["metric"]])
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["data_info"]["image_size"] == 96  # ssd_tiny's own input size
+    assert ckpt["data_info"]["class_names"]
+
+
+def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:
+    common = (*SMALL_DEMO, "trainer.epochs=2", "trainer.deterministic=true")
+    whole = run_cli("train", *common, run_dir=tmp_path / "whole")
+    part = run_cli("train", *common, "trainer.stop_after_epoch=1", run_dir=tmp_path / "part")
+    assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = run_cli("train", *common, f"resume={part}", run_dir=tmp_path / "resumed")
+    a = torch.load(whole / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_results(resumed)["map"] == read_results(whole)["map"]
+
+
+def test_torchrun_two_processes_count_every_image_once(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    # 25 test scenes over 2 ranks: the sampler pads one rank, the metric must not see it twice
+    proc = torchrun_train(*SMALL_DEMO, "data.val_size=25", f"hydra.run.dir={out}",
+                          cwd=tmp_path, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_results(out)
+    assert results["world_size"] == 2
+    assert _epochs(out)[-1]["val_images"] == 25
+
+
+class _Oracle(nn.Module):
+    """Returns each batch's own ground truth as detections (in input pixels)."""
+
+    def __init__(self, batches: list) -> None:
+        super().__init__()
+        self.batches = iter(batches)
+
+    def forward(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        _, targets = next(self.batches)
+        return [{"boxes": t["boxes"], "scores": torch.linspace(1.0, 0.5, len(t["boxes"])),
+                 "labels": t["labels"]} for t in targets]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_an_oracle_detector_scores_100_through_the_task(tmp_path: Path, monkeypatch,
+                                                        padded: bool) -> None:
+    """Images of several sizes resized to the input, difficult objects in the truth: the task
+    maps detections back to each image's pixels and scores them exactly. ``padded``: a second
+    rank's share repeats three images (as DistributedSampler pads): each is scored once."""
+    if padded:
+        monkeypatch.setattr("prunecli.tasks.detection.gather_to_main",
+                            lambda found: [found, found[:3]])
+    from prunecli.data import build_datasets
+    from prunecli.engine.precision import Precision
+    from prunecli.tasks import build_task
+
+    root = make_voc(tmp_path, n_trainval=4, n_test=6, single_folder=True)
+    cfg = {"name": "voc", "root": str(root), "image_size": 64, "num_workers": 0}
+    bundle = build_datasets(cfg)
+    task = build_task(bundle, cfg)
+    loader = torch.utils.data.DataLoader(bundle.val, batch_size=4, collate_fn=task.collate_fn)
+    metrics = task.evaluate(_Oracle(list(loader)), loader, torch.device("cpu"),
+                            Precision("fp32", torch.device("cpu")))
+    assert metrics["images"] == 6
+    for key in ("map", "map50", "map75", "voc07_map"):
+        assert metrics[key] == pytest.approx(100.0), key
+
+
+def test_inspect_shows_the_channel_groups_of_ssd512(tmp_path: Path) -> None:
+    proc = console_script("inspect", "model=ssd512_resnet50", f"hydra.run.dir={tmp_path}",
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    assert "512" in out and "extras" in out and "trunk.layer3" in out
+
+
+def test_bench_and_export_a_trained_detector(run_cli, tmp_path: Path, capsys) -> None:
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=16", "data.val_size=8")
+    capsys.readouterr()
+    proc = console_script("bench", f"ckpt={run}", "batch_sizes=[1,2]", "repeats=2", "warmup=1",
+                          f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "full" in proc.stdout or "whole" in proc.stdout
+    out = tmp_path / "x" / "det.onnx"
+    proc = console_script("export", f"ckpt={run}", f"out={out}",
+                          f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ort = pytest.importorskip("onnxruntime")
+    from prunecli.structure.from_checkpoint import load_masked_model
+
+    det = load_masked_model(run / "last.pt").model.eval()
+    images = torch.rand(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        raw = det.core(det.normalise(images))
+        found = det(images)[0]
+    core = ort.InferenceSession(str(out)).run(None, {"input": det.normalise(images).numpy()})
+    for got, want in zip(core, raw, strict=True):
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-4)
+    whole = ort.InferenceSession(str(out.with_name("det.full.onnx")))
+    boxes, scores, labels = whole.run(None, {"images": images.numpy()})
+    np.testing.assert_allclose(boxes, found["boxes"].numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(scores, found["scores"].numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(labels, found["labels"].numpy())
+
+
+def test_a_missing_voc_annotation_is_one_line(tmp_path: Path) -> None:
+    root = make_voc(tmp_path / "data", n_trainval=4, n_test=2, single_folder=True)
+    missing = sorted((root / "Annotations").iterdir())[0]
+    missing.unlink()
+    proc: subprocess.CompletedProcess = console_script(
+        "train", "model=ssd_tiny", "data=voc", f"data.root={root}", "trainer.epochs=1",
+        f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.strip()]
+    error = [x for x in lines if str(missing) in x]
+    assert len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_ssd_recipe_lr_schedule_and_bias_groups() -> None:
+    cfg = OptimConfig(lr=8e-3, scheduler="step", warmup_epochs=50, warmup_start_factor=0.0,
+                      milestones=[600, 700, 740, 770],
+                      milestone_factors=[0.375, 0.125, 0.05, 0.005])
+    factor = lr_factor_fn(cfg, total_steps=800, steps_per_epoch=1)
+    assert factor(0) == 0.0 and factor(25) == pytest.approx(0.5) and factor(50) == 1.0
+    assert [factor(s) for s in (599, 600, 699, 700, 740, 770, 799)] == \
+        [1.0, 0.375, 0.375, 0.125, 0.05, 0.005, 0.005]
+    with pytest.raises(Exception, match="milestone_factors"):
+        lr_factor_fn(OptimConfig(scheduler="step", milestone_factors=[0.5]), 10, 1)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1))
+    groups = param_groups(model, 2e-3, decay_norm_and_bias=False, bias_lr_factor=2.0, lr=8e-3)
+    by_id = {id(p): g for g in groups for p in g["params"]}
+    for conv in (model[0], model[2]):
+        assert by_id[id(conv.bias)]["lr"] == pytest.approx(16e-3)
+        assert by_id[id(conv.bias)]["weight_decay"] == 0.0
+        assert by_id[id(conv.weight)]["weight_decay"] == 2e-3
+        assert by_id[id(conv.weight)].get("lr", 8e-3) == pytest.approx(8e-3)
+    assert by_id[id(model[1].weight)]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
