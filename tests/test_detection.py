@@ -46,6 +46,19 @@ def test_demo_trains_and_eval_gives_the_same_map(run_cli, tmp_path: Path, capsys
     assert "mAP" in shown and "VOC07 mAP" in shown
 
 
+def test_sweep_bf16_and_channels_last(run_cli, capsys) -> None:
+    """A -m sweep of detection runs, in bf16 autocast with channels_last: each run has its
+    metrics, the sweep summary its primary metric."""
+    sweep = run_cli("train", "-m", *SMALL_DEMO, "data.train_size=32", "data.val_size=16",
+                    "trainer.precision=bf16", "trainer.channels_last=true", "optim.lr=0.1,0.05")
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [r["overrides"] for r in rows] == ["optim.lr=0.1", "optim.lr=0.05"]
+    for i in (0, 1):
+        results = read_results(sweep / str(i))
+        assert results["metric"] == "map" and np.isfinite(results["map"])
+    assert "mAP" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("layout", ["voc", "coco"])
 def test_voc_and_coco_folders_train_and_evaluate(run_cli, tmp_path: Path, layout: str) -> None:
     if layout == "voc":
@@ -163,6 +176,13 @@ def test_bench_and_export_a_trained_detector(run_cli, tmp_path: Path, capsys) ->
     np.testing.assert_allclose(boxes, found["boxes"].numpy(), rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(scores, found["scores"].numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(labels, found["labels"].numpy())
+    # a model as built, without a checkpoint (as `prunecli bench model=...` does)
+    proc = console_script("export", "model=ssd_tiny", "num_classes=3", "whole=false",
+                          f"out={tmp_path / 'y' / 'tiny.onnx'}", f"hydra.run.dir={tmp_path / 'f'}",
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "y" / "tiny.onnx").is_file()
+    assert not (tmp_path / "y" / "tiny.full.onnx").exists()
 
 
 def test_a_missing_voc_annotation_is_one_line(tmp_path: Path) -> None:

@@ -7,10 +7,11 @@ ONNX, the whole detector with anchors, decoding and NMS (``X.full.onnx``; ``whol
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import hydra
 import rich
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from prunecli.commands.common import user_errors_as_one_line
 from prunecli.errors import ConfigError
@@ -23,21 +24,12 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".ts"}
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from prunecli.engine.checkpoint import resolve_checkpoint
     from prunecli.models.detection import core_of, is_detector
-    from prunecli.structure import export_onnx, export_torchscript, load_slim
-    from prunecli.structure.from_checkpoint import load_masked_model
-    from prunecli.structure.io import is_slim_file
+    from prunecli.structure import export_onnx, export_torchscript
 
     if cfg.format not in SUFFIX:
         raise ConfigError(f"format={cfg.format} is not one of {', '.join(SUFFIX)}")
-    source = resolve_checkpoint(cfg.ckpt)
-    if is_slim_file(source):
-        small = load_slim(source)
-        model, shape = small.model, small.structure.input_shape[1:]
-    else:
-        loaded = load_masked_model(source)
-        model, shape = loaded.model, loaded.example.shape[1:]
+    model, shape, source = _model_to_export(cfg)
     x = torch.randn(cfg.batch_size, *shape)
     out = Path(cfg.out) if cfg.out else source.with_suffix(SUFFIX[cfg.format])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -52,6 +44,29 @@ def main(cfg: DictConfig) -> None:
     console.print(f"{cfg.format}: [bold]{out.resolve()}[/bold] ({what} {list(x.shape)})")
     if detector is not None and cfg.whole:
         _export_whole(detector, out, cfg, console)
+
+
+def _model_to_export(cfg: DictConfig) -> tuple[Any, tuple[int, ...], Path]:
+    """The model, its input shape (C, H, W) and the path the output file is named after."""
+    from prunecli.engine.checkpoint import resolve_checkpoint
+    from prunecli.structure import load_slim
+    from prunecli.structure.from_checkpoint import load_masked_model
+    from prunecli.structure.io import is_slim_file
+
+    if cfg.ckpt is None:  # the model as built (random or given weights), e.g. to try a deployment
+        from prunecli.commands.common import model_input
+        from prunecli.models import build_model
+
+        shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
+        model = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
+                            in_chans=shape[0])
+        return model.eval(), tuple(shape), Path(str(cfg.model.name)).resolve()
+    source = resolve_checkpoint(cfg.ckpt)
+    if is_slim_file(source):
+        small = load_slim(source)
+        return small.model, tuple(small.structure.input_shape[1:]), source
+    loaded = load_masked_model(source)
+    return loaded.model, tuple(loaded.example.shape[1:]), source
 
 
 def _export_whole(detector, core_file: Path, cfg: DictConfig, console) -> None:

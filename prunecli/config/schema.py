@@ -162,9 +162,13 @@ class InspectConfig:
 class ExportConfig:
     """``prunecli export ckpt=slim.pt format=onnx``: deployable files of a (slim) model."""
 
-    ckpt: str = "???"  # a `prunecli slim` file, or a training run/checkpoint (masks applied)
+    # a `prunecli slim` file, or a training run/checkpoint (masks applied); None: `model` alone
+    ckpt: Optional[str] = None
+    model: ModelConfig = field(default_factory=ModelConfig)  # used when ckpt is None
+    input_size: Optional[list[int]] = None  # C, H, W for model; None: as `prunecli inspect`
+    num_classes: Optional[int] = None  # for model; None: 1000, or 80 for a detector
     format: str = "onnx"  # onnx | torchscript
-    out: Optional[str] = None  # default: next to ckpt, with .onnx / .ts
+    out: Optional[str] = None  # default: next to ckpt (or ./MODEL), with .onnx / .ts
     batch_size: int = 1  # of the example input used for tracing (ONNX keeps the batch dynamic)
     opset: int = 17
     whole: bool = True  # detectors: also the whole model with post-processing (X.full.onnx)
