@@ -16,6 +16,11 @@ from rich.table import Table
 log = logging.getLogger("prunecli")
 
 # (key, header, formatter)
+def _ap_or_none(v: float) -> str:
+    """COCO's AP of an area range with no object in the ground truth is undefined, not 0."""
+    return "no objects" if v != v else f"{v:.2f}"
+
+
 COLUMNS: list[tuple[str, str, Any]] = [
     ("model", "model", str),
     ("data", "data", str),
@@ -26,9 +31,9 @@ COLUMNS: list[tuple[str, str, Any]] = [
     ("map", "mAP", lambda v: f"{v:.2f}"),
     ("map50", "AP50", lambda v: f"{v:.2f}"),
     ("map75", "AP75", lambda v: f"{v:.2f}"),
-    ("map_small", "AP small", lambda v: f"{v:.2f}"),
-    ("map_medium", "AP medium", lambda v: f"{v:.2f}"),
-    ("map_large", "AP large", lambda v: f"{v:.2f}"),
+    ("map_small", "AP small", _ap_or_none),
+    ("map_medium", "AP medium", _ap_or_none),
+    ("map_large", "AP large", _ap_or_none),
     ("voc07_map", "VOC07 mAP", lambda v: f"{v:.2f}"),
     ("macs", "MACs", lambda v: _si(v)),
     ("params", "params", lambda v: _si(v)),
@@ -112,7 +117,6 @@ def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -
     table = run_table(results, title)
     save_table(table, run_dir / "results.txt")
     rich.get_console().print(table)
-    files = "results.json, results.txt, metrics.jsonl, last.pt"
-    if results.get("slim_model"):
-        files += ", slim.pt"
+    files = ", ".join(n for n in ("results.json", "results.txt", "metrics.jsonl", "last.pt",
+                                  "slim.pt") if (run_dir / n).is_file())
     rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] ({files})")

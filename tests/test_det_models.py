@@ -48,7 +48,6 @@ PRUNABLE = {
                         "backbone.extras.5.3"],
     "ssd300_resnet50": ["backbone.trunk.layer1.0.conv1", "backbone.extras.4.0"],
     "ssdlite320_mobilenet_v3_large": ["backbone.extra.0.0.0"],
-    "ssd300_vgg16": ["backbone.features.21"],  # conv4_3, L2-normalised before its head
     "retinanet_resnet50_fpn": ["cls_head.conv.0.0", "box_head.conv.3.0",
                                "backbone.fpn.layer_blocks.0.0", "backbone.body.layer4.2.conv2"],
     "fcos_resnet50_fpn": ["backbone.fpn.layer_blocks.0.0", "backbone.body.layer2.0.conv1"],
@@ -198,12 +197,15 @@ def test_core_traces(name: str) -> None:
     det = _cached(name).eval()
     x = det.normalise(_images(1, _size(name)))
     structure = trace_structure(det.core, x)
-    # (SSD300-VGG16 L2-normalises conv4_3 across channels with F.normalize: a zeroed channel
-    # adds nothing to the norm, so conv4_3 stays prunable; the exactness test below checks it)
+    # SSD300-VGG16 L2-normalises conv4_3 across channels (F.normalize): understood, and its
+    # channels stay whole with the reason (checked below)
     assert structure.unknown_ops == []
     assert structure.prunable_groups
     for module in PRUNABLE.get(name, ()):  # head-internal and backbone widths
         assert structure.groups[structure.roles[module].out_group].prunable, module
+    if name == "ssd300_vgg16":
+        conv4_3 = structure.groups[structure.roles["backbone.features.21"].out_group]
+        assert not conv4_3.prunable and "F.normalize over the channels" in conv4_3.reason
     for conv in det.core.final_convs:
         group = structure.groups[structure.roles[conv].out_group]
         assert not group.prunable and "reaches the model output" in group.reason

@@ -359,8 +359,12 @@ class _Analysis:
             return self.const_result(node, fn in _PASS_FUNCTIONS or fn in _RESHAPE_FUNCTIONS)
         if fn in _PASS_FUNCTIONS or _name(fn) in _PASS_FUNCTION_NAMES:
             return _same_layout(node, inputs[0])
-        if fn is F.normalize:  # zeroed channels add nothing to a p-norm: slimming stays exact
-            return _same_layout(node, inputs[0])
+        if fn is F.normalize:  # SSD300-VGG16's L2Norm: the norm over channels sees every one
+            dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 1)
+            x = inputs[0]
+            if int(dim) % x.ndim == x.axis:
+                self.bad(x, "F.normalize over the channels (a norm of all of them)")
+            return _same_layout(node, x)
         if fn is F.pad:
             pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
             if isinstance(pad, (list, tuple)) and len(pad) <= 2 * (inputs[0].ndim - 2):
