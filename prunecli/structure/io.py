@@ -61,7 +61,8 @@ def _plain_config(model_config: Any) -> dict[str, Any]:
 def save_slim(path: str | os.PathLike[str], model: nn.Module, structure: ChannelStructure,
               keep: KeepSpec, model_config: Any, num_classes: int, in_chans: int,
               extra: dict[str, Any] | None = None) -> Path:
-    """Write a slimmed ``model`` (made by ``slim(dense, structure, keep)``) to ``path``."""
+    """Write a slimmed ``model`` (made by ``slim(dense, structure, keep)``) to ``path``; for a
+    detector, the whole detector whose core was slimmed (``structure`` traced on the core)."""
     state = {
         "format": FORMAT,
         "version": VERSION,
@@ -101,14 +102,18 @@ def load_slim(path: str | os.PathLike[str], map_location: str | torch.device = "
                               f"{state['version']}); upgrade prunecli")
     dense = build_model(state["model_config"], num_classes=state["num_classes"],
                         in_chans=state["in_chans"])
+    from prunecli.models.detection import core_of
+
     example = torch.zeros(state["input_shape"])
-    structure = trace_structure(dense, example, ignore=state.get("ignore", ()))
+    # a detector is slimmed in its core (backbone, neck, heads); the rest keeps working on it
+    structure = trace_structure(core_of(dense), example, ignore=state.get("ignore", ()))
     try:
         keep = structure.normalise_keep(state["keep"])
     except Exception as exc:
         raise CheckpointError(f"{path}: its keep-sets do not match the rebuilt model ({exc}); "
                               "was it written by another prunecli or model version?") from exc
-    model = slim(dense, structure, keep, inplace=True)
+    slim(core_of(dense), structure, keep, inplace=True)
+    model = dense
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
