@@ -489,3 +489,13 @@ def test_listed() -> None:
     rows = {(source, name): text for source, name, text in describe_models()}
     assert ("prunecli", "ssd_tiny") in rows and ("prunecli", "ssd512_resnet50") in rows
     assert "fcos_resnet50_fpn" in rows[("torchvision_det", "*")]
+
+
+@pytest.mark.parametrize("name", ["ssd_tiny", "ssdlite320_mobilenet_v3_large"])
+def test_sync_batchnorm_conversion_reaches_the_core(name: str) -> None:
+    """`trainer.sync_bn=true` converts the detector; the core (an unregistered view) must run
+    the converted norms, not stale copies."""
+    cfg = {"name": name} if name == "ssd_tiny" else {"source": "torchvision_det", "name": name}
+    det = nn.SyncBatchNorm.convert_sync_batchnorm(build_model(cfg, num_classes=K))
+    norms = [m for m in det.core.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
