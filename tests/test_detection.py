@@ -218,3 +218,64 @@ def test_ssd_recipe_lr_schedule_and_bias_groups() -> None:
         assert by_id[id(conv.weight)].get("lr", 8e-3) == pytest.approx(8e-3)
     assert by_id[id(model[1].weight)]["weight_decay"] == 0.0
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("method", ["taylor", "halp", "smcp", "slimming", "gator", "chex"])
+def test_every_method_prunes_a_detector_to_its_budget(run_cli, method: str) -> None:
+    """Each method on the detection losses: the run lands on half the core's MACs, the slimmed
+    detector equals the masked one, scores the same mAP, and its slim.pt rebuilds it."""
+    from prunecli.cost import count_macs
+    from prunecli.models.detection import Detector
+    from prunecli.structure import load_slim
+
+    extra = ["method.prune_steps=4", "method.prune_every=4"] if method == "halp" else []
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=256", "data.val_size=32",
+                  "trainer.epochs=3", f"method={method}", "cost.ratio=0.5", *extra)
+    results = read_results(run)
+    assert results["cost_kept"] == pytest.approx(0.5, abs=0.01)
+    assert results["slim_max_diff"] < 1e-5
+    assert results["slim_map"] == results["map"]
+    small = load_slim(run / "slim.pt").model
+    assert isinstance(small, Detector)
+    x = small.normalise(torch.rand(1, 3, 96, 96))
+    assert count_macs(small.core, x) == results["macs"]
+
+
+def test_slim_command_on_a_pruned_detector_checkpoint(run_cli, tmp_path: Path) -> None:
+    """`prunecli slim ckpt=RUN` maps the detector's mask names (net.*) onto its core."""
+    from prunecli.structure import load_slim
+
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=128", "data.val_size=16",
+                  "trainer.epochs=2", "method=taylor", "cost.ratio=0.4")
+    first = load_slim(run / "slim.pt").model
+    out = tmp_path / "again.pt"
+    run_cli("slim", f"ckpt={run}", f"out={out}", run_dir=tmp_path / "s")
+    again = load_slim(out).model
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for a, b in zip(first.core(first.normalise(images)), again.core(again.normalise(images)),
+                        strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_pruning_a_detector_resumes_exactly(run_cli, tmp_path: Path) -> None:
+    """Masks live on the core's modules, which the detector's checkpoint carries (net.*)."""
+    common = (*SMALL_DEMO, "data.train_size=128", "data.val_size=16", "trainer.epochs=3",
+              "trainer.deterministic=true", "method=taylor", "cost.ratio=0.5")
+    whole = run_cli("train", *common, run_dir=tmp_path / "whole")
+    part = run_cli("train", *common, "trainer.stop_after_epoch=2", run_dir=tmp_path / "part")
+    resumed = run_cli("train", *common, f"resume={part}", run_dir=tmp_path / "resumed")
+    a = torch.load(whole / "last.pt", weights_only=True)["model"]
+    b = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys() and any(".mask" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_results(resumed)["cost_kept"] == read_results(whole)["cost_kept"]
+
+
+def test_slim_when_final_on_a_detector_is_refused(run_cli, capsys) -> None:
+    with pytest.raises(SystemExit):
+        run_cli("train", *SMALL_DEMO, "method=taylor", "cost.ratio=0.5",
+                "method.slim_when_final=true")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "slim_when_final" in err[0]

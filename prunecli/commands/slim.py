@@ -21,8 +21,10 @@ def main(cfg: DictConfig) -> float:
 
     from prunecli.cost import count_macs, count_params
     from prunecli.engine.checkpoint import resolve_checkpoint
+    from prunecli.models.detection import core_of
     from prunecli.structure import save_slim, slim
     from prunecli.structure.from_checkpoint import load_masked_model
+    from prunecli.structure.slim import max_relative_difference
 
     source = resolve_checkpoint(cfg.ckpt)
     loaded = load_masked_model(source)
@@ -32,9 +34,7 @@ def main(cfg: DictConfig) -> float:
     small = slim(loaded.model, loaded.structure, loaded.keep)
     x = torch.randn(cfg.batch_size, *loaded.example.shape[1:],
                     generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        masked, slimmed = loaded.model(x), small(x)
-    diff = ((masked - slimmed).abs().max() / masked.abs().max().clamp_min(1e-12)).item()
+    diff = max_relative_difference(loaded.model, small, x)
     if diff > cfg.tolerance:
         raise PrunecliError(f"slimmed model differs from the masked model by {diff:.2e} "
                             f"(> tolerance {cfg.tolerance}); please report this model")
@@ -44,8 +44,9 @@ def main(cfg: DictConfig) -> float:
               extra={"source": str(source), "epoch": loaded.epoch,
                      "data_config": loaded.data_config})
 
-    macs = (count_macs(loaded.model, loaded.example), count_macs(small, loaded.example))
-    params = (count_params(loaded.model), count_params(small))
+    dense_net, small_net = core_of(loaded.model), core_of(small)  # a detector: its core
+    macs = (count_macs(dense_net, loaded.example), count_macs(small_net, loaded.example))
+    params = (count_params(dense_net), count_params(small_net))
     table = Table(title=f"slim {loaded.model_config['name']}", title_justify="left")
     for col in ("", "dense", "slim", "kept"):
         table.add_column(col, justify="right")

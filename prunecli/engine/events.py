@@ -70,6 +70,21 @@ class HookContext:
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
 
     @property
+    def net(self) -> nn.Module:
+        """What pruning traces, masks and slims: a detector's core (backbone, neck, heads; its
+        modules are the detector's own), or the model itself."""
+        from prunecli.models.detection import core_of
+
+        return core_of(self.model)
+
+    def net_input(self) -> torch.Tensor:
+        """``example_inputs`` as the net sees them (a detector's core takes normalised images)."""
+        from prunecli.models.detection import is_detector
+
+        x = self.example_inputs
+        return self.model.normalise(x) if is_detector(self.model) else x
+
+    @property
     def progress(self) -> float:
         """Fraction of training done, in [0, 1]: the usual clock for pruning schedules."""
         total = max(1, self.epochs * self.steps_per_epoch)

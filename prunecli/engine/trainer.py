@@ -198,7 +198,7 @@ class Trainer:
         self.slimmed = True
         method.mark_slimmed(keep, diff)
         if check:
-            macs = count_macs(small, self.ctx.example_inputs)
+            macs = count_macs(core_of(small), self.ctx.example_inputs)
             log.info("masks final at step %d: fine-tuning the slimmed model from here (%.1f%% "
                      "of the dense MACs)", self.ctx.step, 100.0 * macs / max(1, self.dense_macs))
 

@@ -22,9 +22,10 @@ from prunecli.cost import build_cost_model, count_macs, count_params
 from prunecli.cost.cascade import DropCascade
 from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.errors import ConfigError, PrunecliError
+from prunecli.models.detection import core_of
 from prunecli.structure import ChannelMasker, ChannelStructure, save_slim, slim, trace_structure
 from prunecli.structure.masks import strip_all_masks
-from prunecli.structure.slim import SliceLog
+from prunecli.structure.slim import SliceLog, max_relative_difference
 
 log = logging.getLogger("prunecli")
 
@@ -73,23 +74,24 @@ class PruningMethod(TrainingHooks):
             raise ConfigError(f"method={self.cfg.name} needs a budget: set cost.ratio, the "
                               f"fraction of the dense {run.cost.name} to remove (e.g. "
                               "cost.ratio=0.5)")
-        from prunecli.models.detection import is_detector
-
-        if is_detector(ctx.model):
-            raise PrunecliError(f"method={self.cfg.name} cannot prune a detector yet: this "
-                                "version trains and evaluates detectors dense (method=none); "
-                                "pruning them is the next step")
-        self.structure = trace_structure(ctx.model, ctx.example_inputs,
+        # a detector is pruned in its core (backbone, neck, heads): anchors, box coding and
+        # post-processing read only the head outputs, whose channels are never pruned
+        net, x = ctx.net, ctx.net_input()
+        if net is not ctx.model and cfg_get(self.cfg, "slim_when_final", False):
+            raise ConfigError("method.slim_when_final=true is not supported for detectors yet "
+                              "(the optimizer state is not carried into a slimmed core); "
+                              "leave it off: the run still ends with the slimmed detector")
+        self.structure = trace_structure(net, x,
                                          ignore=list(cfg_get(self.cfg, "ignore", []) or []))
         if not self.structure.prunable_groups:
             raise PrunecliError(f"{run.model.name} has no prunable channel group; see "
                                 f"`prunecli inspect model={run.model.name}` for the reasons")
         self.cost_model = build_cost_model(
-            run.cost.name, ctx.model, self.structure, ctx.example_inputs,
+            run.cost.name, net, self.structure, x,
             batch_size=run.cost.batch_size, table=run.cost.table,
             allow_mismatch=run.cost.allow_mismatch)
         self.target_cost = (1.0 - self.ratio) * self.cost_model.dense
-        self.masker = ChannelMasker(ctx.model, self.structure, soft=self.soft_masks)
+        self.masker = ChannelMasker(net, self.structure, soft=self.soft_masks)
         self.device = ctx.example_inputs.device
         self.min_channels = int(cfg_get(self.cfg, "min_channels", 1))
         # layer drop: groups the graph lets go whole (a residual branch, a DenseNet layer, an SE
@@ -230,7 +232,7 @@ class PruningMethod(TrainingHooks):
             f"dense_{self.metric}": self.dense_metric,
             f"{self.metric}_before_pruning": self.metric_before_pruning,
         }
-        x = ctx.example_inputs
+        x = ctx.net_input()
         if self.slimmed_keep is not None:  # slimmed during training: the model is the slim one
             small, diff = ctx.model.eval(), self.slim_diff
             summary["slimmed_at_step"] = self.slimmed_at
@@ -238,15 +240,17 @@ class PruningMethod(TrainingHooks):
             small = self.slim_model(ctx.model, keep)
             diff = self._check_equal(ctx.model, small, x)
         self.final_model = small  # the Pruner API hands this one out
-        summary["macs"] = count_macs(small, x)
-        summary["params"] = count_params(small)
+        summary["macs"] = count_macs(core_of(small), x)
+        summary["params"] = count_params(core_of(small))
         summary["slim_max_diff"] = diff
         if cfg_get(self.cfg, "eval_slim", True) and ctx.evaluate is not None:
             summary[f"slim_{self.metric}"] = ctx.evaluate(small).get(self.metric)
         if ctx.run_dir is not None and ctx.dist.is_main and cfg_get(self.cfg, "save_slim", True):
             path = Path(ctx.run_dir) / SLIM_FILE
-            with torch.no_grad():
-                num_classes = int(small.eval()(x).shape[1])
+            num_classes = getattr(small, "num_classes", None)
+            if num_classes is None:  # a classifier: the width of its output
+                with torch.no_grad():
+                    num_classes = int(small.eval()(x).shape[1])
             save_slim(path, small, self.structure, keep, ctx.config.model, num_classes,
                       int(x.shape[1]), extra={"method": self.cfg.name, "epoch": ctx.epoch + 1,
                                               "cost": summary["cost"],
@@ -261,7 +265,8 @@ class PruningMethod(TrainingHooks):
         dense = copy.deepcopy(model)
         strip_all_masks(dense)
         self.strip_extras(dense)
-        return slim(dense, self.structure, keep, inplace=True, log=log).eval()
+        slim(core_of(dense), self.structure, keep, inplace=True, log=log)
+        return dense.eval()
 
     @torch.no_grad()
     def _check_equal(self, masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
@@ -269,9 +274,8 @@ class PruningMethod(TrainingHooks):
         masked.eval()
         inp = torch.randn((2, *x.shape[1:]), generator=torch.Generator().manual_seed(0)
                           ).to(x.device, x.dtype)
-        a, b = masked(inp).float(), small(inp).float()
+        diff = max_relative_difference(masked, small, inp)
         masked.train(was)
-        diff = ((a - b).abs().max() / a.abs().max().clamp_min(1e-12)).item()
         if diff > 1e-3:
             raise PrunecliError(f"the slimmed model differs from the masked one by {diff:.2e}; "
                                 "please report this model")

@@ -221,7 +221,7 @@ class CHEX(PruningMethod):
             raise ConfigError(f"method.t_max={t_max:g} is step {self.t_max} but the run has "
                               f"{total} optimizer steps; lower it (below 1: a fraction of "
                               "training)")
-        self.slices = norm_slices(ctx.model, self.structure)
+        self.slices = norm_slices(ctx.net, self.structure)
         if not self.slices:
             raise ConfigError(f"{ctx.config.model.name} has no BN after a prunable layer: CHEX "
                               "allocates channels by BN scales")
@@ -235,8 +235,8 @@ class CHEX(PruningMethod):
             self.final = self.sparsity
         else:
             self.alloc_cost, self.final = self.cost_model, self.ratio
-        self.model = ctx.model
-        self.slots = {g: self._group_slots(ctx.model, g) for g in self.groups}
+        self.model = ctx.net
+        self.slots = {g: self._group_slots(ctx.net, g) for g in self.groups}
         self.generator.manual_seed(_seed(ctx.config))
 
     def _group_slots(self, model: nn.Module, gid: int) -> list[_Slot]:
@@ -272,7 +272,7 @@ class CHEX(PruningMethod):
     # ------------------------------------------------------------------ hooks
     def on_train_start(self, ctx: HookContext) -> None:
         super().on_train_start(ctx)
-        self.model = ctx.model  # after a SyncBatchNorm conversion
+        self.model = ctx.net  # after a SyncBatchNorm conversion
         self._named = dict(self.model.named_modules())
         if not self.started:
             self.start(ctx)

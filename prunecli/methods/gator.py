@@ -194,7 +194,7 @@ class Gator(PruningMethod):
         self.n_gates = n
         self.gates = ChannelGates(n, math.log(p / (1.0 - p))).to(self.device)
         ctx.model.add_module(GATES_ATTR, self.gates)
-        self.layouts = self._consumer_layouts(ctx.model)
+        self.layouts = self._consumer_layouts(ctx.net)
         self.w = np.ones(len(self.groups))
         self.distributed = bool(getattr(ctx.dist, "distributed", False))
 
@@ -272,7 +272,7 @@ class Gator(PruningMethod):
             self.gates.active.copy_(self._flat(self.active()).to(self.gates.active))
         self._refresh_weights()
         if self.phase == "gating":  # resumed mid-gating: protection came with the state
-            self.attach(ctx.model)
+            self.attach(ctx.net)
         elif self.phase == "wait" and ctx.step >= self.start:
             self._start_gating(ctx)
         opt = ctx.optimizer
@@ -318,7 +318,7 @@ class Gator(PruningMethod):
     def _start_gating(self, ctx: HookContext) -> None:
         self.phase = "gating"
         self._update_protected()
-        self.attach(ctx.model)
+        self.attach(ctx.net)
         if self.e0 is None:  # the controller's goal starts from here
             self.e0 = float(self._expected_ratio())
 

@@ -42,7 +42,7 @@ class HALP(PruningMethod):
                 f"HALP prunes until step {end} (start {self.start} + {c.prune_steps} steps x "
                 f"{c.prune_every} iterations) but the run has {total} optimizer steps; lower "
                 "method.prune_steps / method.prune_every / method.start_epoch or train longer")
-        self.taylor = BNTaylor(ctx.model, self.structure, norm_slices(ctx.model, self.structure))
+        self.taylor = BNTaylor(ctx.net, self.structure, norm_slices(ctx.net, self.structure))
         self.window = Accumulator("average", skip_nonfinite=True)
         self.done_steps = 0
 

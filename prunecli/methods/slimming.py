@@ -66,7 +66,7 @@ class NetworkSlimming(PruningMethod):
             raise ConfigError("method=slimming needs a target: cost.ratio (fraction of the "
                               "cost to remove), method.channel_ratio (fraction of channels), or "
                               "method.threshold=optimal")
-        self.slices = norm_slices(ctx.model, self.structure)
+        self.slices = norm_slices(ctx.net, self.structure)
         if not self.slices:
             raise ConfigError(f"{ctx.config.model.name} has no BN after a prunable layer: "
                               "Network Slimming prunes by BN scales")

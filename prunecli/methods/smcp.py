@@ -220,13 +220,13 @@ class SMCP(PruningMethod):
             raise ConfigError("method.pruned_decay must be >= 0")
         super().setup(ctx)
         self.schedule = self.make_schedule(ctx)
-        self.importance = SMCPImportance(ctx.model, self.structure, self.masker, c.importance,
+        self.importance = SMCPImportance(ctx.net, self.structure, self.masker, c.importance,
                                          c.grad_source)
         # magnitude and momentum-based scores are taken after the optimizer step (the buffers
         # then hold this step's gradient); scores from this step's gradient before it
         self.score_after_step = c.importance == "magnitude" or c.grad_source == "momentum"
         self.scores = Accumulator(c.accumulator, momentum=c.accumulator_momentum)
-        modules = dict(ctx.model.named_modules())
+        modules = dict(ctx.net.named_modules())
         self.decayed = [(_weight(modules[name]), p) for name, p in self.masker.masks.items()]
         self._masked: list[tuple[torch.Tensor, Any]] = []
 

@@ -59,16 +59,16 @@ class TaylorPruning(PruningMethod):
             raise ConfigError("method.remove_per_step must be >= 0 (0: spread evenly)")
         self.per_step = (None if c.remove_per_step == 0 else
                          removal_count(c.remove_per_step, self.structure.prunable_channels()))
-        slices = norm_slices(ctx.model, self.structure)
+        slices = norm_slices(ctx.net, self.structure)
         self.hooks: ActivationTaylor | None = None
         if c.criterion == "fo_bn":
-            taylor = BNTaylor(ctx.model, self.structure, slices)
+            taylor = BNTaylor(ctx.net, self.structure, slices)
             self.score_fn = lambda: {g: s.pow(2) / taylor.counts[g] for g, s in taylor().items()}
         elif c.criterion == "fo_weight":
-            weight = WeightTaylor(ctx.model, self.structure)
+            weight = WeightTaylor(ctx.net, self.structure)
             self.score_fn = lambda: {g: s.pow(2) for g, s in weight().items()}
         else:
-            self.hooks = ActivationTaylor(ctx.model, self.structure)
+            self.hooks = ActivationTaylor(ctx.net, self.structure)
             self.score_fn = self.hooks.pop
         self.window = Accumulator("average")  # minibatches since the last pruning step
         self.smooth = Accumulator("momentum", momentum=c.momentum)  # across pruning steps

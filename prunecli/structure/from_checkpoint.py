@@ -42,14 +42,17 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     model = build_model(cfg["model"], num_classes=info["num_classes"], in_chans=info["channels"])
     example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
                           generator=torch.Generator().manual_seed(0))
-    from prunecli.models.detection import core_of
+    from prunecli.models.detection import core_of, names_in_core
 
-    structure = trace_structure(core_of(model), example)  # a detector's prunable part: its core
+    net = core_of(model)  # what was pruned: a detector's core (its modules are the detector's)
+    if net is not model:
+        example = model.normalise(example)
+    structure = trace_structure(net, example)
     if ckpt.get("slimmed"):  # slimmed during training: back to dense shapes, then masked
         keep = structure.normalise_keep(ckpt["slimmed"]["keep"])
         state = dense_state(model, structure, keep, ckpt["model"])
         model.load_state_dict(state)
-        ChannelMasker(model, structure).set_keep(keep)
+        ChannelMasker(net, structure).set_keep(keep)
         return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
                            info["num_classes"], info["channels"], example,
                            int(ckpt.get("epoch", 0)))
@@ -59,8 +62,10 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not fit {cfg['model']['name']} "
                               f"({str(exc).splitlines()[0]})") from exc
-    keep = keep_from_masks(structure, masks) if masks else {}
+    in_core = names_in_core(model)
+    keep = keep_from_masks(structure, {in_core.get(k, k): v for k, v in masks.items()}
+                           ) if masks else {}
     if keep:
-        ChannelMasker(model, structure).set_keep(keep)
+        ChannelMasker(net, structure).set_keep(keep)
     return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
                        info["num_classes"], info["channels"], example, int(ckpt.get("epoch", 0)))

@@ -122,7 +122,8 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
          inplace: bool = False, log: SliceLog | None = None) -> nn.Module:
     """Return ``model`` with only the kept channels of each group.
 
-    ``keep`` maps group ids or keys to kept channel indices (groups not listed keep all). Masks
+    ``keep`` maps group ids or keys to kept channel indices (groups not listed keep all). A
+    detector is slimmed in its core (``structure`` traced on it) and returned whole. Masks
     attached by :class:`ChannelMasker` are removed first (their keep-set is what should be
     passed here: ``masker.keep()``). The result is the same module classes with smaller layers;
     an empty keep-set (a droppable group, ``method.layer_drop``) replaces the layers it empties
@@ -132,9 +133,12 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
     from the dense one: what moves optimizer state to the slim model, and scatters a slim
     state back into dense shapes (:mod:`prunecli.structure.unslim`).
     """
+    from prunecli.models.detection import core_of
+
     idx = structure.normalise_keep(keep)
-    model = model if inplace else copy.deepcopy(model)
-    strip_all_masks(model)
+    whole = model if inplace else copy.deepcopy(model)
+    strip_all_masks(whole)
+    model = core_of(whole)  # a detector is slimmed in its core, the structure's namespace
     modules = dict(model.named_modules())
     dropped = {g for g, i in idx.items() if i.numel() == 0}
     for role in structure.roles.values():
@@ -159,4 +163,18 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
         old = getattr(owner, p.attr)
         dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
         _take(owner, p.attr, index, dim, log, p.module)
-    return model
+    return whole
+
+
+@torch.no_grad()
+def max_relative_difference(masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
+    """The largest ``max|a - b| / max|a|`` over the outputs of the pruned parts (a classifier's
+    logits, each raw head tensor of a detector's core) on input ``x``: what "exact" is checked
+    with."""
+    from prunecli.models.detection import core_of
+
+    outs_a, outs_b = core_of(masked)(x), core_of(small)(x)
+    if isinstance(outs_a, torch.Tensor):
+        outs_a, outs_b = (outs_a,), (outs_b,)
+    return max(((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-12)
+                ).item() for a, b in zip(outs_a, outs_b, strict=True))

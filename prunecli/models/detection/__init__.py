@@ -23,6 +23,7 @@ from prunecli.models.detection.base import (
     core_of,
     flatten_levels,
     is_detector,
+    names_in_core,
 )
 from prunecli.models.detection.build import (
     build_detector,
@@ -62,6 +63,7 @@ __all__ = [
     "flatten_levels",
     "is_detector",
     "is_detector_config",
+    "names_in_core",
     "native_input_size",
     "torchvision_det_names",
     "unfreeze_batchnorm",

@@ -182,3 +182,13 @@ def is_detector(model: Any) -> bool:
 def core_of(model: nn.Module) -> nn.Module:
     """What pruning traces: a detector's core, or the model itself for a classifier."""
     return model.core if isinstance(model, Detector) else model
+
+
+def names_in_core(model: nn.Module) -> dict[str, str]:
+    """``{name in model: name in core_of(model)}`` for the core's modules: a detector's state_dict
+    names its layers from the detector (``net.backbone...``), its structure from the core."""
+    core = core_of(model)
+    if core is model:
+        return {n: n for n, _ in model.named_modules()}
+    inside = {id(m): n for n, m in core.named_modules()}
+    return {n: inside[id(m)] for n, m in model.named_modules() if id(m) in inside}
