@@ -279,3 +279,21 @@ def test_slim_when_final_on_a_detector_is_refused(run_cli, capsys) -> None:
                 "method.slim_when_final=true")
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "slim_when_final" in err[0]
+
+
+def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path) -> None:
+    """`prunecli lut` times a detector's core (at its native size); HALP prunes to it."""
+    table = tmp_path / "lut.json"
+    run_cli("lut", "model=ssd_tiny", "num_classes=10", "step=32", "repeats=1", "rounds=1",
+            "warmup=1", "check=false", f"out={table}", run_dir=tmp_path / "lut")
+    assert json.loads(table.read_text())["grids"]
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=256", "data.val_size=16",
+                  "trainer.epochs=3", "method=halp", "method.prune_steps=4",
+                  "method.prune_every=4", "cost=latency", f"cost.table={table}",
+                  "cost.ratio=0.4", run_dir=tmp_path / "run")
+    results = read_results(run)
+    assert results["cost"] == "latency"
+    # a table timed in a second on a shared CPU is noisy: HALP lands near, not on, the target
+    # (0.595-0.641 seen here); the MACs tests above check landing on a budget exactly
+    assert results["cost_target"] == pytest.approx(0.6) and results["cost_kept"] < 0.75
+    assert results["slim_max_diff"] < 1e-5

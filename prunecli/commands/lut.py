@@ -31,8 +31,6 @@ def default_out(cfg: DictConfig, device_type: str) -> Path:
 
 
 def _validate(cfg: DictConfig) -> None:
-    if len(cfg.input_size) != 3:
-        raise ConfigError(f"input_size={list(cfg.input_size)} must be [C, H, W]")
     for key in ("batch_size", "step", "repeats", "rounds"):
         if cfg[key] < 1:
             raise ConfigError(f"{key}={cfg[key]} must be at least 1")
@@ -46,10 +44,12 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     from prunecli.bench.timing import DTYPES
+    from prunecli.commands.common import model_input
     from prunecli.cost.latency_build import build_table, check_table
     from prunecli.cost.latency_model import model_fingerprint
     from prunecli.engine.distributed import resolve_device
     from prunecli.models import build_model
+    from prunecli.models.detection import core_of
     from prunecli.structure import trace_structure
 
     _validate(cfg)
@@ -60,9 +60,12 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     if cfg.dtype == "fp16" and device.type != "cuda":
         raise ConfigError("dtype=fp16 is for CUDA; on the CPU use dtype=bf16 or fp32")
-    model = build_model(OmegaConf.to_container(cfg.model), num_classes=cfg.num_classes,
-                        in_chans=cfg.input_size[0]).eval()
-    structure = trace_structure(model, torch.randn(1, *cfg.input_size))
+    shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
+    cfg.input_size = list(shape)  # the report names the size it measured at
+    built = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
+                        in_chans=shape[0]).eval()
+    model = core_of(built)  # a detector: its core, what pruning slims and the budget counts
+    structure = trace_structure(model, torch.randn(1, *shape))
     out = Path(cfg.out) if cfg.out else default_out(cfg, device.type)
     console = rich.get_console()
     before = _points_in(out) if cfg.resume else 0

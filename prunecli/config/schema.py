@@ -199,8 +199,9 @@ class LutConfig:
     """``prunecli lut model=NAME``: measure a latency table on this device (cost=latency)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    input_size: list[int] = field(default_factory=lambda: [3, 224, 224])  # C, H, W
-    num_classes: int = 1000
+    # C, H, W; None: a detector's native size (its core is timed), else 3x224x224
+    input_size: Optional[list[int]] = None
+    num_classes: Optional[int] = None  # None: 1000, or 80 for a detector
     batch_size: int = 1  # latency is measured at this batch size
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "fp32"  # fp32 | bf16 | fp16 (CUDA)
