@@ -220,7 +220,7 @@ def test_core_traces(name: str) -> None:
 @pytest.mark.parametrize(
     "name",
     ["ssd_tiny", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
-     "fasterrcnn_mobilenet_v3_large_fpn", "ssd300_vgg16"],
+     "fasterrcnn_mobilenet_v3_large_fpn", "ssd300_vgg16", "ssd300_resnet50"],
 )  # fmt: skip
 def test_slimmed_core_gives_the_masked_detectors_outputs(name: str) -> None:
     det = copy.deepcopy(_cached(name))
@@ -243,6 +243,23 @@ def test_slimmed_core_gives_the_masked_detectors_outputs(name: str) -> None:
     slimmed = small.train()(x, targets)
     _assert_same_losses(masked, slimmed)
     sum(slimmed.values()).backward()
+    masker.remove()
+
+
+def test_ssd512_core_slims_exactly() -> None:
+    """SMCP's detector, core only (one 512x512 image; the full-detector check above is too
+    slow for it): the slimmed core gives the masked core's head tensors."""
+    det = copy.deepcopy(_cached("ssd512_resnet50")).eval()
+    _randomise_norms(det)
+    x = det.normalise(_images(1, 512))
+    structure = trace_structure(det.core, x)
+    keep = random_keep(structure, 0.7, torch.Generator().manual_seed(4))
+    small = slim(copy.deepcopy(det), structure, keep)
+    masker = ChannelMasker(det.core, structure)
+    masker.set_keep(keep)
+    with torch.no_grad():
+        for a, b in zip(det.core(x), small.core(x), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
     masker.remove()
 
 
