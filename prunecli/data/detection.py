@@ -18,6 +18,7 @@ Evaluation reads the ground truth in original coordinates from :meth:`DetectionD
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,22 +31,25 @@ from prunecli.metrics.types import ImageAnnotations
 Target = dict[str, Any]
 
 
-class DetectionDataset(Dataset):
+class DetectionDataset(Dataset, ABC):
     """Base of the detection datasets: ``class_names`` (K names, index i is label i + 1), samples
     as described in the module docstring, and the ground truth of every image."""
 
     class_names: list[str]
 
-    def __len__(self) -> int:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int:
+        ...
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Target]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def __getitem__(self, index: int) -> tuple[Tensor, Target]:
+        ...
 
-    def ground_truth(self, index: int) -> ImageAnnotations:  # pragma: no cover - abstract
+    @abstractmethod
+    def ground_truth(self, index: int) -> ImageAnnotations:
         """The annotations of sample ``index`` in original pixel coordinates, ignored objects
         included and flagged; ``image_id`` must equal ``index``."""
-        raise NotImplementedError
+        ...
 
 
 def detection_base(dataset: Dataset) -> tuple[DetectionDataset, list[int]]:

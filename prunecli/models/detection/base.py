@@ -24,6 +24,7 @@ torchvision's ``(N, sum HWA, C)`` layout, its anchor generators, ``compute_loss`
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,7 @@ Target = dict[str, Tensor]
 Detections = list[dict[str, Tensor]]
 
 
-class DetectorCore(nn.Module):
+class DetectorCore(nn.Module, ABC):
     """Normalised images -> flat tuple of per-level head maps (see the module docstring).
 
     Subclasses set ``output_names`` (one name per output) and ``final_convs`` (core-relative
@@ -49,8 +50,9 @@ class DetectorCore(nn.Module):
     output_names: tuple[str, ...] = ()
     final_convs: tuple[str, ...] = ()
 
-    def forward(self, x: Tensor) -> tuple[Tensor, ...]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        ...
 
 
 def flatten_levels(maps: Sequence[Tensor], columns: int) -> Tensor:
@@ -71,7 +73,7 @@ def last_conv(module: nn.Module, prefix: str) -> str:
     return f"{prefix}.{names[-1]}" if names[-1] else prefix
 
 
-class Detector(nn.Module):
+class Detector(nn.Module, ABC):
     """A detector on ``N x 3 x H x W`` batches in [0, 1] (``H = W = input_size`` natively).
 
     Training mode: ``forward(images, targets)`` returns torchvision's loss dict. Eval mode:
@@ -101,19 +103,22 @@ class Detector(nn.Module):
         object.__setattr__(self, "_core", self.build_core(net))
 
     # ------------------------------------------------------------------ to implement
-    def build_core(self, net: nn.Module) -> DetectorCore:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def build_core(self, net: nn.Module) -> DetectorCore:
+        ...
 
+    @abstractmethod
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
-    ) -> dict[str, Tensor] | Detections:  # pragma: no cover - abstract
+    ) -> dict[str, Tensor] | Detections:
         """Losses (training) or detections (eval) from the core's outputs."""
-        raise NotImplementedError
+        ...
 
-    def class_layers(self) -> tuple[str, ...]:  # pragma: no cover - abstract
+    @abstractmethod
+    def class_layers(self) -> tuple[str, ...]:
         """Detector-relative names of the modules whose shapes depend on the class count: the
         layers pretrained weights for another class count leave freshly initialised."""
-        raise NotImplementedError
+        ...
 
     # ------------------------------------------------------------------ common
     @property
