@@ -48,14 +48,16 @@ SCHEDULES: dict[str, list[str]] = {
 
 
 def run_one(method: str, ratio: float, epochs: int, runs: Path, reuse: bool,
-            extra: list[str]) -> dict:
+            extra: list[str], schedules: dict[str, list[str]] = SCHEDULES,
+            metric: str = "top1") -> dict:
+    """One ``prunecli train`` process (``method=none``: the dense baseline); its results."""
     name = "dense" if method == "none" else f"{method}_{ratio:g}"
     out = runs / name
     if reuse and (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())
     cmd = [sys.executable, "-m", "prunecli", "train", f"method={method}",
            f"trainer.epochs={epochs}", "trainer.progress=false", f"hydra.run.dir={out}",
-           *([] if method == "none" else [f"cost.ratio={ratio}"]), *SCHEDULES.get(method, []),
+           *([] if method == "none" else [f"cost.ratio={ratio}"]), *schedules.get(method, []),
            *extra]
     print("$", " ".join(cmd[2:]), flush=True)
     t0 = time.time()
@@ -65,7 +67,7 @@ def run_one(method: str, ratio: float, epochs: int, runs: Path, reuse: bool,
         print(f"  FAILED ({proc.returncode}): {' | '.join(tail)}", flush=True)
         return {"method": method, "error": " ".join(tail), "ratio": ratio}
     r = json.loads((out / "results.json").read_text())
-    print(f"  top-1 {r['top1']:.2f}%  MACs {r['macs'] / 1e6:.2f} M  {time.time() - t0:.0f} s",
+    print(f"  {metric} {r[metric]:.2f}  MACs {r['macs'] / 1e6:.2f} M  {time.time() - t0:.0f} s",
           flush=True)
     return r
 

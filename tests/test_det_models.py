@@ -217,11 +217,11 @@ def test_core_traces(name: str) -> None:
 # --------------------------------------------------------------------------- exactness
 
 
-@pytest.mark.parametrize(
-    "name",
-    ["ssd_tiny", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
-     "fasterrcnn_mobilenet_v3_large_fpn", "ssd300_vgg16", "ssd300_resnet50"],
-)  # fmt: skip
+EXACT_SLIM = ["ssd_tiny", "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn",
+              "fasterrcnn_mobilenet_v3_large_fpn", "ssd300_vgg16", "ssd300_resnet50"]
+
+
+@pytest.mark.parametrize("name", EXACT_SLIM)
 def test_slimmed_core_gives_the_masked_detectors_outputs(name: str) -> None:
     det = copy.deepcopy(_cached(name))
     _randomise_norms(det)
@@ -244,6 +244,42 @@ def test_slimmed_core_gives_the_masked_detectors_outputs(name: str) -> None:
     _assert_same_losses(masked, slimmed)
     sum(slimmed.values()).backward()
     masker.remove()
+
+
+# the core-only check for the detectors the whole-detector check above leaves out
+CORE_ONLY_SLIM = ["ssdlite320_mobilenet_v3_large", "retinanet_resnet50_fpn",
+                  "fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
+                  "fasterrcnn_mobilenet_v3_large_320_fpn"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CORE_ONLY_SLIM)
+def test_slimmed_core_gives_the_masked_cores_outputs(name: str) -> None:
+    """Random keep-sets, norms randomised: the slimmed core gives the masked core's head
+    tensors (backbone, FPN laterals and top-down adds, shared heads)."""
+    det = copy.deepcopy(_cached(name)).eval()
+    _randomise_norms(det)
+    x = det.normalise(_images(2, _size(name), seed=5))
+    structure = trace_structure(det.core, x[:1])
+    keep = random_keep(structure, 0.6, torch.Generator().manual_seed(7))
+    small = slim(copy.deepcopy(det), structure, keep)
+    assert sum(p.numel() for p in small.core.parameters()) < \
+        sum(p.numel() for p in det.core.parameters())
+    masker = ChannelMasker(det.core, structure)
+    masker.set_keep(keep)
+    with torch.no_grad():
+        for a, b in zip(det.core(x), small.core(x), strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    masker.remove()
+
+
+def test_every_registered_detector_has_an_exact_slim_test() -> None:
+    from prunecli.models.detection.torchvision_det import torchvision_det_names
+    from prunecli.models.registry import MODELS
+
+    own = [n for n in MODELS.names() if getattr(MODELS.get(n), "is_detector", False)]
+    tested = {*EXACT_SLIM, *CORE_ONLY_SLIM, "ssd512_resnet50"}
+    assert tested == {*own, *torchvision_det_names()}
+    assert sorted(TV_NAMES) == torchvision_det_names()
 
 
 def test_ssd512_core_slims_exactly() -> None:

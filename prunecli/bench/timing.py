@@ -80,10 +80,20 @@ def _p90(values: list[float]) -> float:
 def time_interleaved(models: dict[str, Callable[[torch.Tensor], torch.Tensor]],
                      input_shape: Sequence[int], batch: int, device: torch.device,
                      dtype: str = "fp32", channels_last: bool = False, warmup: int = 10,
-                     repeats: int = 50, unit_input: bool = False) -> dict[str, Timing]:
+                     repeats: int = 50, unit_input: bool = False,
+                     inputs: torch.Tensor | None = None) -> dict[str, Timing]:
     """Median and p90 latency of each model at ``batch``, their calls interleaved; the input is
-    standard normal, or uniform in [0, 1] with ``unit_input`` (images, for detectors)."""
-    x = _make_input(input_shape, batch, device, dtype, channels_last, unit_input)
+    standard normal, or uniform in [0, 1] with ``unit_input`` (images, for detectors), or the
+    first ``batch`` of ``inputs`` (real images: a detector's post-processing time depends on
+    how many boxes pass its score threshold, which noise does not show)."""
+    if inputs is not None:
+        if len(inputs) < batch:
+            raise ConfigError(f"{len(inputs)} inputs given for batch {batch}")
+        fmt = torch.channels_last if channels_last and inputs.ndim == 4 else \
+            torch.contiguous_format
+        x = inputs[:batch].to(device=device, dtype=DTYPES[dtype], memory_format=fmt)
+    else:
+        x = _make_input(input_shape, batch, device, dtype, channels_last, unit_input)
     timer = _timer(device)
     for _ in range(max(1, warmup)):
         for fn in models.values():
