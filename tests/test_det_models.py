@@ -272,6 +272,29 @@ def test_slimmed_core_gives_the_masked_cores_outputs(name: str) -> None:
     masker.remove()
 
 
+@pytest.mark.parametrize("name", ["ssd_tiny", "retinanet_resnet50_fpn"])
+def test_dropping_whole_residual_branches_of_a_detector(name: str) -> None:
+    """``method.layer_drop``: empty keep-sets for droppable groups (residual branches of the
+    backbone) replace their layers by stand-ins inside the detector, which gives the masked
+    detector's detections."""
+    det = copy.deepcopy(_cached(name)).eval()
+    _randomise_norms(det)
+    _low_threshold(det)
+    x = _images(2, _size(name), seed=2)
+    structure = trace_structure(det.core, det.normalise(x[:1]))
+    keep = random_keep(structure, 0.7, torch.Generator().manual_seed(1))
+    dropped = structure.droppable_groups[:3]
+    assert dropped
+    for g in dropped:
+        keep[g.id] = torch.zeros(0, dtype=torch.long)
+    small = slim(det, structure, keep)
+    masker = ChannelMasker(det.core, structure)
+    masker.set_keep(keep)
+    with torch.no_grad():
+        _assert_same_detections(det(x), small(x))
+    masker.remove()
+
+
 def test_every_registered_detector_has_an_exact_slim_test() -> None:
     from prunecli.models.detection.torchvision_det import torchvision_det_names
     from prunecli.models.registry import MODELS

@@ -77,10 +77,6 @@ class PruningMethod(TrainingHooks):
         # a detector is pruned in its core (backbone, neck, heads): anchors, box coding and
         # post-processing read only the head outputs, whose channels are never pruned
         net, x = ctx.net, ctx.net_input()
-        if net is not ctx.model and cfg_get(self.cfg, "slim_when_final", False):
-            raise ConfigError("method.slim_when_final=true is not supported for detectors yet "
-                              "(the optimizer state is not carried into a slimmed core); "
-                              "leave it off: the run still ends with the slimmed detector")
         self.structure = trace_structure(net, x,
                                          ignore=list(cfg_get(self.cfg, "ignore", []) or []))
         if not self.structure.prunable_groups:
@@ -265,7 +261,7 @@ class PruningMethod(TrainingHooks):
         dense = copy.deepcopy(model)
         strip_all_masks(dense)
         self.strip_extras(dense)
-        slim(core_of(dense), self.structure, keep, inplace=True, log=log)
+        slim(dense, self.structure, keep, inplace=True, log=log)  # a detector: in its core
         return dense.eval()
 
     @torch.no_grad()

@@ -129,9 +129,10 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
     an empty keep-set (a droppable group, ``method.layer_drop``) replaces the layers it empties
     by zero-cost stand-ins that compute exactly what the masked model did.
 
-    ``log`` (optional) receives, per state-dict name, the slices that made each sliced tensor
-    from the dense one: what moves optimizer state to the slim model, and scatters a slim
-    state back into dense shapes (:mod:`prunecli.structure.unslim`).
+    ``log`` (optional) receives, per state-dict name of ``model`` (a detector's, not its
+    core's), the slices that made each sliced tensor from the dense one: what moves optimizer
+    state to the slim model, and scatters a slim state back into dense shapes
+    (:mod:`prunecli.structure.unslim`).
     """
     from prunecli.models.detection import core_of
 
@@ -139,6 +140,35 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
     whole = model if inplace else copy.deepcopy(model)
     strip_all_masks(whole)
     model = core_of(whole)  # a detector is slimmed in its core, the structure's namespace
+    if log is not None and model is not whole:
+        core_log: SliceLog = {}
+        _slim_core(model, structure, idx, core_log)
+        log.update(_names_in_whole(whole, core_log))
+    else:
+        _slim_core(model, structure, idx, log)
+    return whole
+
+
+def _names_in_whole(whole: nn.Module, core_log: SliceLog) -> SliceLog:
+    """``core_log`` with its core-relative names (``backbone.conv.weight``) renamed to the
+    whole model's state-dict names (``net.backbone.conv.weight``)."""
+    from prunecli.models.detection import names_in_core
+
+    to_whole: dict[str, str] = {}
+    for in_whole, in_core in names_in_core(whole).items():
+        to_whole.setdefault(in_core, in_whole)
+    out: SliceLog = {}
+    for name, ops in core_log.items():
+        module, _, attr = name.rpartition(".")
+        if module not in to_whole:
+            raise PrunecliError(f"slim: {name} of the core is no tensor of the whole model")
+        out[f"{to_whole[module]}.{attr}" if to_whole[module] else attr] = ops
+    return out
+
+
+def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, torch.Tensor],
+               log: SliceLog | None) -> None:
+    """Slim ``model`` (the traced network itself) in place."""
     modules = dict(model.named_modules())
     dropped = {g for g, i in idx.items() if i.numel() == 0}
     for role in structure.roles.values():
@@ -163,7 +193,6 @@ def slim(model: nn.Module, structure: ChannelStructure, keep: KeepSpec,
         old = getattr(owner, p.attr)
         dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
         _take(owner, p.attr, index, dim, log, p.module)
-    return whole
 
 
 @torch.no_grad()
