@@ -92,15 +92,20 @@ def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:
     assert read_results(resumed)["map"] == read_results(whole)["map"]
 
 
-def test_torchrun_two_processes_count_every_image_once(tmp_path: Path) -> None:
+def test_torchrun_two_processes_prune_and_count_every_image_once(tmp_path: Path) -> None:
+    """DDP on 2 CPU processes with a pruning method: the run lands on its budget, its slimmed
+    detector equals the masked one, and the evaluation counts every test scene once."""
     out = tmp_path / "ddp"
     # 25 test scenes over 2 ranks: the sampler pads one rank, the metric must not see it twice
-    proc = torchrun_train(*SMALL_DEMO, "data.val_size=25", f"hydra.run.dir={out}",
+    proc = torchrun_train(*SMALL_DEMO, "data.val_size=25", "trainer.epochs=2", "method=taylor",
+                          "cost.ratio=0.5", "method.prune_every=1", f"hydra.run.dir={out}",
                           cwd=tmp_path, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = read_results(out)
     assert results["world_size"] == 2
     assert _epochs(out)[-1]["val_images"] == 25
+    assert results["cost_kept"] == pytest.approx(0.5, abs=0.01)
+    assert results["slim_max_diff"] < 1e-5 and results["slim_map"] == results["map"]
 
 
 class _Oracle(nn.Module):
