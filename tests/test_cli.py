@@ -151,7 +151,9 @@ def test_killed_run_resumes_to_the_end(tmp_path: Path) -> None:
     proc.wait()
     done = torch.load(out / "last.pt", weights_only=True)["epoch"]
     assert 2 <= done < 40, "the run must be killed part-way"
-    resumed = console_script("train", *args, f"resume={out}", f"hydra.run.dir={tmp_path / 'r'}",
+    # resumed as the README says, nothing else typed: the run's 40 epochs (not the default),
+    # its data and settings come from the checkpoint
+    resumed = console_script("train", f"resume={out}", f"hydra.run.dir={tmp_path / 'r'}",
                              cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_results(tmp_path / "r")["epochs"] == 40

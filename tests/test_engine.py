@@ -141,6 +141,24 @@ def test_resume_takes_the_checkpoint_config(tmp_path: Path) -> None:
     assert trainer.cfg.optim.lr == 0.01
 
 
+def test_resume_takes_run_keys_from_the_command_line_only_where_typed() -> None:
+    """A default must not override the run's own epochs or data folder; a typed value does;
+    how this session runs (progress, where to stop) is always today's."""
+    from prunecli.engine.trainer import merge_resume_config
+
+    saved = OmegaConf.to_container(make_cfg("trainer.epochs=6", "trainer.threads=1",
+                                            "trainer.stop_after_epoch=2"), resolve=True)
+    current = make_cfg("resume=RUN", "trainer.progress=false")  # epochs: the default
+    merged = merge_resume_config(current, saved, typed={"resume", "trainer.progress"})
+    assert merged.trainer.epochs == 6 and merged.trainer.threads == 1
+    assert merged.trainer.stop_after_epoch is None and merged.resume == "RUN"
+    assert merged.trainer.progress is False
+    longer = make_cfg("resume=RUN", "trainer.epochs=9")
+    assert merge_resume_config(longer, saved, typed={"resume", "trainer.epochs"}
+                               ).trainer.epochs == 9
+    assert merge_resume_config(current, saved).trainer.epochs == current.trainer.epochs
+
+
 def test_resume_from_a_non_training_file_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="not a prunecli training checkpoint"):

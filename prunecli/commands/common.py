@@ -54,6 +54,11 @@ def task_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
+def typed_keys() -> set[str]:
+    """The config keys of :func:`task_overrides` (``+a.b=1``, ``~a.b`` -> ``a.b``)."""
+    return {o.lstrip("~+").split("=", 1)[0] for o in task_overrides()}
+
+
 def model_input(model_cfg: Any, input_size: Any, num_classes: int | None
                 ) -> tuple[tuple[int, ...], int]:
     """``(C, H, W)`` and the class count to build a model with when no data says them: the

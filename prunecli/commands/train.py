@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from prunecli.commands.common import run_dir, user_errors_as_one_line
+from prunecli.commands.common import run_dir, typed_keys, user_errors_as_one_line
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunecli.conf", config_name="train")
@@ -15,7 +15,7 @@ def main(cfg: DictConfig) -> float | None:
     from prunecli.report import report_run
 
     out = run_dir()
-    results = Trainer(cfg, out).fit()
+    results = Trainer(cfg, out, typed=typed_keys()).fit()
     if int(results.get("world_size", 1)) == 1 or _is_rank0():
         report_run(results, out, title=f"{results['model']} on {results['data']}")
     return results.get(results.get("metric", "top1"))  # the task's primary metric (sweepers)

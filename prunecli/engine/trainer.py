@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +42,30 @@ from prunecli.tasks import Task, build_task
 log = logging.getLogger("prunecli")
 
 # Keys a resumed run takes from the command line; everything else comes from the checkpoint.
-RUN_CONTROL_KEYS = (
-    "resume", "trainer.epochs", "trainer.device", "trainer.progress", "trainer.stop_after_epoch",
-    "trainer.log_every", "trainer.threads", "data.num_workers", "data.root",
-)
+# How this session runs (device, threads, logging, where to stop): always today's values.
+SESSION_KEYS = ("resume", "trainer.progress", "trainer.stop_after_epoch", "trainer.log_every")
+# What the run is, changeable on resume: today's value only where the user typed it (a default
+# must not shorten a 6-epoch run to the default 5, lose the data folder the run was given, or
+# change the thread count and with it the float rounding of a deterministic run).
+TYPED_KEYS = ("trainer.epochs", "trainer.device", "trainer.threads", "data.num_workers",
+              "data.root")
+RUN_CONTROL_KEYS = SESSION_KEYS + TYPED_KEYS
 
 
-def merge_resume_config(current: DictConfig, saved: dict[str, Any]) -> DictConfig:
-    """The saved run's config, with only the run-control keys taken from ``current``; other
-    differences are reported (a resumed run must train the same model the same way)."""
+def merge_resume_config(current: DictConfig, saved: dict[str, Any],
+                        typed: Collection[str] | None = None) -> DictConfig:
+    """The saved run's config, with the run-control keys taken from ``current`` (those of
+    :data:`TYPED_KEYS` only if they are in ``typed``, the keys on the command line; ``None``:
+    all of them, for a config built in Python); other differences are reported (a resumed run
+    must train the same model the same way)."""
     merged = OmegaConf.create(saved)
     for key in RUN_CONTROL_KEYS:
+        if key in TYPED_KEYS and typed is not None and key not in typed:
+            continue
         value = OmegaConf.select(current, key)
+        if key in TYPED_KEYS and value != OmegaConf.select(merged, key):
+            log.info("resume: %s=%s (the checkpoint's run had %s)", key, value,
+                     OmegaConf.select(merged, key))
         OmegaConf.update(merged, key, value, merge=False)
     cur, old = _flat(OmegaConf.to_container(current, resolve=True)), _flat(saved)
     diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] != old.get(k)]
@@ -79,9 +92,13 @@ class Trainer:
     rank 0 writes there.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: str | Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: str | Path,
+                 typed: Collection[str] | None = None) -> None:
+        """``typed``: the config keys the user set on the command line (see
+        :func:`merge_resume_config`); ``None`` for a config built in Python."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.typed = typed
         self.resume_state: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -91,7 +108,7 @@ class Trainer:
             self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume)
             state = ckpt_io.load_checkpoint(self.resume_path)
             ckpt_io.require_training_checkpoint(state, self.resume_path)
-            self.cfg = cfg = merge_resume_config(cfg, state["config"])
+            self.cfg = cfg = merge_resume_config(cfg, state["config"], self.typed)
             self.resume_state = state
         tcfg = cfg.trainer
         if tcfg.threads:
