@@ -122,6 +122,23 @@ class SharedConsumer(nn.Module):
         return self.head(self.shared(self.a(x)) + self.shared(self.b(x))).mean((2, 3))
 
 
+class PyramidSharedHead(nn.Module):
+    """An FPN-style detector in miniature: one head applied to two pyramid levels of different
+    sizes (RetinaNet, FCOS and the RPN share their heads this way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.down = nn.Sequential(nn.Conv2d(16, 16, 3, stride=4, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(16, 12, 3, padding=1), nn.ReLU())
+        self.out = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        big = self.stem(x)
+        small = self.down(big)
+        return self.out(self.head(big)), self.out(self.head(small))
+
+
 class FeatureOutput(nn.Module):
     """Returns an intermediate feature map: that group reaches the output and stays whole."""
 

@@ -13,6 +13,7 @@ from prunecli.cost import build_cost_model, count_macs, count_params
 from prunecli.errors import UnknownNameError
 from prunecli.models import build_model
 from prunecli.structure import random_keep, slim, trace_structure
+from tests.structure_nets import PyramidSharedHead
 
 X224 = torch.randn(1, 3, 224, 224)
 
@@ -103,3 +104,28 @@ def test_unknown_cost_is_a_clear_error(models) -> None:
     model, x = models["resnet20"]
     with pytest.raises(UnknownNameError, match="unknown cost 'latncy'"):
         build_cost_model("latncy", model, trace_structure(model, x), x)
+
+
+
+def test_a_layer_called_at_several_sizes_is_costed_at_each() -> None:
+    """A shared head runs at every level's size: its MACs and output memory are the sum over
+    its calls (not the last call's size times the call count)."""
+    torch.manual_seed(0)
+    model, x = PyramidSharedHead().eval(), torch.randn(1, 3, 32, 32)
+    s = trace_structure(model, x)
+    assert s.calls["head.0"] == 2 and s.positions["head.0"] == 32 * 32 + 8 * 8
+    macs = build_cost_model("macs", model, s, x)
+    assert macs.dense == count_macs(model, x)
+    keep = random_keep(s, 0.5, torch.Generator().manual_seed(0))
+    counts = {g: len(v) for g, v in keep.items()}
+    small = slim(model, s, keep)
+    assert macs.cost(counts) == count_macs(small, x) < macs.dense
+    memory = build_cost_model("memory", model, s, x)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: outputs.append(o.numel()))
+             for m in small.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        small(x)
+    for h in hooks:
+        h.remove()
+    assert memory.cost(counts) == 4 * (count_params(small) + sum(outputs))

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from prunecli.cost import build_cost_model, count_macs, count_params
 from prunecli.errors import CheckpointError, ConfigError, PrunecliError, UnknownNameError
 from prunecli.models import build_model, describe_models
 from prunecli.models.detection import (
@@ -129,6 +130,18 @@ def _assert_same_losses(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def _assert_costed_exactly(det: Detector, structure, keep: dict, small: Detector,
+                           x: torch.Tensor) -> None:
+    """The MACs and params cost models (which never run the model) predict the slimmed core's
+    counted cost: heads shared by pyramid levels are costed at every level's size."""
+    counts = {g: len(k) for g, k in keep.items()}
+    macs = build_cost_model("macs", det.core, structure, x)
+    params = build_cost_model("params", det.core, structure, x)
+    assert macs.terms.const == 0  # every conv modeled (GroupNorm params of whole heads aside)
+    assert macs.cost(counts) == count_macs(small.core, x)
+    assert params.cost(counts) == count_params(small.core)
+
+
 def _meta_outputs(det: Detector, size: int) -> tuple[torch.Tensor, ...]:
     """The core's output shapes at ``size`` without computing anything (meta tensors)."""
     core = det.core
@@ -233,6 +246,7 @@ def test_slimmed_core_gives_the_masked_detectors_outputs(name: str) -> None:
     small = copy.deepcopy(det)
     slim(small.core, structure, keep, inplace=True)  # edits the modules net shares
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in det.parameters())
+    _assert_costed_exactly(det, structure, keep, small, det.normalise(x[:1]))
     masker = ChannelMasker(det.core, structure)
     masker.set_keep(keep)
     with torch.no_grad():
@@ -264,6 +278,7 @@ def test_slimmed_core_gives_the_masked_cores_outputs(name: str) -> None:
     small = slim(copy.deepcopy(det), structure, keep)
     assert sum(p.numel() for p in small.core.parameters()) < \
         sum(p.numel() for p in det.core.parameters())
+    _assert_costed_exactly(det, structure, keep, small, x[:1])
     masker = ChannelMasker(det.core, structure)
     masker.set_keep(keep)
     with torch.no_grad():

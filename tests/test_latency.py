@@ -114,7 +114,8 @@ NETS = {"resnet20": resnet20, **{cls.__name__: (lambda cls=cls: (cls().eval(),
                                                                 torch.randn(1, 3, 16, 16)))
                                  for cls in (nets.Residual, nets.Concat, nets.Depthwise,
                                              nets.SqueezeExcite, nets.FlattenLinear,
-                                             nets.SharedConsumer, nets.UnknownOp)}}
+                                             nets.SharedConsumer, nets.UnknownOp,
+                                             nets.PyramidSharedHead)}}
 
 
 def _table_for(name: str, tmp_path: Path, curved: bool, fake_timing, step: int = 8):

@@ -63,29 +63,36 @@ class LayerSpec:
     c_in: int  # full input width (features)
     c_out: int  # full output width
     calls: int
-    out_positions: int  # output values per channel per sample (H*W; linear: its positions)
+    out_positions: int  # output values per channel per sample, all calls (H*W; linear: rows)
 
 
 def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerSpec]:
-    """The conv/linear/depthwise layers the traced structure knows, in trace order."""
+    """The conv/linear/depthwise layers the traced structure knows, in trace order; a layer
+    called at several input sizes (a head shared by pyramid levels) gives one spec per size,
+    each timed at its own signature."""
     modules = dict(model.named_modules())
     out = []
     for name, role in structure.roles.items():
         if role.kind not in MODELED or name not in structure.shapes:
             continue
-        in_shape, out_shape = structure.shapes[name]
         weights: dict[int, int] = {}
         for seg in role.in_segments:
             weights[seg.group] = weights.get(seg.group, 0) + seg.spatial
         c_in = sum(seg.length * seg.spatial for seg in role.in_segments)
-        c_out = c_in if role.kind == "depthwise" else int(out_shape[1 if role.kind != "linear"
-                                                                    else -1])
-        out_group = role.out_group if role.kind != "depthwise" else None
-        positions = math.prod(out_shape[2:]) if role.kind != "linear" else math.prod(
-            out_shape[1:-1])
-        out.append(LayerSpec(name, role.kind, signature_of(modules[name], role.kind, in_shape),
-                             tuple(sorted(weights.items())), out_group, int(c_in), c_out,
-                             int(structure.calls.get(name, 1)), int(positions)))
+        by_shape: dict[tuple, int] = {}  # (in, out) shape -> calls, in call order
+        for shapes in structure.call_shapes.get(name) or [structure.shapes[name]] * int(
+                structure.calls.get(name, 1)):
+            by_shape[shapes] = by_shape.get(shapes, 0) + 1
+        for (in_shape, out_shape), calls in by_shape.items():
+            c_out = c_in if role.kind == "depthwise" else int(
+                out_shape[1 if role.kind != "linear" else -1])
+            out_group = role.out_group if role.kind != "depthwise" else None
+            positions = math.prod(out_shape[2:]) if role.kind != "linear" else math.prod(
+                out_shape[1:-1])
+            out.append(LayerSpec(name, role.kind,
+                                 signature_of(modules[name], role.kind, in_shape),
+                                 tuple(sorted(weights.items())), out_group, int(c_in), c_out,
+                                 calls, int(positions) * calls))
     return out
 
 
@@ -166,7 +173,7 @@ class LatencyCostModel(CountsCost):
         per = np.zeros(len(self.structure.groups))
         fixed = 0.0
         for s in self.layers:
-            values = s.calls * s.out_positions
+            values = s.out_positions
             if s.kind == "depthwise":
                 for gid, w in s.in_weights:
                     per[gid] += values * w
@@ -226,7 +233,8 @@ class LatencyCostModel(CountsCost):
         for b in self._blocks:
             cin, cout = self._io(b, x)
             ms = b.latency(cin, cout, [self._names[i] for i in b.layer_ids])[0] * b.calls
-            out.update({self._names[i]: float(v) for i, v in zip(b.layer_ids, ms, strict=True)})
+            for i, v in zip(b.layer_ids, ms, strict=True):  # a layer at several sizes: summed
+                out[self._names[i]] = out.get(self._names[i], 0.0) + float(v)
         return out
 
     def channel_grid(self, group: int) -> np.ndarray:

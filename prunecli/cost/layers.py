@@ -3,8 +3,6 @@ be attributed to channel groups without running the model again."""
 
 from __future__ import annotations
 
-import math
-
 from torch import nn
 
 from prunecli.structure import ChannelStructure
@@ -14,15 +12,14 @@ def layer_macs(model: nn.Module, structure: ChannelStructure) -> dict[str, int]:
     """MACs per sample of every conv/linear the structure knows (all calls summed)."""
     modules = dict(model.named_modules())
     out: dict[str, int] = {}
-    batch = structure.input_shape[0] if structure.input_shape else 1
     for name, role in structure.roles.items():
         if role.kind not in ("conv", "linear", "depthwise") or name not in structure.shapes:
             continue
         m = modules[name]
         _, out_shape = structure.shapes[name]
         per_output = m.weight[0].numel()  # (in/groups) * kernel area, or in_features
-        out_elems = math.prod(out_shape) // max(1, batch)
-        out[name] = out_elems * per_output * structure.calls.get(name, 1)
+        channels = out_shape[-1] if role.kind == "linear" else out_shape[1]
+        out[name] = structure.positions[name] * channels * per_output  # all calls
     return out
 
 

@@ -120,22 +120,19 @@ class CostModel(CountsCost):
 # ---------------------------------------------------------------------------- building
 def _layer_geometry(model: nn.Module, structure: ChannelStructure
                     ) -> list[tuple[str, str, nn.Module, float]]:
-    """(name, kind, module, per-sample positions x kernel area x calls) for modeled layers."""
+    """(name, kind, module, per-sample output positions of all calls x kernel area) for
+    modeled layers."""
     modules = dict(model.named_modules())
-    batch = max(1, structure.input_shape[0])
     rows = []
     for name, role in structure.roles.items():
         m = modules[name]
-        calls = structure.calls.get(name, 1)
         if name not in structure.shapes:
             continue
-        _, out_shape = structure.shapes[name]
+        positions = structure.positions[name]  # all calls: a shared head runs at every level
         if role.kind in ("conv", "depthwise"):
-            positions = math.prod(out_shape[2:])
-            rows.append((name, role.kind, m, positions * math.prod(m.kernel_size) * calls))
+            rows.append((name, role.kind, m, positions * math.prod(m.kernel_size)))
         elif role.kind == "linear":
-            positions = math.prod(out_shape) // batch // m.out_features
-            rows.append((name, role.kind, m, positions * calls))
+            rows.append((name, role.kind, m, positions))
         else:
             rows.append((name, role.kind, m, 0.0))
     return rows
@@ -233,8 +230,7 @@ def _memory_model(model: nn.Module, structure: ChannelStructure, example: torch.
         if name not in structure.shapes or role.kind not in ("conv", "linear", "depthwise"):
             continue
         _, out_shape = structure.shapes[name]
-        per_channel = math.prod(out_shape[2:]) if len(out_shape) > 2 else 1
-        per_channel *= structure.calls.get(name, 1)
+        per_channel = structure.positions[name]  # all calls
         if role.kind == "depthwise":
             for seg in role.in_segments:
                 act[seg.group] += per_channel

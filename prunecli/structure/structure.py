@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import torch
@@ -33,12 +33,18 @@ class ChannelStructure:
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]
     calls: dict[str, int]
     ignore: tuple[str, ...] = ()
+    # output positions per channel and sample of each module, summed over its calls
+    positions: dict[str, int] = field(default_factory=dict)
+    # (input, output) shapes of each call of each module, in call order
+    call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = field(
+        default_factory=dict)
 
     @classmethod
     def from_trace(cls, result: TraceResult, input_shape: tuple[int, ...],
                    ignore: tuple[str, ...]) -> ChannelStructure:
         return cls(result.groups, result.roles, result.params, result.unknown_ops,
-                   tuple(input_shape), result.shapes, result.calls, tuple(ignore))
+                   tuple(input_shape), result.shapes, result.calls, tuple(ignore),
+                   result.positions, result.call_shapes)
 
     # ------------------------------------------------------------------ queries
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import operator
 from collections import defaultdict
 from dataclasses import dataclass
@@ -590,6 +591,10 @@ class TraceResult:
     unknown_ops: list[str]
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (in, out) shapes
     calls: dict[str, int]  # module -> number of calls in one forward
+    # module -> output positions per channel and sample, summed over its calls (a head shared
+    # by pyramid levels runs at every level's size: calls x one shape would be wrong)
+    positions: dict[str, int]
+    call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
 
 
 def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
@@ -665,17 +670,31 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
             "model input" in r for r in g.reasons) else f"space:{g.id}")
     _mark_droppable(an, gm, groups, roles, lambda space: gid[an.uf.find(space)])
     shapes, calls = {}, defaultdict(int)
+    positions, call_shapes = defaultdict(int), defaultdict(list)
     for node in gm.graph.nodes:
         if node.op == "call_module":
-            calls[str(node.target)] += 1
+            name = str(node.target)
+            calls[name] += 1
             src = _meta(node.args[0]) if node.args else None
             out = _meta(node)
             if src is not None and out is not None:
-                shapes[str(node.target)] = (tuple(src.shape), tuple(out.shape))
+                shapes[name] = (tuple(src.shape), tuple(out.shape))
+                call_shapes[name].append(shapes[name])
+                role = roles.get(name)
+                positions[name] += _positions(tuple(out.shape), role.kind if role else "")
     if an.unknown_ops:
         log.warning("channel structure: %d op kind(s) not understood, the channels they touch "
                     "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
-    return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls))
+    return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls),
+                       dict(positions), dict(call_shapes))
+
+
+def _positions(out_shape: tuple[int, ...], kind: str) -> int:
+    """Output values per channel and sample of one call: H x W for a conv (channel axis 1),
+    the leading axes between batch and features for a linear (channel axis last)."""
+    if kind == "linear":
+        return math.prod(out_shape[1:-1])
+    return math.prod(out_shape[2:])
 
 
 
