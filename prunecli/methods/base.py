@@ -239,6 +239,7 @@ class PruningMethod(TrainingHooks):
         summary["macs"] = count_macs(core_of(small), x)
         summary["params"] = count_params(core_of(small))
         summary["slim_max_diff"] = diff
+        self._check_cost(summary)
         if cfg_get(self.cfg, "eval_slim", True) and ctx.evaluate is not None:
             summary[f"slim_{self.metric}"] = ctx.evaluate(small).get(self.metric)
         if ctx.run_dir is not None and ctx.dist.is_main and cfg_get(self.cfg, "save_slim", True):
@@ -263,6 +264,17 @@ class PruningMethod(TrainingHooks):
         self.strip_extras(dense)
         slim(dense, self.structure, keep, inplace=True, log=log)  # a detector: in its core
         return dense.eval()
+
+    def _check_cost(self, summary: dict[str, Any]) -> None:
+        """The cost model never runs the network; the slimmed one was counted. For MACs and
+        params the two must agree: a gap means the budget was met on a wrong model."""
+        counted = {"macs": summary["macs"], "params": summary["params"]}.get(summary["cost"])
+        if counted is None or not summary.get("cost_pruned"):
+            return
+        if abs(counted - summary["cost_pruned"]) > 1e-3 * max(1.0, summary["cost_pruned"]):
+            log.warning("the %s cost model predicted %.4g for the pruned network, counting its "
+                        "slimmed version gives %.4g: the budget is not what it seems; please "
+                        "report this model", summary["cost"], summary["cost_pruned"], counted)
 
     @torch.no_grad()
     def _check_equal(self, masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
