@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -68,8 +69,16 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     p = resolve_checkpoint(path)
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as exc:
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():  # torch's refusal of a global in the pickle
+            raise CheckpointError(
+                f"checkpoint {p} holds pickled Python objects besides tensors and plain values "
+                f"({refused_global(exc)}): refused, loading them could run code; use a file "
+                "written by prunecli or torch.save of a state_dict") from None
+        raise CheckpointError(f"checkpoint {p} is corrupt or not a prunecli/torch checkpoint "
+                              f"({_first_line(exc)}); use an earlier checkpoint or retrain"
+                              ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"checkpoint {p} is corrupt or not a prunecli/torch checkpoint ({first}); "
@@ -78,6 +87,17 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {p} holds a {type(obj).__name__}, not a dict")
     return obj
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def refused_global(exc: BaseException) -> str:
+    """The object torch refused (``Unsupported global: GLOBAL builtins.exec ...``)."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return f"{match.group(1)} is not allowed" if match else "not allowed by weights_only"
 
 
 def require_training_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike[str]) -> None:

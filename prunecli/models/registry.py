@@ -196,10 +196,13 @@ def _read(path: str | Path) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" in str(exc).lower():
+            from prunecli.engine.checkpoint import refused_global
+
             raise CheckpointError(
-                f"model weights '{path}' hold Python objects, not only tensors (a pickled model?); "
-                "save model.state_dict() with torch.save instead."
-            ) from exc
+                f"model weights '{path}' hold pickled Python objects, not only tensors "
+                f"({refused_global(exc)}; a pickled model?): refused, loading them could run "
+                "code; save model.state_dict() with torch.save instead."
+            ) from None
         raise CheckpointError(_corrupt_message(path, exc)) from exc
     except Exception as exc:  # any failure to deserialise is a bad file, not a prunecli bug
         raise CheckpointError(_corrupt_message(path, exc)) from exc
