@@ -1,0 +1,325 @@
+"""A fuzzer for the channel tracer: random CNNs, random keep-sets, slim, compare.
+
+Each net is drawn from a seeded generator (the seed alone rebuilds it): convolutions with random
+widths, kernels and strides, grouped and depthwise convs, BatchNorm/GroupNorm, residual adds,
+concatenations, squeeze-excite gates, channel splits and chunks, channels-last MLPs (permute,
+Linear over the last axis, permute back), LayerNorm over channels, a conv module called on two
+tensors, element-wise products, ops the tracer does not know (roll, flip, cumsum over channels),
+pooling, and a head that pools or flattens into a Linear (sometimes two heads).
+
+For each net: trace, a random keep-set of every prunable group (norm statistics and affines
+randomised, so a wrongly sliced norm shows), slim, and compare the slimmed model's outputs with
+the masked model's. Every net must end one of two ways: **exact** (the slimmed outputs equal
+the masked ones to 1e-4 relative) or **whole** (nothing prunable; every group says why). Anything
+else is a finding: **wrong** (a slimmed model that computes something else), **crash** (an
+exception that is not a clear prunecli error), **timeout** (over ``--time-limit`` seconds).
+
+    python benchmarks/fuzz_structure.py --nets 2000 [--start 0] [--out benchmarks/results]
+
+writes ``fuzz_structure.md``; a failing seed is reproduced with ``--start SEED --nets 1 -v``.
+The test suite runs the first hundred seeds (tests/test_fuzz_structure.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import logging
+import random
+import signal
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunecli.errors import PrunecliError
+from prunecli.structure import ChannelMasker, random_keep, slim, trace_structure
+
+SIZE = 16  # input side
+OUTCOMES = ("exact", "whole", "wrong", "crash", "timeout")
+
+
+@dataclass
+class _Val:
+    """A tensor of the program: channels, side, and whether it is channels-first 4-D."""
+
+    channels: int
+    side: int
+
+
+class RandomNet(nn.Module):
+    """A random DAG of channel ops, fixed by ``seed``; ``forward`` runs its program."""
+
+    def __init__(self, seed: int, ops: int | None = None) -> None:
+        super().__init__()
+        self.rng = random.Random(seed)
+        self.layers = nn.ModuleList()
+        self.program: list[tuple] = []
+        self.vals = [_Val(3, SIZE)]
+        for _ in range(ops or self.rng.randint(3, 12)):
+            self._add_op()
+        self.heads = self._add_heads()
+        self.log = [p[0] for p in self.program]
+        del self.rng
+
+    # ------------------------------------------------------------------ building
+    def _layer(self, m: nn.Module) -> int:
+        self.layers.append(m)
+        return len(self.layers) - 1
+
+    def _emit(self, op: str, ins: tuple[int, ...], val: _Val, *args: object) -> int:
+        self.program.append((op, ins, *args))
+        self.vals.append(val)
+        return len(self.vals) - 1
+
+    def _pick(self, want: list[int] | None = None) -> int:
+        pool = want if want is not None else list(range(len(self.vals)))
+        recent = pool[-4:]  # mostly the latest values: deep chains, some skips
+        return self.rng.choice(recent if self.rng.random() < 0.8 else pool)
+
+    def _width(self) -> int:
+        return self.rng.randint(2, 24)
+
+    def _conv(self, i: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1,
+              norm: bool = True) -> int:
+        v = self.vals[i]
+        mods: list[nn.Module] = [nn.Conv2d(v.channels, cout, k, stride, k // 2, groups=groups,
+                                           bias=self.rng.random() < 0.5)]
+        if norm and self.rng.random() < 0.7:
+            mods.append(nn.BatchNorm2d(cout))
+        if self.rng.random() < 0.8:
+            mods.append(nn.ReLU())
+        side = (v.side + 2 * (k // 2) - k) // stride + 1
+        return self._emit("mod", (i,), _Val(cout, side), self._layer(nn.Sequential(*mods)))
+
+    def _add_op(self) -> None:
+        r = self.rng
+        i = self._pick()
+        v = self.vals[i]
+        kind = r.choice(["conv", "conv", "conv", "grouped", "dw", "res", "add", "cat", "se",
+                         "split", "chunk", "mlp", "ln", "shared", "mul", "unknown", "pool",
+                         "gn"])
+        if kind == "conv" or v.channels < 2 and kind in ("grouped", "dw", "split", "chunk"):
+            stride = 2 if v.side >= 4 and r.random() < 0.25 else 1
+            self._conv(i, self._width(), r.choice([1, 3]), stride)
+        elif kind == "grouped":
+            g = r.choice([d for d in range(2, v.channels + 1) if v.channels % d == 0])
+            self._conv(i, g * r.randint(1, 4), r.choice([1, 3]), 1, groups=g)
+        elif kind == "dw":
+            self._conv(i, v.channels, 3, 1, groups=v.channels)
+        elif kind == "res":  # a residual branch back to the same width
+            mid = self._conv(i, self._width())
+            j = self._conv(mid, v.channels, norm=True)
+            self._emit("add", (i, j), _Val(v.channels, v.side))
+        elif kind == "add":
+            same = [j for j, w in enumerate(self.vals) if j != i and w == v]
+            if same:
+                self._emit("add", (i, r.choice(same)), _Val(v.channels, v.side))
+            else:
+                j = self._conv(i, v.channels, 1)
+                self._emit("add", (i, j), _Val(v.channels, v.side))
+        elif kind == "cat":
+            same = [j for j, w in enumerate(self.vals) if w.side == v.side and j > 0]
+            j = r.choice(same) if same else i
+            self._emit("cat", (i, j), _Val(v.channels + self.vals[j].channels, v.side))
+        elif kind == "se":
+            mid = max(1, v.channels // 4)
+            fc1, fc2 = nn.Conv2d(v.channels, mid, 1), nn.Conv2d(mid, v.channels, 1)
+            self._emit("se", (i,), _Val(v.channels, v.side), self._layer(fc1), self._layer(fc2))
+        elif kind == "split":
+            a = r.randint(1, v.channels - 1)
+            self._emit("split", (i,), _Val(a, v.side), a, 0)
+            if r.random() < 0.5:
+                self._emit("split", (i,), _Val(v.channels - a, v.side), a, 1)
+        elif kind == "chunk":
+            if v.channels % 2 == 0:
+                self._emit("chunk", (i,), _Val(v.channels // 2, v.side), r.randint(0, 1))
+        elif kind == "mlp":  # channels-last MLP: permute, Linear over the last axis, back
+            out = self._width()
+            self._emit("mlp", (i,), _Val(out, v.side), self._layer(nn.Linear(v.channels, out)))
+        elif kind == "ln":
+            self._emit("ln", (i,), _Val(v.channels, v.side),
+                       self._layer(nn.LayerNorm(v.channels)))
+        elif kind == "shared":  # one conv module called on two tensors of the same width
+            others = [j for j, w in enumerate(self.vals) if w.channels == v.channels and j != i]
+            j = r.choice(others) if others else i
+            conv = self._layer(nn.Conv2d(v.channels, self._width(), 3, 1, 1))
+            out = self.layers[conv].out_channels
+            self._emit("mod", (i,), _Val(out, v.side), conv)
+            self._emit("mod", (j,), _Val(out, self.vals[j].side), conv)
+        elif kind == "mul":
+            same = [j for j, w in enumerate(self.vals) if w == v]
+            self._emit("mul", (i, r.choice(same)), _Val(v.channels, v.side))
+        elif kind == "unknown":
+            self._emit("unknown", (i,), _Val(v.channels, v.side), r.choice(["roll", "flip",
+                                                                           "cumsum"]))
+        elif kind == "pool":
+            if v.side >= 2:
+                self._emit("pool", (i,), _Val(v.channels, v.side // 2))
+        elif kind == "gn":
+            g = r.choice([d for d in range(1, v.channels + 1) if v.channels % d == 0])
+            self._emit("mod", (i,), _Val(v.channels, v.side),
+                       self._layer(nn.GroupNorm(g, v.channels)))
+
+    def _add_heads(self) -> list[tuple[int, int, str]]:
+        heads = []
+        for _ in range(1 if self.rng.random() < 0.8 else 2):
+            i = self._pick()
+            v = self.vals[i]
+            how = "pool" if v.side > 4 or self.rng.random() < 0.5 else "flatten"
+            features = v.channels if how == "pool" else v.channels * v.side * v.side
+            heads.append((i, self._layer(nn.Linear(features, 5)), how))
+        return heads
+
+    # ------------------------------------------------------------------ running
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        vals = [x]
+        for op, ins, *args in self.program:
+            a = vals[ins[0]]
+            if op == "mod":
+                y = self.layers[args[0]](a)
+            elif op == "add":
+                y = a + vals[ins[1]]
+            elif op == "mul":
+                y = a * vals[ins[1]]
+            elif op == "cat":
+                y = torch.cat([a, vals[ins[1]]], dim=1)
+            elif op == "se":
+                s = F.relu(self.layers[args[0]](a.mean((2, 3), keepdim=True)))
+                y = a * torch.sigmoid(self.layers[args[1]](s))
+            elif op == "split":
+                y = torch.split(a, [args[0], a.shape[1] - args[0]], dim=1)[args[1]]
+            elif op == "chunk":
+                y = a.chunk(2, dim=1)[args[0]]
+            elif op in ("mlp", "ln"):  # a Linear / LayerNorm over channels-last tensors
+                y = self.layers[args[0]](a.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            elif op == "unknown":
+                y = {"roll": lambda t: torch.roll(t, 1, dims=1), "flip": lambda t: t.flip(1),
+                     "cumsum": lambda t: torch.cumsum(t, dim=1)}[args[0]](a)
+            elif op == "pool":
+                y = F.max_pool2d(a, 2)
+            else:
+                raise ValueError(op)
+            vals.append(y)
+        outs = []
+        for i, layer, how in self.heads:
+            v = vals[i]
+            flat = v.mean((2, 3)) if how == "pool" else torch.flatten(v, 1)
+            outs.append(self.layers[layer](flat))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def randomise_norms(model: nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+        if isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm):
+            m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
+
+
+def _outputs(out: torch.Tensor | tuple) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def check(seed: int, time_limit: float = 20.0) -> tuple[str, str]:
+    """(outcome, detail) of net ``seed``: see the module docstring."""
+    def alarm(*_: object) -> None:
+        raise _Timeout
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, time_limit)
+    try:
+        torch.manual_seed(seed)
+        model = RandomNet(seed).eval()
+        randomise_norms(model, seed)
+        x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))
+        structure = trace_structure(model, x[:1])
+        if not structure.prunable_groups:
+            silent = [g.id for g in structure.groups if not g.reasons]
+            return ("whole", "") if not silent else ("wrong", f"groups {silent} lack a reason")
+        keep = random_keep(structure, random.Random(seed).uniform(0.2, 0.9),
+                           torch.Generator().manual_seed(seed))
+        small = slim(model, structure, keep)
+        masker = ChannelMasker(model, structure)
+        masker.set_keep(keep)
+        with torch.no_grad():
+            masked, slimmed = _outputs(model(x)), _outputs(small(x))
+        masker.remove()
+        worst = 0.0
+        for a, b in zip(masked, slimmed, strict=True):
+            if a.shape != b.shape:
+                return "wrong", f"output shape {tuple(b.shape)} != {tuple(a.shape)}"
+            worst = max(worst, float((a - b).abs().max() / a.abs().max().clamp_min(1e-6)))
+        if worst > 1e-4:
+            return "wrong", f"max relative difference {worst:.2e}"
+        return "exact", f"{len(structure.prunable_groups)} groups pruned"
+    except _Timeout:
+        return "timeout", f"over {time_limit:g} s"
+    except PrunecliError as exc:  # a clear refusal is a stated reason, not a wrong model
+        return "whole", f"refused: {str(exc).splitlines()[0][:120]}"
+    except Exception as exc:  # noqa: BLE001  (every other failure is a finding)
+        return "crash", f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--nets", type=int, default=2000)
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=20.0)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    logging.getLogger("prunecli").setLevel(logging.ERROR)  # unknown ops are expected here
+    counts: Counter[str] = Counter()
+    ops: Counter[str] = Counter()
+    findings = []
+    t0 = time.time()
+    for seed in range(args.start, args.start + args.nets):
+        outcome, detail = check(seed, args.time_limit)
+        counts[outcome] += 1
+        with contextlib.suppress(Exception):
+            ops.update(RandomNet(seed).log)
+        if outcome not in ("exact", "whole"):
+            findings.append((seed, outcome, detail))
+        if args.verbose:
+            print(seed, outcome, detail, flush=True)
+            if outcome == "crash":
+                traceback.print_exc()
+    wall = time.time() - t0
+    lines = [
+        "# Tracer fuzzing", "",
+        f"`python benchmarks/fuzz_structure.py --nets {args.nets} --start {args.start}` "
+        f"({dt.date.today()}, torch {torch.__version__}, {wall:.0f} s, "
+        f"{1000 * wall / max(1, args.nets):.0f} ms per net).", "",
+        "| outcome | nets |", "|---|---:|",
+        *[f"| {k} | {counts[k]} |" for k in OUTCOMES], "",
+        "Ops drawn: " + ", ".join(f"{k} {v}" for k, v in ops.most_common()) + ".", "",
+    ]
+    if findings:
+        lines += ["| seed | outcome | detail |", "|---:|---|---|",
+                  *[f"| {s} | {o} | {d} |" for s, o, d in findings[:50]], ""]
+    text = "\n".join(lines)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "fuzz_structure.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
