@@ -29,3 +29,7 @@ class DataError(PrunecliError):
 
 class CheckpointError(PrunecliError):
     """A checkpoint that is missing, corrupt or incompatible."""
+
+
+class DivergedError(PrunecliError, FloatingPointError):
+    """The training loss became NaN or Inf; the last checkpoint written before it is intact."""

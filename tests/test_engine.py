@@ -256,3 +256,40 @@ def test_training_learns_the_embedded_dataset(tmp_path: Path) -> None:
                    "optim.lr=0.05")
     results = Trainer(cfg, tmp_path).fit()
     assert results["top1"] > 60.0
+
+
+def test_a_nan_loss_mid_pruning_stops_with_one_line_and_keeps_the_good_checkpoint(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A NaN loss in epoch 2 of a Taylor run: exit 2 with one line naming the kept checkpoint;
+    last.pt is epoch 1's, with finite weights and method scores; resuming finishes the run."""
+    from prunecli.tasks.classification import ClassificationTask
+    from tests.conftest import read_results
+
+    real, calls = ClassificationTask.loss, {"n": 0}
+
+    def poisoned(self, model, inputs, targets):
+        loss, out = real(self, model, inputs, targets)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 8 else loss), out
+
+    monkeypatch.setattr(ClassificationTask, "loss", poisoned)
+    common = ("experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
+              "data.image_size=16", "trainer.epochs=3", "trainer.log_every=1", "method=taylor",
+              "cost.ratio=0.5", "method.prune_every=2", "method.finish_at=0.9")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli("train", *common, run_dir=run)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nan" in err[0] and f"{run / 'last.pt'} (epoch 1)" in err[0]
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    scores = [v for v in state["method"]["smooth"].values() if torch.is_tensor(v)] + [
+        t for d in state["method"]["smooth"].values() if isinstance(d, dict)
+        for t in d.values() if torch.is_tensor(t)]
+    assert scores and all(torch.isfinite(t).all() for t in scores)
+    monkeypatch.setattr(ClassificationTask, "loss", real)
+    resumed = run_cli("train", *common, f"resume={run}", run_dir=tmp_path / "resumed")
+    assert read_results(resumed)["cost_kept"] == pytest.approx(0.5, abs=0.02)

@@ -33,7 +33,7 @@ from prunecli.engine.precision import Precision
 from prunecli.engine.progress import make_progress
 from prunecli.engine.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 from prunecli.engine.slim_training import transfer_optimizer_state
-from prunecli.errors import ConfigError
+from prunecli.errors import ConfigError, DivergedError
 from prunecli.methods import build_method
 from prunecli.models import build_model
 from prunecli.models.detection import core_of, native_input_size
@@ -100,6 +100,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.typed = typed
         self.resume_state: dict[str, Any] | None = None
+        # the last checkpoint written (or resumed from) and its epoch
+        self._saved_epoch, self._saved_path = 0, Path(run_dir) / ckpt_io.LAST
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -257,7 +259,8 @@ class Trainer:
         if state.get("scaler"):
             self.precision.scaler.load_state_dict(state["scaler"])
         self.method.load_state_dict(state.get("method", {}))
-        self.start_epoch = int(state["epoch"])
+        self.start_epoch = self._saved_epoch = int(state["epoch"])
+        self._saved_path = self.resume_path
         self.ctx.step = int(state["step"])
         rngs = state.get("rng") or []
         if len(rngs) == self.dist.world_size:
@@ -370,10 +373,17 @@ class Trainer:
         return metrics
 
     def _check_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss.item()} in epoch {epoch + 1} (step {self.ctx.step});"
-                " lower optim.lr, add optim.warmup_epochs, or use trainer.precision=fp32")
+        """Stop at a NaN/Inf loss (checked when logging and at the epoch's end, the host syncs
+        the loop already has) before anything is saved: the last checkpoint stays the last
+        good state, model and method alike."""
+        if torch.isfinite(loss):
+            return
+        kept = (f"the last good checkpoint {self._saved_path} (epoch {self._saved_epoch}) is kept"
+                if self._saved_epoch else "no checkpoint was written yet")
+        raise DivergedError(
+            f"training loss became {loss.item()} in epoch {epoch + 1} (step {self.ctx.step}); "
+            f"{kept}; lower optim.lr, add optim.warmup_epochs or use trainer.precision=fp32, "
+            "then resume or restart")
 
     def _optimizer_step(self) -> None:
         ctx, scaler, tcfg = self.ctx, self.precision.scaler, self.cfg.trainer
@@ -427,6 +437,7 @@ class Trainer:
                               "class_names": self.data.class_names},
             }
             ckpt_io.save_atomic(state, self.run_dir / ckpt_io.LAST)
+        self._saved_epoch, self._saved_path = epochs_done, self.run_dir / ckpt_io.LAST
         barrier()
 
 
