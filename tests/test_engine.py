@@ -86,11 +86,56 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path: Path, monkeypat
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match="disk full.*previous file is intact"):
         ckpt_io.save_atomic({"epoch": 2}, path)
     monkeypatch.undo()
     assert ckpt_io.load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left behind
+
+    def read_only(src, dst):  # the rename refused (a read-only or vanished folder)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(ckpt_io.os, "replace", read_only)
+    with pytest.raises(CheckpointError, match="Permission denied"):
+        ckpt_io.save_atomic({"epoch": 3}, path)
+    monkeypatch.undo()
+    assert ckpt_io.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_full_disk_during_training_is_one_line_and_loses_nothing(
+        run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The second epoch's checkpoint cannot be written (ENOSPC): the run stops with one line,
+    epoch 1's last.pt is intact and no temp file is left; resuming finishes the run."""
+    import errno
+
+    from tests.conftest import read_results
+
+    real, writes = torch.save, {"n": 0}
+
+    def filling(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "optimizer" in obj:
+            writes["n"] += 1
+            if writes["n"] == 2:
+                f.write(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", filling)
+    common = ("experiment=smoke", "data.train_size=64", "data.val_size=32",
+              "data.image_size=16", "trainer.epochs=3", "method=taylor", "cost.ratio=0.5")
+    run = tmp_path / "run"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        run_cli("train", *common, run_dir=run)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and "intact" in err[0]
+    assert ckpt_io.load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(torch, "save", real)
+    resumed = run_cli("train", f"resume={run}", run_dir=tmp_path / "resumed")
+    assert read_results(resumed)["epochs"] == 3
 
 
 def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path: Path) -> None:

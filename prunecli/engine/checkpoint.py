@@ -24,21 +24,35 @@ CHECKPOINT_VERSION = 1
 
 
 def save_atomic(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temp file in the same folder, fsync, then rename over ``path``: a crash or a
+    failed write (disk full, read-only folder) never leaves a half file, and the previous
+    ``path`` stays as it was; a failed write is a one-line :class:`CheckpointError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, read-only or vanished folder: the old file is intact
+        _discard(tmp)
+        before = "the previous file is intact" if path.exists() else "nothing was written"
+        raise CheckpointError(
+            f"could not write {path} ({exc.strerror or exc}); {before}; free disk space or "
+            "write elsewhere (hydra.run.dir=...)") from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return path
+
+
+def _discard(tmp: str | None) -> None:
+    if tmp is not None:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _umask() -> int:
