@@ -114,3 +114,19 @@ def test_a_config_naming_code_builds_nothing(run_cli, genuine: Path, tmp_path: P
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
+
+
+def test_a_slim_file_with_missing_keys_names_them(genuine: Path, tmp_path: Path) -> None:
+    from prunecli.errors import CheckpointError
+    from prunecli.structure import load_slim
+
+    state = torch.load(genuine / "slim.pt", weights_only=True)
+    dropped = sorted(state["state_dict"])[:2]
+    for k in dropped:
+        del state["state_dict"][k]
+    bad = tmp_path / "incomplete.pt"
+    torch.save(state, bad)
+    with pytest.raises(CheckpointError) as info:
+        load_slim(bad)
+    assert str(bad) in str(info.value) and "2 missing key(s)" in str(info.value)
+    assert dropped[0] in str(info.value)

@@ -114,11 +114,21 @@ def load_slim(path: str | os.PathLike[str], map_location: str | torch.device = "
                               "was it written by another prunecli or model version?") from exc
     slim(core_of(dense), structure, keep, inplace=True)
     model = dense
+    expected, saved = set(model.state_dict()), set(state["state_dict"])
+    if expected != saved:
+        missing, extra = sorted(expected - saved), sorted(saved - expected)
+        what = "; ".join(f"{len(names)} {kind} key(s): {', '.join(names[:3])}"
+                         f"{', ...' if len(names) > 3 else ''}"
+                         for kind, names in (("missing", missing), ("unexpected", extra))
+                         if names)
+        raise CheckpointError(f"{path}: its weights do not fit the rebuilt slim model ({what}); "
+                              "the file is incomplete or from another model version")
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:200]
         raise CheckpointError(f"{path}: weights do not fit the rebuilt slim model "
-                              f"({str(exc).splitlines()[0]})") from exc
+                              f"({detail})") from None
     model.eval()
     return SlimModel(model, structure, keep, state["model_config"], state["num_classes"],
                      state["in_chans"], state.get("extra", {}))
