@@ -4,7 +4,9 @@ place of the layers it empties."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -195,6 +197,19 @@ def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, tor
         _take(owner, p.attr, index, dim, log, p.module)
 
 
+@contextlib.contextmanager
+def full_fp32_matmuls() -> Iterator[None]:
+    """TF32 off for CUDA convs and matmuls (PyTorch enables it for cuDNN convs by default): its
+    10-bit mantissa rounds the masked and the slimmed model differently, ~1e-3 apart, which
+    would hide (or fake) a slimming error in the exactness check."""
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 @torch.no_grad()
 def max_relative_difference(masked: nn.Module, small: nn.Module, x: torch.Tensor) -> float:
     """The largest ``max|a - b| / max|a|`` over the outputs of the pruned parts (a classifier's
@@ -202,7 +217,8 @@ def max_relative_difference(masked: nn.Module, small: nn.Module, x: torch.Tensor
     with."""
     from prunecli.models.detection import core_of
 
-    outs_a, outs_b = core_of(masked)(x), core_of(small)(x)
+    with full_fp32_matmuls():
+        outs_a, outs_b = core_of(masked)(x), core_of(small)(x)
     if isinstance(outs_a, torch.Tensor):
         outs_a, outs_b = (outs_a,), (outs_b,)
     return max(((a.float() - b.float()).abs().max() / a.float().abs().max().clamp_min(1e-12)
