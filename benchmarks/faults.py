@@ -10,12 +10,16 @@
   ended with weights identical to an unbroken run of the same command.
 - **a DDP rank dies** (torchrun, 2 CPU processes, gloo): one worker is SIGKILLed mid-run; the
   launcher must end within a bounded time (no hang) and the run resume from its checkpoint.
+- **disk full / write error** (simulated in this process: ``torch.save`` fails half-way with
+  ENOSPC at a random checkpoint, or the rename is refused as in a read-only folder): one line,
+  exit 2, the previous ``last.pt`` readable and unchanged, no temp file left.
+- **NaN loss** mid-pruning (simulated in this process at a random step): one line, exit 2,
+  ``last.pt`` is the last good epoch's, its weights and method scores finite.
 - **bad files**: a latency table of another model, a checkpoint of another model as
   ``model.weights=``, a slim file with missing keys, a truncated checkpoint: each must be one
   line naming the file (exit status 2), never a traceback.
 
-(Disk-full writes and NaN losses are simulated in-process by the test suite:
-tests/test_engine.py.) Writes ``faults.md``.
+Writes ``faults.md``.
 """
 
 from __future__ import annotations
@@ -148,6 +152,108 @@ def rank_death_trial(work: Path) -> tuple[bool, str]:
                 f"exit {resumed.returncode}")
 
 
+def in_process(*args: str) -> tuple[int, list[str]]:
+    """``prunecli ARGS`` in this process (so a fault can be patched in): exit code, stderr."""
+    import contextlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prunecli import cli
+
+    err, argv = io.StringIO(), sys.argv
+    sys.argv = ["prunecli", *args]
+    GlobalHydra.instance().clear()
+    try:
+        with contextlib.redirect_stderr(err):
+            cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    finally:
+        sys.argv = argv
+    return code, [line for line in err.getvalue().splitlines() if line.strip()]
+
+
+def _patched(obj: object, name: str, value: object):
+    import contextlib
+
+    @contextlib.contextmanager
+    def patch():
+        old = getattr(obj, name)
+        setattr(obj, name, value)
+        try:
+            yield
+        finally:
+            setattr(obj, name, old)
+    return patch()
+
+
+def write_fault_trial(work: Path, nth: int, rename: bool) -> tuple[bool, str]:
+    """The ``nth`` checkpoint write of a taylor run fails (half a file, ENOSPC) or its rename
+    is refused (EACCES)."""
+    import errno
+
+    from prunecli.engine import checkpoint as ckpt_io
+
+    run, real_save, real_replace, writes = work / "run", torch.save, os.replace, {"n": 0}
+
+    def save(obj, f, *a, **k):
+        if isinstance(obj, dict) and "optimizer" in obj:
+            writes["n"] += 1
+            if writes["n"] == nth and not rename:
+                f.write(b"half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    def replace(src, dst):
+        if writes["n"] == nth and rename:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_replace(src, dst)
+
+    with _patched(torch, "save", save), _patched(ckpt_io.os, "replace", replace):
+        code, err = in_process("train", *SMALL, *METHODS["taylor"], f"hydra.run.dir={run}")
+    last = run / "last.pt"
+    epoch = torch.load(last, weights_only=True)["epoch"] if last.exists() else 0
+    tmp = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    ok = code == 2 and len(err) == 1 and epoch == nth - 1 and not tmp
+    return ok, f"exit {code}, last.pt epoch {epoch}, temp files {len(tmp)}: {err[-1][:120]}"
+
+
+def nan_trial(work: Path, call: int) -> tuple[bool, str]:
+    """The training loss is NaN at forward call ``call`` of a taylor run (6 per epoch)."""
+    from prunecli.tasks.classification import ClassificationTask
+
+    real, calls, run = ClassificationTask.loss, {"n": 0}, work / "run"
+
+    def loss(self, model, inputs, targets):
+        value, out = real(self, model, inputs, targets)
+        calls["n"] += 1
+        return (value * float("nan") if calls["n"] == call else value), out
+
+    with _patched(ClassificationTask, "loss", loss):
+        code, err = in_process("train", *SMALL, *METHODS["taylor"], "trainer.log_every=1",
+                               f"hydra.run.dir={run}")
+    good_epoch = (call - 1) // 6
+    last = run / "last.pt"
+    state = torch.load(last, weights_only=True) if last.exists() else None
+    epoch = state["epoch"] if state else 0
+    tensors = [] if state is None else [*state["model"].values(), *_tensors(state["method"])]
+    finite = all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+    ok = code == 2 and len(err) == 1 and "nan" in err[0] and epoch == good_epoch and finite
+    return ok, f"NaN at step {call}: exit {code}, last.pt epoch {epoch}, finite {finite}"
+
+
+def _tensors(obj: object) -> list[torch.Tensor]:
+    if torch.is_tensor(obj):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
+
+
 def bad_file_trials(work: Path) -> list[tuple[str, bool, str]]:
     """(what, one clear line, the line)."""
     base = work / "base"
@@ -216,6 +322,10 @@ def main() -> None:
             print(f"kill {k} {method}: {'survived' if ok else 'LOST'} ({detail})", flush=True)
         ddp_ok, ddp_detail = rank_death_trial(work)
         print(f"rank death: {ddp_ok} ({ddp_detail})", flush=True)
+        writes = [(f"{'rename refused' if k % 2 else 'ENOSPC'} at write {1 + k // 2}",
+                   *write_fault_trial(work / f"write_{k}", 1 + k // 2, bool(k % 2)))
+                  for k in range(6)]
+        nans = [nan_trial(work / f"nan_{k}", rng.randint(2, 22)) for k in range(4)]
         bad = bad_file_trials(work)
     lines += ["| fault | trials | survived | data lost |", "|---|---:|---:|---:|",
               f"| kill -9 at a random moment | {sum(1 for k in kills if not k[1])} | "
@@ -225,11 +335,18 @@ def main() -> None:
               f"{sum(1 for k in kills if k[1] and k[2])} | "
               f"{sum(1 for k in kills if k[1] and not k[2])} |",
               f"| a DDP rank killed (torchrun, 2 CPU processes) | 1 | {int(ddp_ok)} | "
-              f"{int(not ddp_ok)} |", "",
+              f"{int(not ddp_ok)} |",
+              f"| checkpoint write fails (ENOSPC / rename refused) | {len(writes)} | "
+              f"{sum(ok for _, ok, _ in writes)} | {sum(not ok for _, ok, _ in writes)} |",
+              f"| NaN loss mid-pruning | {len(nans)} | {sum(ok for ok, _ in nans)} | "
+              f"{sum(not ok for ok, _ in nans)} |", "",
               "| kill trial | method | in a write | survived | what happened |",
               "|---:|---|---|---|---|",
               *[f"| {i} | {m} | {w} | {ok} | {d} |" for i, (m, w, ok, d) in enumerate(kills)],
               "", f"DDP: {ddp_detail}.", "",
+              "| write fault | survived | what happened |", "|---|---|---|",
+              *[f"| {w} | {ok} | {d} |" for w, ok, d in writes], "",
+              *[f"- {d} ({'survived' if ok else 'LOST'})" for ok, d in nans], "",
               "| bad file | one line, exit 2 | the line |", "|---|---|---|",
               *[f"| {w} | {ok} | {line} |" for w, ok, line in bad], "",
               f"{time.time() - t0:.0f} s in all."]
