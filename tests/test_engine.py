@@ -189,7 +189,7 @@ def test_resume_takes_the_checkpoint_config(tmp_path: Path) -> None:
 def test_resume_takes_run_keys_from_the_command_line_only_where_typed() -> None:
     """A default must not override the run's own epochs or data folder; a typed value does;
     how this session runs (progress, where to stop) is always today's."""
-    from prunecli.engine.trainer import merge_resume_config
+    from prunecli.engine.resume import merge_resume_config
 
     saved = OmegaConf.to_container(make_cfg("trainer.epochs=6", "trainer.threads=1",
                                             "trainer.stop_after_epoch=2"), resolve=True)

@@ -31,6 +31,7 @@ from prunecli.engine.metrics import JsonlWriter
 from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.progress import make_progress
+from prunecli.engine.resume import merge_resume_config
 from prunecli.engine.seed import rng_state, seed_everything, set_deterministic, set_rng_state
 from prunecli.engine.slim_training import transfer_optimizer_state
 from prunecli.errors import ConfigError, DivergedError
@@ -40,50 +41,6 @@ from prunecli.models.detection import core_of, native_input_size
 from prunecli.tasks import Task, build_task
 
 log = logging.getLogger("prunecli")
-
-# Keys a resumed run takes from the command line; everything else comes from the checkpoint.
-# How this session runs (device, threads, logging, where to stop): always today's values.
-SESSION_KEYS = ("resume", "trainer.progress", "trainer.stop_after_epoch", "trainer.log_every")
-# What the run is, changeable on resume: today's value only where the user typed it (a default
-# must not shorten a 6-epoch run to the default 5, lose the data folder the run was given, or
-# change the thread count and with it the float rounding of a deterministic run).
-TYPED_KEYS = ("trainer.epochs", "trainer.device", "trainer.threads", "data.num_workers",
-              "data.root")
-RUN_CONTROL_KEYS = SESSION_KEYS + TYPED_KEYS
-
-
-def merge_resume_config(current: DictConfig, saved: dict[str, Any],
-                        typed: Collection[str] | None = None) -> DictConfig:
-    """The saved run's config, with the run-control keys taken from ``current`` (those of
-    :data:`TYPED_KEYS` only if they are in ``typed``, the keys on the command line; ``None``:
-    all of them, for a config built in Python); other differences are reported (a resumed run
-    must train the same model the same way)."""
-    merged = OmegaConf.create(saved)
-    for key in RUN_CONTROL_KEYS:
-        if key in TYPED_KEYS and typed is not None and key not in typed:
-            continue
-        value = OmegaConf.select(current, key)
-        if key in TYPED_KEYS and value != OmegaConf.select(merged, key):
-            log.info("resume: %s=%s (the checkpoint's run had %s)", key, value,
-                     OmegaConf.select(merged, key))
-        OmegaConf.update(merged, key, value, merge=False)
-    cur, old = _flat(OmegaConf.to_container(current, resolve=True)), _flat(saved)
-    diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] != old.get(k)]
-    if diffs:
-        log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
-                    ", ".join(sorted(diffs)[:10]))
-    return merged
-
-
-def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(d, dict):
-        for k, v in d.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = d
-    return out
-
 
 class Trainer:
     """Builds everything a run needs from its config and trains it.

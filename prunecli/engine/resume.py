@@ -1,0 +1,58 @@
+"""Resuming a run: which config keys come from the checkpoint and which from the command line.
+
+A resumed run must train the same model the same way, so the checkpoint's config wins; only
+how this session runs, and the run-defining keys the user typed, come from today's command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("prunecli")
+
+# Keys a resumed run takes from the command line; everything else comes from the checkpoint.
+# How this session runs (device, threads, logging, where to stop): always today's values.
+SESSION_KEYS = ("resume", "trainer.progress", "trainer.stop_after_epoch", "trainer.log_every")
+# What the run is, changeable on resume: today's value only where the user typed it (a default
+# must not shorten a 6-epoch run to the default 5, lose the data folder the run was given, or
+# change the thread count and with it the float rounding of a deterministic run).
+TYPED_KEYS = ("trainer.epochs", "trainer.device", "trainer.threads", "data.num_workers",
+              "data.root")
+RUN_CONTROL_KEYS = SESSION_KEYS + TYPED_KEYS
+
+
+def merge_resume_config(current: DictConfig, saved: dict[str, Any],
+                        typed: Collection[str] | None = None) -> DictConfig:
+    """The saved run's config, with the run-control keys taken from ``current`` (those of
+    :data:`TYPED_KEYS` only if they are in ``typed``, the keys on the command line; ``None``:
+    all of them, for a config built in Python); other differences are reported (a resumed run
+    must train the same model the same way)."""
+    merged = OmegaConf.create(saved)
+    for key in RUN_CONTROL_KEYS:
+        if key in TYPED_KEYS and typed is not None and key not in typed:
+            continue
+        value = OmegaConf.select(current, key)
+        if key in TYPED_KEYS and value != OmegaConf.select(merged, key):
+            log.info("resume: %s=%s (the checkpoint's run had %s)", key, value,
+                     OmegaConf.select(merged, key))
+        OmegaConf.update(merged, key, value, merge=False)
+    cur, old = _flat(OmegaConf.to_container(current, resolve=True)), _flat(saved)
+    diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] != old.get(k)]
+    if diffs:
+        log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
+                    ", ".join(sorted(diffs)[:10]))
+    return merged
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
