@@ -94,6 +94,11 @@ def run_table(results: dict[str, Any], title: str) -> Table:
         table.add_row("fine-tuned slim from step", str(results["slimmed_at_step"]))
     if results.get("groups_dropped"):
         table.add_row("groups dropped whole", str(len(results["groups_dropped"])))
+    if results.get("distill"):
+        kd = results["distill"]
+        table.add_row(f"distilled (alpha {kd['alpha']:g}, T {kd['temperature']:g})",
+                      f"teacher {kd['teacher_ms_per_batch']:.1f} ms/batch, "
+                      f"{100 * kd['teacher_share_of_train_time']:.0f} % of training")
     metric = results.get("metric", "top1")
     label = METRIC_LABELS.get(metric, metric)
     for key, header in ((f"dense_{metric}", f"dense {label}"),

@@ -106,6 +106,19 @@ class CostConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher while pruning and fine-tuning: the loss is
+    ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher/T || student/T)`` on class logits."""
+
+    enabled: bool = False
+    # a checkpoint, run directory or slim file; None: the model the run starts from
+    # (model.weights / model.pretrained), frozen before any pruning
+    teacher: Optional[str] = None
+    alpha: float = 0.5  # weight of the distillation term
+    temperature: float = 4.0  # softens both distributions; the T^2 factor keeps gradients' scale
+
+
+@dataclass
 class TrainConfig:
     seed: int = 0
     resume: Optional[str] = None  # a checkpoint file or a run directory holding last.pt
@@ -114,6 +127,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     cost: CostConfig = field(default_factory=CostConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # ``name`` plus the method's own hyperparameters; typed by the method's schema
     # (prunecli.methods.schemas), chosen by the ``method`` config group
     method: Any = None

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from prunecli.cost import count_macs, count_params
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
+from prunecli.engine.distill import Distiller, build_teacher
 from prunecli.engine.distributed import DistEnv, barrier, init_distributed
 from prunecli.engine.evaluate import ShardSampler
 from prunecli.engine.events import HookContext, TrainingHooks
@@ -89,6 +90,16 @@ class Trainer:
         model = build_model(cfg.model, num_classes=self.data.num_classes,
                             in_chans=self.data.channels)
         self.task.check_model(model, cfg.model.name, cfg.data.name)
+        self.distiller: Distiller | None = None
+        if OmegaConf.select(cfg, "distill.enabled", default=False):  # before a method edits it
+            teacher, source = build_teacher(cfg, model)
+            self.task.check_model(teacher, f"distill teacher {source}", cfg.data.name)
+            self.distiller = Distiller(teacher, self.task, alpha=cfg.distill.alpha,
+                                       temperature=cfg.distill.temperature, device=self.device,
+                                       memory_format=self.memory_format)
+            self.distiller.source = source
+            log.info("distilling from %s (alpha %g, T %g)", source, cfg.distill.alpha,
+                     cfg.distill.temperature)
         self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)
         self._build_loaders()
         example = self.task.example_input(self.data.val).to(self.device,
@@ -129,6 +140,8 @@ class Trainer:
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if self.distiller is not None:
+            self.distiller.attach(self.model)
         self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +174,8 @@ class Trainer:
         small.train(old_model.training)
         small.to(memory_format=self.memory_format)  # slicing made contiguous (NCHW) tensors
         self.model = self.ctx.model = small
+        if self.distiller is not None:
+            self.distiller.attach(small)
         self.optimizer, self.scheduler = self._build_optimizer()
         transfer_optimizer_state(old_opt, old_model, self.optimizer, small, log_)
         self.scheduler.load_state_dict(old_sched.state_dict())
@@ -281,6 +296,8 @@ class Trainer:
             "stopped_early": stopped_early, "run_dir": str(self.run_dir.resolve()),
             "checkpoint": str((self.run_dir / ckpt_io.LAST).resolve()), **summary,
         }
+        if self.distiller is not None:
+            results["distill"] = self.distiller.summary(train_time)
         self.writer.write(kind="results", **results)
         barrier()
         return results
@@ -307,8 +324,10 @@ class Trainer:
             with sync:
                 with self.precision.autocast():
                     loss, outputs = self.task.loss(self.train_model, inputs, targets)
+                    objective = loss if self.distiller is None else self.distiller.mix(loss,
+                                                                                        inputs)
                 extra = self.hooks.extra_loss(ctx, outputs, targets)
-                total = loss if extra is None else loss + extra.float()
+                total = objective if extra is None else objective + extra.float()
                 scaler.scale(total / accum).backward()
             ctx.micro_step = i + 1
             self.hooks.after_backward(ctx)
@@ -326,6 +345,8 @@ class Trainer:
         if task is not None:
             progress.remove_task(task)
         metrics = meter.compute()
+        if self.distiller is not None:
+            metrics.update(self.distiller.epoch_stats())
         self._check_finite(torch.tensor(metrics["loss"]), epoch)
         return metrics
 

@@ -76,6 +76,12 @@ class Task(ABC):
         method's ``extra_loss`` and the training meter."""
 
     @abstractmethod
+    def class_logits(self, model: nn.Module, core_output: Any) -> tuple[Tensor, str]:
+        """The class scores in ``core_of(model)``'s output as ``(..., columns)`` logits and how
+        they become probabilities (``"softmax"`` over the last axis or ``"sigmoid"`` per
+        column): what distillation matches between teacher and student."""
+
+    @abstractmethod
     def train_meter(self, device: torch.device) -> Meter:
         """A fresh meter for one training epoch."""
 

@@ -53,6 +53,9 @@ class ClassificationTask(Task):
         logits = model(inputs)
         return self.criterion(logits, targets), logits
 
+    def class_logits(self, model: nn.Module, core_output: Any) -> tuple[Tensor, str]:
+        return core_output, "softmax"
+
     def train_meter(self, device: torch.device) -> Meter:
         return _LogitsMeter(device)
 

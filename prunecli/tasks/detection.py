@@ -88,6 +88,12 @@ class DetectionTask(Task):
         total = torch.stack([v.float() for v in parts.values()]).sum()
         return total, parts
 
+    def class_logits(self, model: nn.Module, core_output: Any) -> tuple[Tensor, str]:
+        """Per-box class scores (SSD: softmax over K + 1 with background; RetinaNet, FCOS:
+        sigmoid per class; Faster R-CNN: the RPN's objectness). Box regressions are not
+        distilled (see :mod:`prunecli.engine.distill`)."""
+        return model.class_logits(core_output)
+
     def train_meter(self, device: torch.device) -> Meter:
         return _LossMeter(device)
 

@@ -20,6 +20,7 @@ from prunecli.models.detection import resnet_ssd, tiny  # noqa: F401  (registers
 from prunecli.models.detection.base import (
     Detector,
     DetectorCore,
+    core_input,
     core_of,
     flatten_levels,
     is_detector,
@@ -58,6 +59,7 @@ __all__ = [
     "SSDDetector",
     "build_detector",
     "build_torchvision_detector",
+    "core_input",
     "core_of",
     "export_whole_detector_onnx",
     "flatten_levels",

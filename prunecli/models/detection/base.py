@@ -120,6 +120,13 @@ class Detector(nn.Module, ABC):
         layers pretrained weights for another class count leave freshly initialised."""
         ...
 
+    def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
+        """The class scores among the core's outputs as ``(N, boxes, columns)`` logits, and how
+        they become probabilities: ``"softmax"`` over the columns or ``"sigmoid"`` per column.
+        What distillation matches between a teacher and a student."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which core outputs are "
+                                  "class logits (Detector.class_logits)")
+
     # ------------------------------------------------------------------ common
     @property
     def core(self) -> DetectorCore:
@@ -187,6 +194,12 @@ def is_detector(model: Any) -> bool:
 def core_of(model: nn.Module) -> nn.Module:
     """What pruning traces: a detector's core, or the model itself for a classifier."""
     return model.core if isinstance(model, Detector) else model
+
+
+def core_input(model: nn.Module, images: Tensor) -> Tensor:
+    """What ``core_of(model)`` takes for an image batch: a detector's normalised images, the
+    images themselves for a classifier."""
+    return model.normalise(images) if isinstance(model, Detector) else images
 
 
 def names_in_core(model: nn.Module) -> dict[str, str]:

@@ -87,6 +87,10 @@ class RetinaNetDetector(Detector):
     def class_layers(self) -> tuple[str, ...]:
         return ("net.head.classification_head.cls_logits",)
 
+    def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
+        columns = self.net.head.classification_head.num_classes  # one sigmoid per class
+        return flatten_levels(maps[: len(maps) // 2], columns), "sigmoid"
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:
@@ -144,6 +148,10 @@ class FCOSDetector(Detector):
 
     def class_layers(self) -> tuple[str, ...]:
         return ("net.head.classification_head.cls_logits",)
+
+    def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
+        columns = self.net.head.classification_head.num_classes  # one sigmoid per class
+        return flatten_levels(maps[: len(maps) // 3], columns), "sigmoid"
 
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None

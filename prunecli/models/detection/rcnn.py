@@ -20,7 +20,13 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from prunecli.models.detection.base import Detections, Detector, DetectorCore, Target
+from prunecli.models.detection.base import (
+    Detections,
+    Detector,
+    DetectorCore,
+    Target,
+    flatten_levels,
+)
 
 
 class FasterRCNNCore(DetectorCore):
@@ -75,6 +81,12 @@ class FasterRCNNDetector(Detector):
 
     def class_layers(self) -> tuple[str, ...]:
         return ("net.roi_heads.box_predictor",)
+
+    def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
+        """The RPN's objectness (one sigmoid per anchor): the ROI heads' class scores are not
+        in the core (they run on pooled regions after proposal selection)."""
+        levels = len(self.core.feature_names)
+        return flatten_levels(maps[levels : 2 * levels], 1), "sigmoid"
 
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None

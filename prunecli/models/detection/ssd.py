@@ -69,6 +69,10 @@ class SSDDetector(Detector):
     def class_layers(self) -> tuple[str, ...]:
         return ("net.head.classification_head",)
 
+    def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
+        columns = self.net.head.classification_head.num_columns  # K + 1, background first
+        return flatten_levels(maps[: len(maps) // 2], columns), "softmax"
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:

@@ -1,0 +1,141 @@
+"""Prune a trained model with a short fine-tune, with and without distillation from it.
+
+Run on demand (not a test; about 1.5 minutes per run on this project's 2-core CPU)::
+
+    python benchmarks/distill_finetune.py [--methods taylor smcp] [--ratios 0.5 0.7]
+                                          [--epochs 4] [--lr 0.02] [--reuse]
+
+The setting most users are in: a model already trained (the dense demo model of
+``benchmarks/methods.py``: ResNet-20, 5 epochs on the embedded Fashion-MNIST subset), pruned to
+50% and 30% of its MACs in a fine-tune far shorter than the papers' schedules (4 epochs, lr
+0.02, every method's pruning over by half of it: ``SCHEDULES``). Each method runs twice from
+the same weights: plain, and with ``distill.enabled=true`` (the dense model as teacher,
+``distill.alpha`` / ``distill.temperature`` at their defaults, 0.5 and 4: not tuned on these
+images). SMCP also runs with the paper's schedule (fractions of a 90-epoch run, re-solves every
+80 steps) to show what a short run does to it.
+
+Reports top-1 on the 4,000 test images with and without distillation, the change from dense,
+MACs kept, the teacher's share of the training time and wall time. Writes
+``distill_finetune.md`` / ``.json`` to ``--out``; runs go to ``--runs`` (``--reuse`` skips
+finished runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from methods import run_one  # noqa: E402
+
+# 157 optimizer steps per epoch at batch 128; 4 epochs = 628 steps; pruning over by ~50%.
+SCHEDULES: dict[str, list[str]] = {
+    "none": [],
+    "taylor": ["method.prune_every=10", "method.remove_per_step=0.03", "method.finish_at=0.5"],
+    "slimming": ["method.sparsity=1e-4", "method.prune_at=0.5"],
+    "halp": ["method.prune_every=10", "method.prune_steps=20", "method.group_size=4"],
+    "smcp": ["method.warmup_epochs=0.05", "method.ramp_epochs=0.45",
+             "method.cooldown_epochs=0.5", "method.prune_every=10"],
+    "smcp_paper": [],  # the published fractions of a 90-epoch run, prune_every=80
+    "gator": ["method.gate_epochs=0.5"],
+    "chex": ["method.update_every=0.1", "method.t_max=0.5"],
+}
+
+
+def dense_model(runs: Path, reuse: bool) -> tuple[dict, Path]:
+    """The trained dense demo model (as ``benchmarks/methods.py`` trains it) and its weights."""
+    r = run_one("none", 0.0, 5, runs, reuse, [])
+    weights = runs / "dense" / "dense_weights.pt"
+    if not weights.is_file():
+        state = torch.load(runs / "dense" / "last.pt", map_location="cpu", weights_only=True)
+        torch.save(state["model"], weights)
+    return r, weights
+
+
+def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
+             weights: Path) -> dict:
+    name = method.replace("_paper", "")
+    schedules = {name: SCHEDULES[method]}
+    runs = args.runs / ("distill" if distill else "plain") / method
+    extra = [f"model.weights={weights}", f"optim.lr={args.lr}", "optim.warmup_epochs=0",
+             *(["distill.enabled=true"] if distill else []), *args.extra]
+    r = run_one(name, ratio, args.epochs, runs, args.reuse, extra, schedules)
+    return {**r, "variant": method, "distill": distill, "ratio": ratio}
+
+
+def table(rows: list[dict], dense: dict) -> str:
+    head = ("| method | MACs kept (target) | top-1 plain | top-1 distilled | vs dense plain | "
+            "vs dense distilled | distillation gain | teacher share of train time | "
+            "wall s plain / distilled |")
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    pairs: dict[tuple[str, float], dict[bool, dict]] = {}
+    for r in rows:
+        pairs.setdefault((r["variant"], r["ratio"]), {})[r["distill"]] = r
+    for (variant, ratio), p in pairs.items():
+        plain, kd = p.get(False), p.get(True)
+        if plain is None or kd is None or "error" in plain or "error" in kd:
+            err = (plain or {}).get("error") or (kd or {}).get("error") or "missing"
+            lines.append(f"| {variant} {ratio:g} | failed: {err} |" + " |" * 7)
+            continue
+        share = kd.get("distill", {}).get("teacher_share_of_train_time")
+        lines.append(
+            f"| {variant} | {100 * kd['cost_kept']:.1f}% ({100 * (1 - ratio):.0f}%) | "
+            f"{plain['top1']:.2f} | {kd['top1']:.2f} | {plain['top1'] - dense['top1']:+.2f} | "
+            f"{kd['top1'] - dense['top1']:+.2f} | {kd['top1'] - plain['top1']:+.2f} | "
+            f"{'' if share is None else f'{100 * share:.0f}%'} | "
+            f"{plain['wall_time_s']:.0f} / {kd['wall_time_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--methods", nargs="+", default=[m for m in SCHEDULES if m != "none"])
+    ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.7])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs_distill"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--reuse", action="store_true")
+    ap.add_argument("extra", nargs="*", help="further overrides for every fine-tune run")
+    args = ap.parse_args()
+    t0 = time.time()
+    dense, weights = dense_model(args.runs, args.reuse)
+    rows = []
+    for ratio in args.ratios:
+        for method in args.methods:
+            for distill in (False, True):
+                rows.append(finetune(method, ratio, distill, args, weights))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "distill_finetune.json").write_text(
+        json.dumps({"dense": dense, "runs": rows}, indent=2) + "\n")
+    md = [
+        "# Short fine-tunes of a trained model, with and without distillation",
+        "",
+        f"`python benchmarks/distill_finetune.py` ({dt.date.today()}, "
+        f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.time() - t0:.0f} s in all).",
+        "",
+        f"The dense demo model (ResNet-20, 5 epochs on the embedded Fashion-MNIST subset, "
+        f"top-1 {dense['top1']:.2f}% on the 4,000 test images) pruned in a {args.epochs}-epoch "
+        f"fine-tune at lr {args.lr:g} (cosine, no warm-up), budgets in MACs; every method's "
+        "pruning is over by half of the fine-tune (`SCHEDULES`), except `smcp_paper` (SMCP's "
+        "published fractions of a 90-epoch run). Distilled: `distill.enabled=true`, the dense "
+        "model as teacher, alpha 0.5, T 4 (defaults, not tuned).",
+        "",
+        table(rows, dense),
+        "",
+    ]
+    (args.out / "distill_finetune.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Knowledge distillation: a frozen teacher (the dense model) guides the student while it is
+pruned and fine-tuned, whatever the method.
+
+Why in the loop and not in a method: all six methods prune the same student in the same loop,
+so one loss term serves them all (soft masks, gates and regrowth act on the student only).
+
+The objective of a micro-batch is ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher/T ||
+student/T)`` (Hinton et al. 2015) on the task's class logits:
+
+- classification: the logits, softmax over the classes, averaged over the images;
+- detection: the per-box class scores of the detector's core (SSD: softmax over K + 1 with
+  background; RetinaNet and FCOS: one sigmoid per class, a binary KL per column; Faster R-CNN:
+  the RPN's objectness), summed over columns and averaged over every box of every image. Box
+  regressions are not distilled: the teacher's box offsets are only meaningful on the boxes
+  matched to objects, and the student learns those from the ground truth already.
+
+The student's logits are read from its core's output by a forward hook, so neither the task's
+forward nor DDP's changes and no second student forward runs. The teacher runs its core on the
+same images in eval mode under ``torch.no_grad()``, inside the caller's autocast (the run's
+precision), is never wrapped in DDP (every rank holds its own copy) and is not checkpointed: a
+resumed run rebuilds it from the config. Nothing of either forward is kept after the step.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from prunecli.engine.distributed import all_reduce_sum
+from prunecli.errors import ConfigError
+
+log = logging.getLogger("prunecli")
+
+
+def kd_loss(student: Tensor, teacher: Tensor, temperature: float, kind: str) -> Tensor:
+    """``T^2 * KL(teacher/T || student/T)``: summed over the last axis (the columns), averaged
+    over every other position (images, or boxes of images); computed in float32."""
+    if student.shape != teacher.shape:
+        raise ConfigError(f"distillation: the teacher's class logits have shape "
+                          f"{tuple(teacher.shape)}, the student's {tuple(student.shape)}; use "
+                          "a teacher for the same classes (and, for a detector, the same "
+                          "anchors and input size)")
+    t = temperature
+    s = student.float().reshape(-1, student.shape[-1]) / t
+    q = teacher.float().reshape(-1, teacher.shape[-1]) / t
+    if kind == "softmax":
+        log_s, log_q = F.log_softmax(s, dim=-1), F.log_softmax(q, dim=-1)
+        kl = (log_q.exp() * (log_q - log_s)).sum(-1)
+    elif kind == "sigmoid":  # a Bernoulli per column
+        p = torch.sigmoid(q)
+        kl = (p * (F.logsigmoid(q) - F.logsigmoid(s))
+              + (1 - p) * (F.logsigmoid(-q) - F.logsigmoid(-s))).sum(-1)
+    else:
+        raise ValueError(f"unknown class-score kind {kind!r} (softmax or sigmoid)")
+    return t * t * kl.mean()
+
+
+def build_teacher(cfg: Any, student: nn.Module) -> tuple[nn.Module, str]:
+    """The teacher of a run and a description of where it came from: the file named by
+    ``distill.teacher`` (a training checkpoint or run directory, masks applied, or a slim
+    file), else a copy of ``student`` as built, i.e. with ``model.weights`` or the pretrained
+    weights loaded. Call it before a method touches the student."""
+    path = cfg.distill.teacher
+    if path:
+        from prunecli.engine.checkpoint import resolve_checkpoint
+        from prunecli.structure.from_checkpoint import load_masked_model
+        from prunecli.structure.io import is_slim_file, load_slim
+
+        file = resolve_checkpoint(path)
+        teacher = load_slim(file).model if is_slim_file(file) else load_masked_model(file).model
+        return teacher, str(file)
+    if not (cfg.model.weights or cfg.model.pretrained):
+        raise ConfigError("distill.enabled=true needs a trained teacher: set model.weights=PATH "
+                          "(the trained model this run prunes; it is also the teacher) or "
+                          "distill.teacher=PATH (a checkpoint, run directory or slim file)")
+    source = cfg.model.weights or f"{cfg.model.name} pretrained weights"
+    return copy.deepcopy(student), str(source)
+
+
+class Distiller:
+    """Holds the frozen teacher; :meth:`mix` turns a micro-batch's task loss into the
+    distillation objective. ``task`` names the class logits (:meth:`Task.class_logits`)."""
+
+    def __init__(self, teacher: nn.Module, task: Any, *, alpha: float, temperature: float,
+                 device: torch.device, memory_format: torch.memory_format) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"distill.alpha={alpha} must be in [0, 1] (the weight of the "
+                              "distillation term; 0 trains on the task loss alone)")
+        if temperature <= 0:
+            raise ConfigError(f"distill.temperature={temperature} must be > 0 (1 = the "
+                              "teacher's own probabilities; 2-8 soften them)")
+        from prunecli.models.detection import core_input, core_of
+
+        self.teacher = teacher.to(device, memory_format=memory_format).eval()
+        self.teacher.requires_grad_(False)
+        self._core_input, self._core_of = core_input, core_of
+        self.task, self.alpha, self.temperature = task, float(alpha), float(temperature)
+        self.device = device
+        self._handle: RemovableHandle | None = None
+        self._student: nn.Module | None = None
+        self._captured: Any = None
+        self._sums = torch.zeros(2, dtype=torch.float64, device=device)  # kd, micro-batches
+        self._timer = _DeviceTimer(device)
+        self.source = ""  # where the teacher came from (for the results)
+        self.teacher_seconds, self.teacher_batches = 0.0, 0  # this session's, for the results
+
+    def attach(self, student: nn.Module) -> None:
+        """Read ``student``'s class logits from now on (again after it is swapped for its
+        slimmed copy)."""
+        if self._handle is not None:
+            self._handle.remove()
+        self._student = student
+        self._handle = self._core_of(student).register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
+        if module.training and torch.is_grad_enabled():  # the training forward, not evaluation
+            self._captured = output
+
+    def mix(self, task_loss: Tensor, images: Tensor) -> Tensor:
+        """``(1 - alpha) * task_loss + alpha * KD`` for the forward that just produced
+        ``task_loss`` from ``images`` (call inside the run's autocast)."""
+        if self._captured is None or self._student is None:
+            raise RuntimeError("Distiller.mix needs a training forward of the attached student")
+        student_out, self._captured = self._captured, None
+        self._timer.start()
+        with torch.no_grad():
+            teacher_out = self._core_of(self.teacher)(self._core_input(self.teacher, images))
+            teacher_logits, teacher_kind = self.task.class_logits(self.teacher, teacher_out)
+        self._timer.stop()
+        logits, kind = self.task.class_logits(self._student, student_out)
+        if kind != teacher_kind:
+            raise ConfigError(f"distillation: the teacher scores classes by {teacher_kind}, the "
+                              f"student by {kind}; use a teacher of the same detector family")
+        kd = kd_loss(logits, teacher_logits, self.temperature, kind)
+        self._sums += torch.stack([kd.detach().double(), kd.new_ones((), dtype=torch.float64)])
+        return (1.0 - self.alpha) * task_loss.float() + self.alpha * kd
+
+    def epoch_stats(self) -> dict[str, float]:
+        """The epoch's mean distillation loss and the teacher's time per micro-batch (ms); resets
+        both (every rank must call: the loss is averaged over ranks)."""
+        kd, n = all_reduce_sum(self._sums).tolist()
+        self._sums.zero_()
+        seconds, batches = self._timer.take()
+        self.teacher_seconds += seconds
+        self.teacher_batches += batches
+        return {"kd": kd / max(n, 1.0),
+                "teacher_ms": 1000.0 * seconds / max(batches, 1)}
+
+    def summary(self, train_seconds: float) -> dict[str, Any]:
+        """What the results record: the settings and the teacher's cost in this session."""
+        return {"teacher": self.source, "alpha": self.alpha, "temperature": self.temperature,
+                "teacher_ms_per_batch": round(1000.0 * self.teacher_seconds
+                                              / max(self.teacher_batches, 1), 3),
+                "teacher_share_of_train_time": round(self.teacher_seconds
+                                                     / max(train_seconds, 1e-9), 4)}
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
+class _DeviceTimer:
+    """Time spent between ``start`` and ``stop``, without a host sync per call on CUDA (events
+    are read once, in :meth:`take`)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.seconds, self.count = 0.0, 0
+        self._events: list[tuple[Any, Any]] = []
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        if self.cuda:
+            self._events.append((torch.cuda.Event(enable_timing=True),
+                                 torch.cuda.Event(enable_timing=True)))
+            self._events[-1][0].record()
+        else:
+            self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self._events[-1][1].record()
+        else:
+            self.seconds += time.perf_counter() - self._t0
+        self.count += 1
+
+    def take(self) -> tuple[float, int]:
+        """``(seconds, calls)`` since the last take."""
+        if self._events:
+            self._events[-1][1].synchronize()
+            self.seconds += sum(a.elapsed_time(b) for a, b in self._events) / 1000.0
+            self._events.clear()
+        out = (self.seconds, self.count)
+        self.seconds, self.count = 0.0, 0
+        return out
