@@ -111,8 +111,31 @@ def test_teacher_is_frozen_and_gets_no_gradient(tmp_path: Path, dense_weights: P
     assert kd["teacher_ms_per_batch"] > 0
     epoch = [r for r in _jsonl(tmp_path) if r.get("kind") == "epoch"][-1]
     assert epoch["train_kd"] > 0 and math.isfinite(epoch["train_kd"])
-    # the student was pruned; the teacher was not
+    # the student was pruned; the teacher was not; the final model carries no hook
     assert results["macs"] < results["dense_macs"]
+    assert not trainer.model._forward_hooks
+
+
+def test_copies_of_the_student_do_not_copy_the_teacher() -> None:
+    """Slimming deep-copies the student: the copy's hook is inert and holds no teacher."""
+    import copy
+
+    from prunecli.engine.distill import Distiller
+    from prunecli.tasks.classification import ClassificationTask
+
+    student, teacher = nn.Linear(4, 3), nn.Linear(4, 3)
+    task = ClassificationTask(make_cfg().data, num_classes=3)
+    distiller = Distiller(teacher, task, alpha=0.5, temperature=2.0,
+                          device=torch.device("cpu"), memory_format=torch.contiguous_format)
+    distiller.attach(student)
+    twin = copy.deepcopy(student)
+    (hook,) = twin._forward_hooks.values()
+    assert hook.distiller is None
+    twin(torch.randn(2, 4)).sum().backward()  # a copy's forward does not reach the distiller
+    assert distiller._captured is None
+    x = torch.randn(2, 4)
+    loss = distiller.mix(nn.functional.cross_entropy(student(x), torch.tensor([0, 1])), x)
+    assert loss.requires_grad and distiller._captured is None  # nothing kept after the step
 
 
 def test_alpha_zero_trains_exactly_as_without_distillation(tmp_path: Path,

@@ -201,13 +201,28 @@ def test_halp_on_a_latency_table(run_cli, tmp_path: Path, fake_timing) -> None:
 
 def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     """Activation-based scores differ per process: they are averaged, so both processes set
-    the same masks (rank 0 alone writes slim.pt)."""
+    the same masks (rank 0 alone writes slim.pt). With distillation: a teacher on every rank,
+    outside DDP."""
+    from hydra import compose, initialize_config_module
+
+    from prunecli.data import build_datasets
+    from prunecli.models import build_model
+
+    with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
+        cfg = compose("train", overrides=list(SMALL))
+    data = build_datasets(cfg.data)
+    torch.manual_seed(0)
+    teacher = build_model(cfg.model, num_classes=data.num_classes, in_chans=data.channels)
+    torch.save(teacher.state_dict(), tmp_path / "teacher.pt")
     out = tmp_path / "ddp"
     proc = torchrun_train(*SMALL, "method=taylor", "method.criterion=iclr2017", "cost.ratio=0.5",
-                          *SCHEDULE["taylor"], f"hydra.run.dir={out}", cwd=tmp_path)
+                          *SCHEDULE["taylor"], "distill.enabled=true",
+                          f"model.weights={tmp_path / 'teacher.pt'}", f"hydra.run.dir={out}",
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = read_results(out)
     assert r["world_size"] == 2 and 0.48 <= r["cost_kept"] <= 0.5
+    assert r["distill"]["teacher_ms_per_batch"] > 0
     assert r["slim_top1"] == r["top1"]
     assert load_slim(out / "slim.pt").model is not None
 

@@ -117,11 +117,7 @@ class Distiller:
         if self._handle is not None:
             self._handle.remove()
         self._student = student
-        self._handle = self._core_of(student).register_forward_hook(self._capture)
-
-    def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
-        if module.training and torch.is_grad_enabled():  # the training forward, not evaluation
-            self._captured = output
+        self._handle = self._core_of(student).register_forward_hook(_CaptureHook(self))
 
     def mix(self, task_loss: Tensor, images: Tensor) -> Tensor:
         """``(1 - alpha) * task_loss + alpha * KD`` for the forward that just produced
@@ -165,6 +161,22 @@ class Distiller:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+
+
+class _CaptureHook:
+    """The student's forward hook: hands a training forward's output to the distiller. A deep
+    copy of the student (slimming, checks) gets an inert copy of it, so the teacher is never
+    copied along and a copy's forwards never reach the distiller."""
+
+    def __init__(self, distiller: Distiller | None) -> None:
+        self.distiller = distiller
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.distiller is not None and module.training and torch.is_grad_enabled():
+            self.distiller._captured = output  # the training forward, not an evaluation
+
+    def __deepcopy__(self, memo: dict) -> _CaptureHook:
+        return _CaptureHook(None)
 
 
 class _DeviceTimer:

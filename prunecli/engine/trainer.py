@@ -283,6 +283,8 @@ class Trainer:
                     log.warning("stopping after epoch %d as asked (trainer.stop_after_epoch); "
                                 "continue with resume=%s", epoch + 1, self.run_dir)
                     break
+        if self.distiller is not None:
+            self.distiller.close()  # the final model carries no hook
         summary = self.method.on_train_end(self.ctx)
         macs = count_macs(core_of(self.model), self.ctx.example_inputs)
         results = {
