@@ -36,6 +36,7 @@ def test_tiny_cpu_run_passes_every_check(tmp_path: Path) -> None:
     assert {r["name"] for r in trained} == METHODS  # each method ran (bf16) and met its budget
     assert all(abs(r["cost_kept"] - r["cost_target"]) <= 0.01 for r in trained)
     assert checks[2]["rows"][0]["slimmed_at_step"] is not None
+    assert checks[2]["rows"][0]["teacher_ms"] > 0  # the swap run distilled
     assert {r["world_size"] for r in checks[3]["rows"]} == {1, 2}
     assert any(r["name"] != "dense" for r in checks[4]["rows"])  # lut check on slimmed models
     assert any(r.get("model") == "slim" for r in checks[5]["rows"])

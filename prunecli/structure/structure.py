@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from prunecli.errors import PrunecliError
-from prunecli.structure.trace import TraceResult, analyse
+from prunecli.structure.analyse import TraceResult, analyse
 from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice
 
 # group id or key -> kept channel indices

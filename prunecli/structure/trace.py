@@ -19,117 +19,52 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import operator
 from collections import defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from prunecli.errors import PrunecliError
-from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment
+from prunecli.structure.layouts import (
+    _BINARY_FUNCTIONS,
+    _BINARY_METHODS,
+    _CAT_FUNCTIONS,
+    _CONV,
+    _CONV_FORWARDS,
+    _NORM,
+    _NORM_FORWARDS,
+    _PASS_FUNCTION_NAMES,
+    _PASS_FUNCTIONS,
+    _PASS_METHODS,
+    _PASS_MODULES,
+    _REDUCE_FUNCTIONS,
+    _REDUCE_METHODS,
+    _RESHAPE_FUNCTIONS,
+    _RESHAPE_METHODS,
+    _SAFE_SUBCLASSES,
+    _SIZE_METHODS,
+    _Const,
+    _flat_layouts,
+    _keeps_channel_axis,
+    _Layout,
+    _meta,
+    _name,
+    _node_args,
+    _same_layout,
+    _Seg,
+    _UnionFind,
+    _Unsupported,
+)
+from prunecli.structure.types import ModuleRole
 
 log = logging.getLogger("prunecli")
 
 
 class TraceError(PrunecliError):
     """The model could not be traced at all (data-dependent control flow, ...)."""
-
-
-# ----------------------------------------------------------------------------- op tables
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_NORM = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, InstanceNorm* (per-channel)
-# subclasses with their own forward that are still "the base op" for slicing purposes
-_SAFE_SUBCLASSES = {"Conv2dSame", "BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct",
-                    "LayerNorm2d", "GroupNorm1Act", "Linear"}  # timm's Linear only casts dtypes
-
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
-    nn.LeakyReLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish, nn.Hardtanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.MaxPool1d,
-    nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
-    nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.LogSigmoid,
-    nn.Tanhshrink, nn.Softsign, nn.Threshold, nn.SiLU,
-)
-_PASS_FUNCTIONS = {
-    F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.sigmoid, F.tanh,
-    F.leaky_relu, F.elu, F.selu, F.celu, F.mish, F.hardtanh, F.softplus, F.dropout, F.dropout1d,
-    F.dropout2d, F.dropout3d, F.alpha_dropout, F.max_pool1d, F.max_pool2d, F.max_pool3d,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-    F.interpolate, F.upsample, F.logsigmoid, torch.relu, torch.sigmoid, torch.tanh, torch.clamp,
-    torch.clip, torch.abs, torch.neg, torch.exp, torch.square, torch.sqrt, torch.rsqrt,
-    torch.nn.functional.relu_, torch.relu_, torch.sigmoid_, torch.erf, torch.nan_to_num,
-    operator.neg, torch.max_pool2d, torch.avg_pool1d, torch.adaptive_avg_pool1d,
-}
-_PASS_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "clip_",
-    "contiguous", "clone", "float", "half", "bfloat16", "to", "type_as", "abs", "neg", "exp",
-    "sqrt", "rsqrt", "square", "detach", "hardswish", "hardsigmoid", "pow", "erf", "softplus",
-    "requires_grad_", "cpu", "cuda", "double",
-}
-_BINARY_FUNCTIONS = {
-    operator.add, operator.iadd, operator.mul, operator.imul, operator.sub, operator.isub,
-    operator.truediv, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div,
-    torch.multiply, torch.subtract, torch.true_divide, torch.maximum, torch.minimum, torch.where,
-}
-_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_", "maximum",
-                   "minimum", "expand_as"}
-_CAT_FUNCTIONS = {torch.cat, torch.concat, torch.concatenate}
-_REDUCE_FUNCTIONS = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-_RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze"}
-_RESHAPE_FUNCTIONS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
-# per-sample scalings that are the identity in eval (torchvision / timm stochastic depth)
-_PASS_FUNCTION_NAMES = {"stochastic_depth", "drop_path"}
-_SIZE_METHODS = {"size", "dim", "numel", "type", "is_floating_point"}
-
-
-@dataclass(frozen=True)
-class _Seg:
-    space: int
-    length: int
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Channel spaces along ``axis`` of a tensor of ``ndim`` dims; after a flatten, every
-    channel spans ``spatial`` consecutive features."""
-
-    segs: tuple[_Seg, ...]
-    axis: int
-    ndim: int
-    spatial: int = 1
-
-    @property
-    def channels(self) -> int:
-        return sum(s.length for s in self.segs)
-
-
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def add(self) -> int:
-        self.parent.append(len(self.parent))
-        return len(self.parent) - 1
-
-    def find(self, a: int) -> int:
-        while self.parent[a] != a:
-            self.parent[a] = self.parent[self.parent[a]]
-            a = self.parent[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
 
 
 class _LeafTracer(fx.Tracer):
@@ -508,241 +443,3 @@ class _Analysis:
         if x.axis == 1 and len(o) == len(s) + 1 and o[:2] == s[:2]:
             return _Layout(x.segs, 1, len(o), x.spatial)
         raise _Unsupported(f"reshape {s} -> {o} that regroups channels")
-
-
-
-class _Unsupported(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class _Const:
-    target: str | None  # the get_attr it comes from (None: computed from several constants)
-
-
-_CONV_FORWARDS = {nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward}
-_NORM_FORWARDS = {nn.BatchNorm1d.forward, nn.BatchNorm2d.forward, nn.BatchNorm3d.forward,
-                  nn.InstanceNorm1d.forward, nn.InstanceNorm2d.forward,
-                  nn.InstanceNorm3d.forward, nn.SyncBatchNorm.forward,
-                  nn.modules.batchnorm._BatchNorm.forward,
-                  nn.modules.instancenorm._InstanceNorm.forward}
-
-
-def _meta(node: Any) -> Any:
-    if not isinstance(node, fx.Node):
-        return None
-    meta = node.meta.get("tensor_meta")
-    return meta if hasattr(meta, "shape") else None
-
-
-def _node_args(node: fx.Node) -> list[fx.Node]:
-    out: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: out.append(n) or n)
-    return out
-
-
-def _flat_layouts(value: Any) -> list[_Layout]:
-    if isinstance(value, _Layout):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _flat_layouts(v)]
-    return []
-
-
-def _same_layout(node: fx.Node, x: _Layout) -> _Layout:
-    """Per-channel op: same spaces; the rank may change (pooling to 1x1 keeps it)."""
-    out = _meta(node)
-    if out is None:
-        return x
-    if x.axis >= len(out.shape) or int(out.shape[x.axis]) != x.channels:
-        raise _Unsupported(f"{_name(node.target)} changed the channel count")
-    return _Layout(x.segs, x.axis, len(out.shape), x.spatial)
-
-
-def _keeps_channel_axis(idx: Any, axis: int, channels: int) -> bool:
-    """Indexing that leaves the channel axis whole, now and after pruning: ``x[:, :, 1:]``, and
-    ``x[:, :k]`` with ``k >= channels`` (GhostNet's ``out[:, :self.out_chs]``), which stays the
-    identity when the tensor gets narrower."""
-    if not isinstance(idx, tuple):
-        idx = (idx,)
-    if any(item is Ellipsis or item is None for item in idx):
-        return False
-    for item in idx[: axis + 1]:
-        if not isinstance(item, slice):
-            return False
-        whole = item == slice(None) or (
-            item.start in (None, 0) and item.step in (None, 1)
-            and isinstance(item.stop, int) and item.stop >= channels)
-        if not whole:
-            return False
-    return True
-
-
-def _name(target: Any) -> str:
-    return getattr(target, "__name__", str(target))
-
-
-# ----------------------------------------------------------------------------- public API
-@dataclass
-class TraceResult:
-    groups: list[ChannelGroup]
-    roles: dict[str, ModuleRole]
-    params: list[ParamSlice]
-    unknown_ops: list[str]
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (in, out) shapes
-    calls: dict[str, int]  # module -> number of calls in one forward
-    # module -> output positions per channel and sample, summed over its calls (a head shared
-    # by pyramid levels runs at every level's size: calls x one shape would be wrong)
-    positions: dict[str, int]
-    call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
-
-
-def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
-            ignore: tuple[str, ...] | list[str] = ()) -> TraceResult:
-    """Trace ``model`` and return its channel groups (see :func:`trace_structure`)."""
-    gm = fx_trace(model)
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
-    except Exception as exc:
-        raise TraceError(f"running the traced {type(model).__name__} on the example input "
-                         f"failed: {str(exc).strip().splitlines()[0]}") from exc
-    finally:
-        model.train(was_training)
-    an = _Analysis(gm, set(ignore))
-    an.run()
-    return _collect(an, gm)
-
-
-def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
-    roots = sorted({an.uf.find(s) for s in range(len(an.size))})
-    members: dict[int, list[int]] = defaultdict(list)
-    for s in range(len(an.size)):
-        members[an.uf.find(s)].append(s)
-    gid = {r: i for i, r in enumerate(roots)}
-    groups = []
-    for r in roots:
-        sizes = {an.size[s] for s in members[r]}
-        reasons: list[str] = []
-        for s in members[r]:
-            reasons += [x for x in an.reasons.get(s, []) if x not in reasons]
-        if len(sizes) != 1:
-            reasons.append(f"merged spaces of different sizes {sorted(sizes)}")
-        groups.append(ChannelGroup(id=gid[r], size=max(sizes), key="", reasons=reasons))
-
-    def seg_list(x: _Layout) -> tuple[Segment, ...]:
-        out, off = [], 0
-        for s in x.segs:
-            out.append(Segment(gid[an.uf.find(s.space)], off, s.length, x.spatial))
-            off += s.length * x.spatial
-        return tuple(out)
-
-    roles: dict[str, ModuleRole] = {}
-    for name, role in an.roles.items():
-        calls = an.role_calls[name]
-        if calls:
-            role.in_segments = seg_list(calls[0])
-        if role.out_group is not None:
-            role.out_group = gid[an.uf.find(role.out_group)]
-            g = groups[role.out_group]
-            g.producers.append(name)
-        for seg in role.in_segments:
-            target = groups[seg.group]
-            bucket = target.consumers if role.kind in ("conv", "linear") else target.followers
-            if name not in bucket:
-                bucket.append(name)
-        roles[name] = role
-    params = []
-    for target, (module, attr, x) in an.params.items():
-        ps = ParamSlice(module, attr, seg_list(x))
-        params.append(ps)
-        for seg in ps.segments:
-            groups[seg.group].params.append(target)
-    for g in groups:
-        if g.prunable and not g.consumers:
-            g.reasons.append("no layer reads it")
-        if g.prunable and not g.producers:
-            g.reasons.append("no layer writes it")
-        g.key = g.producers[0] if g.producers else (f"input:{g.id}" if any(
-            "model input" in r for r in g.reasons) else f"space:{g.id}")
-    _mark_droppable(an, gm, groups, roles, lambda space: gid[an.uf.find(space)])
-    shapes, calls = {}, defaultdict(int)
-    positions, call_shapes = defaultdict(int), defaultdict(list)
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            name = str(node.target)
-            calls[name] += 1
-            src = _meta(node.args[0]) if node.args else None
-            out = _meta(node)
-            if src is not None and out is not None:
-                shapes[name] = (tuple(src.shape), tuple(out.shape))
-                call_shapes[name].append(shapes[name])
-                role = roles.get(name)
-                positions[name] += _positions(tuple(out.shape), role.kind if role else "")
-    if an.unknown_ops:
-        log.warning("channel structure: %d op kind(s) not understood, the channels they touch "
-                    "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
-    return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls),
-                       dict(positions), dict(call_shapes))
-
-
-def _positions(out_shape: tuple[int, ...], kind: str) -> int:
-    """Output values per channel and sample of one call: H x W for a conv (channel axis 1),
-    the leading axes between batch and features for a linear (channel axis last)."""
-    if kind == "linear":
-        return math.prod(out_shape[1:-1])
-    return math.prod(out_shape[2:])
-
-
-
-# ----------------------------------------------------------------------------- layer drop
-_DROP_KINDS = {"conv", "linear", "depthwise", "norm", "prelu"}
-
-
-def _mark_droppable(an: _Analysis, gm: fx.GraphModule, groups: list[ChannelGroup],
-                    roles: dict[str, ModuleRole], group_of: Any) -> None:
-    """A prunable group may lose *all* its channels when the model's outputs still depend on
-    its input without it: the group lies on a residual branch (or a DenseNet layer's new
-    features), not on the only path. With the group empty, every consumer reading nothing else
-    outputs its bias, a per-channel constant (``prunecli.structure.dropped``).
-
-    One forward data-flow pass per candidate: a tensor is *live* when it carries input data in
-    some other group's channels; a consumer reading only the group (or dead data) is dead;
-    shape queries carry no data. Droppable means every tensor output stays live."""
-    consumer_nodes = {n for n in gm.graph.nodes if n.op == "call_module"
-                      and roles.get(str(n.target)) is not None
-                      and roles[str(n.target)].kind in ("conv", "linear")}
-    node_groups = {n: frozenset(group_of(seg.space) for seg in lay.segs)
-                   for n, lay in an.layouts.items() if isinstance(lay, _Layout)}
-    outputs = [n for n in gm.graph.nodes if n.op == "output"]
-    out_tensors = [a for n in outputs for a in _node_args(n) if _meta(a) is not None]
-    candidates = [g for g in groups if g.prunable and g.producers and all(
-        roles[name].kind in _DROP_KINDS for name in (*g.producers, *g.consumers, *g.followers))]
-    if not out_tensors:
-        return
-    for g in candidates:
-        live: set[fx.Node] = set()
-        for node in gm.graph.nodes:
-            if node.op == "placeholder":
-                live.add(node)
-                continue
-            if node.op in ("get_attr", "output") or (node.op == "call_method" and
-                                                     node.target in _SIZE_METHODS):
-                continue
-            if node.op == "call_function" and node.target is getattr:
-                continue
-            args = _node_args(node)
-            if node in consumer_nodes:
-                src = args[0] if args else None
-                carries = node_groups.get(src, frozenset()) - {g.id}
-                if src in live and carries:
-                    live.add(node)
-                continue
-            if any(a in live for a in args):
-                layout = node_groups.get(node)
-                if layout is None or layout - {g.id}:
-                    live.add(node)
-        g.droppable = all(n in live for n in out_tensors)

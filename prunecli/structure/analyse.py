@@ -1,0 +1,139 @@
+"""From a model to its channel groups: trace, walk the graph, collect groups and roles.
+
+:func:`analyse` runs :mod:`prunecli.structure.trace` on a model and gathers its result into a
+:class:`TraceResult`: the groups (with their producers, consumers, followers and the reasons a
+group stays whole), each module's role, the parameter slices, and per-module shapes and call
+counts that the cost models need.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from prunecli.structure.droppable import mark_droppable
+from prunecli.structure.layouts import _Layout, _meta
+from prunecli.structure.trace import TraceError, _Analysis, fx_trace
+from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment
+
+log = logging.getLogger("prunecli")
+
+
+@dataclass
+class TraceResult:
+    groups: list[ChannelGroup]
+    roles: dict[str, ModuleRole]
+    params: list[ParamSlice]
+    unknown_ops: list[str]
+    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # module -> (in, out) shapes
+    calls: dict[str, int]  # module -> number of calls in one forward
+    # module -> output positions per channel and sample, summed over its calls (a head shared
+    # by pyramid levels runs at every level's size: calls x one shape would be wrong)
+    positions: dict[str, int]
+    call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
+
+
+def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
+            ignore: tuple[str, ...] | list[str] = ()) -> TraceResult:
+    """Trace ``model`` and return its channel groups (see :func:`trace_structure`)."""
+    gm = fx_trace(model)
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*inputs)
+    except Exception as exc:
+        raise TraceError(f"running the traced {type(model).__name__} on the example input "
+                         f"failed: {str(exc).strip().splitlines()[0]}") from exc
+    finally:
+        model.train(was_training)
+    an = _Analysis(gm, set(ignore))
+    an.run()
+    return _collect(an, gm)
+
+
+def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
+    roots = sorted({an.uf.find(s) for s in range(len(an.size))})
+    members: dict[int, list[int]] = defaultdict(list)
+    for s in range(len(an.size)):
+        members[an.uf.find(s)].append(s)
+    gid = {r: i for i, r in enumerate(roots)}
+    groups = []
+    for r in roots:
+        sizes = {an.size[s] for s in members[r]}
+        reasons: list[str] = []
+        for s in members[r]:
+            reasons += [x for x in an.reasons.get(s, []) if x not in reasons]
+        if len(sizes) != 1:
+            reasons.append(f"merged spaces of different sizes {sorted(sizes)}")
+        groups.append(ChannelGroup(id=gid[r], size=max(sizes), key="", reasons=reasons))
+
+    def seg_list(x: _Layout) -> tuple[Segment, ...]:
+        out, off = [], 0
+        for s in x.segs:
+            out.append(Segment(gid[an.uf.find(s.space)], off, s.length, x.spatial))
+            off += s.length * x.spatial
+        return tuple(out)
+
+    roles: dict[str, ModuleRole] = {}
+    for name, role in an.roles.items():
+        calls = an.role_calls[name]
+        if calls:
+            role.in_segments = seg_list(calls[0])
+        if role.out_group is not None:
+            role.out_group = gid[an.uf.find(role.out_group)]
+            g = groups[role.out_group]
+            g.producers.append(name)
+        for seg in role.in_segments:
+            target = groups[seg.group]
+            bucket = target.consumers if role.kind in ("conv", "linear") else target.followers
+            if name not in bucket:
+                bucket.append(name)
+        roles[name] = role
+    params = []
+    for target, (module, attr, x) in an.params.items():
+        ps = ParamSlice(module, attr, seg_list(x))
+        params.append(ps)
+        for seg in ps.segments:
+            groups[seg.group].params.append(target)
+    for g in groups:
+        if g.prunable and not g.consumers:
+            g.reasons.append("no layer reads it")
+        if g.prunable and not g.producers:
+            g.reasons.append("no layer writes it")
+        g.key = g.producers[0] if g.producers else (f"input:{g.id}" if any(
+            "model input" in r for r in g.reasons) else f"space:{g.id}")
+    mark_droppable(an, gm, groups, roles, lambda space: gid[an.uf.find(space)])
+    shapes, calls = {}, defaultdict(int)
+    positions, call_shapes = defaultdict(int), defaultdict(list)
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            name = str(node.target)
+            calls[name] += 1
+            src = _meta(node.args[0]) if node.args else None
+            out = _meta(node)
+            if src is not None and out is not None:
+                shapes[name] = (tuple(src.shape), tuple(out.shape))
+                call_shapes[name].append(shapes[name])
+                role = roles.get(name)
+                positions[name] += _positions(tuple(out.shape), role.kind if role else "")
+    if an.unknown_ops:
+        log.warning("channel structure: %d op kind(s) not understood, the channels they touch "
+                    "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
+    return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls),
+                       dict(positions), dict(call_shapes))
+
+
+def _positions(out_shape: tuple[int, ...], kind: str) -> int:
+    """Output values per channel and sample of one call: H x W for a conv (channel axis 1),
+    the leading axes between batch and features for a linear (channel axis last)."""
+    if kind == "linear":
+        return math.prod(out_shape[1:-1])
+    return math.prod(out_shape[2:])
