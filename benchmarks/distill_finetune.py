@@ -72,7 +72,7 @@ def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              f"data.train_size={args.train_size}",
              *(["distill.enabled=true"] if distill else []), *args.extra]
     r = run_one(name, ratio, args.epochs, runs, args.reuse, extra, schedules)
-    return {**r, "variant": method, "distill": distill, "ratio": ratio}
+    return {**r, "variant": method, "distilled": distill, "ratio": ratio}
 
 
 def table(rows: list[dict], dense: dict) -> str:
@@ -82,14 +82,14 @@ def table(rows: list[dict], dense: dict) -> str:
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     pairs: dict[tuple[str, float], dict[bool, dict]] = {}
     for r in rows:
-        pairs.setdefault((r["variant"], r["ratio"]), {})[r["distill"]] = r
+        pairs.setdefault((r["variant"], r["ratio"]), {})[r["distilled"]] = r
     for (variant, ratio), p in pairs.items():
         plain, kd = p.get(False), p.get(True)
         if plain is None or kd is None or "error" in plain or "error" in kd:
             err = (plain or {}).get("error") or (kd or {}).get("error") or "missing"
             lines.append(f"| {variant} {ratio:g} | failed: {err} |" + " |" * 7)
             continue
-        share = kd.get("distill", {}).get("teacher_share_of_train_time")
+        share = (kd.get("distill") or {}).get("teacher_share_of_train_time")
         lines.append(
             f"| {variant} | {100 * kd['cost_kept']:.1f}% ({100 * (1 - ratio):.0f}%) | "
             f"{plain['top1']:.2f} | {kd['top1']:.2f} | {plain['top1'] - dense['top1']:+.2f} | "
@@ -126,7 +126,8 @@ def main() -> None:
         "",
         f"`python benchmarks/distill_finetune.py` ({dt.date.today()}, "
         f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{time.time() - t0:.0f} s in all).",
+        f"{time.time() - t0:.0f} s for this call; the fine-tunes' own wall times sum to "
+        f"{sum(r.get('wall_time_s', 0) for r in rows):.0f} s).",
         "",
         f"The dense demo model (ResNet-20, 5 epochs on the embedded Fashion-MNIST subset, "
         f"top-1 {dense['top1']:.2f}% on the 4,000 test images) pruned in a {args.epochs}-epoch "

@@ -87,6 +87,24 @@ def test_embedded_classes_balanced_and_interleaved(fashion: DatasetBundle) -> No
     assert labels_of(fashion.val)[:20] == list(range(10)) * 2
 
 
+def test_holdout_validates_on_training_images_never_trained_on() -> None:
+    """data.val_split=holdout: the last 2,000 training images, not in the training set (where
+    hyperparameters are chosen without looking at the test images)."""
+    from omegaconf import OmegaConf
+
+    from prunecli.data.embedded import fashion_mnist
+
+    held = fashion_mnist(OmegaConf.structured(DataConfig(val_split="holdout", train_size=500)))
+    data = load_fashion_mnist()
+    assert (len(held.train), len(held.val)) == (500, 2000)
+    assert torch.equal(held.val.images, data["train_images"][18000:])
+    assert Counter(labels_of(held.val)) == {c: 200 for c in range(10)}
+    whole = fashion_mnist(OmegaConf.structured(DataConfig(val_split="holdout")))
+    assert len(whole.train) == 18000  # the held-out images are not trained on
+    with pytest.raises(ConfigError, match="test or holdout"):
+        fashion_mnist(OmegaConf.structured(DataConfig(val_split="val2017")))
+
+
 def test_mean_std_constants_match_data(fashion: DatasetBundle) -> None:
     pixels = load_fashion_mnist()["train_images"].double() / 255
     assert pixels.mean().item() == pytest.approx(FASHION_MNIST_MEAN[0], abs=1e-3)

@@ -20,7 +20,7 @@ from torch import Tensor
 from prunecli.config.schema import DataConfig
 from prunecli.data.registry import DATASETS, DatasetBundle, balanced_order
 from prunecli.data.transforms import TensorImageDataset, TensorTransform, output_stats
-from prunecli.errors import DataError
+from prunecli.errors import ConfigError, DataError
 
 EMBEDDED_FILE = "fashion_mnist_20k_4k.xz"
 MAGIC = b"PRUNECLI-ARRAYS\x00"
@@ -88,13 +88,18 @@ def load_fashion_mnist() -> dict[str, Tensor]:
     return out
 
 
+HOLDOUT = 2000  # training images held out by ``data.val_split=holdout``
+
+
 @DATASETS.register(
     "fashion_mnist",
     "Fashion-MNIST, 20k train / 4k test class-balanced subset embedded in the package (default)",
 )
 def fashion_mnist(cfg: DataConfig) -> DatasetBundle:
     """The embedded Fashion-MNIST subset. Augmentation is a shift of up to 2 pixels; flipping is
-    off unless ``data.hflip=true``, the usual recipe for this data (centred, fixed-pose items)."""
+    off unless ``data.hflip=true``, the usual recipe for this data (centred, fixed-pose items).
+    ``data.val_split=holdout`` validates on the last 2,000 training images (trained on the
+    other 18,000): where to choose hyperparameters without looking at the test images."""
     data = load_fashion_mnist()
     channels = cfg.channels or 1
     mean, std = output_stats(FASHION_MNIST_MEAN, FASHION_MNIST_STD, channels)
@@ -108,10 +113,19 @@ def fashion_mnist(cfg: DataConfig) -> DatasetBundle:
     )
     val_tf = TensorTransform(FASHION_MNIST_MEAN, FASHION_MNIST_STD, **common)
     n_train, n_val = cfg.train_size, cfg.val_size
-    train = TensorImageDataset(
-        data["train_images"][:n_train], data["train_labels"][:n_train], train_tf
-    )
-    val = TensorImageDataset(data["test_images"][:n_val], data["test_labels"][:n_val], val_tf)
+    images, labels = data["train_images"], data["train_labels"]
+    val_split = cfg.val_split or "test"
+    if val_split not in ("test", "holdout") or cfg.train_split not in (None, "train"):
+        raise ConfigError(f"data=fashion_mnist has the splits train, and test or holdout for "
+                          f"validation; got train_split={cfg.train_split}, val_split={val_split}")
+    if val_split == "holdout":  # tune on the last 2,000 training images, never on the test set
+        cut = len(labels) - HOLDOUT
+        val_images, val_labels = images[cut:], labels[cut:]
+        images, labels = images[:cut], labels[:cut]
+    else:
+        val_images, val_labels = data["test_images"], data["test_labels"]
+    train = TensorImageDataset(images[:n_train], labels[:n_train], train_tf)
+    val = TensorImageDataset(val_images[:n_val], val_labels[:n_val], val_tf)
     return DatasetBundle(
         train=train,
         val=val,
