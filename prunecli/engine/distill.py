@@ -84,6 +84,25 @@ def build_teacher(cfg: Any, student: nn.Module) -> tuple[nn.Module, str]:
     return copy.deepcopy(student), str(source)
 
 
+def build_distiller(cfg: Any, student: nn.Module, task: Any, device: torch.device,
+                    memory_format: torch.memory_format) -> Distiller | None:
+    """The run's :class:`Distiller` when ``distill.enabled`` (a config saved before distillation
+    existed has none), else None. Call before a method touches ``student``."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.select(cfg, "distill.enabled", default=False):
+        return None
+    teacher, source = build_teacher(cfg, student)
+    task.check_model(teacher, f"distill teacher {source}", cfg.data.name)
+    distiller = Distiller(teacher, task, alpha=cfg.distill.alpha,
+                          temperature=cfg.distill.temperature, device=device,
+                          memory_format=memory_format)
+    distiller.source = source
+    log.info("distilling from %s (alpha %g, T %g)", source, cfg.distill.alpha,
+             cfg.distill.temperature)
+    return distiller
+
+
 class Distiller:
     """Holds the frozen teacher; :meth:`mix` turns a micro-batch's task loss into the
     distillation objective. ``task`` names the class logits (:meth:`Task.class_logits`)."""

@@ -6,6 +6,7 @@ single-process and DDP runs cannot drift apart.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -96,3 +97,12 @@ def gather_to_main(obj: object) -> list[object] | None:
         dist.gather_object(obj, out, dst=0)
         return out
     return [obj]
+
+
+def quiet_non_main_rank() -> None:
+    """Ranks other than 0 log warnings only, and never to the run's log file."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+    logging.getLogger("prunecli").setLevel(logging.WARNING)

@@ -24,8 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from prunecli.cost import count_macs, count_params
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
-from prunecli.engine.distill import Distiller, build_teacher
-from prunecli.engine.distributed import DistEnv, barrier, init_distributed
+from prunecli.engine.distill import build_distiller
+from prunecli.engine.distributed import DistEnv, barrier, init_distributed, quiet_non_main_rank
 from prunecli.engine.evaluate import ShardSampler
 from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.engine.metrics import JsonlWriter
@@ -76,7 +76,7 @@ class Trainer:
         self.dist: DistEnv = init_distributed(tcfg.device)
         self.device = self.dist.device
         if not self.dist.is_main:
-            _quiet_non_main_rank()
+            quiet_non_main_rank()
         set_deterministic(tcfg.deterministic, self.device)
         seed_everything(cfg.seed)  # same on every rank: identical initial weights
         self.precision = Precision(tcfg.precision, self.device)
@@ -90,16 +90,8 @@ class Trainer:
         model = build_model(cfg.model, num_classes=self.data.num_classes,
                             in_chans=self.data.channels)
         self.task.check_model(model, cfg.model.name, cfg.data.name)
-        self.distiller: Distiller | None = None
-        if OmegaConf.select(cfg, "distill.enabled", default=False):  # before a method edits it
-            teacher, source = build_teacher(cfg, model)
-            self.task.check_model(teacher, f"distill teacher {source}", cfg.data.name)
-            self.distiller = Distiller(teacher, self.task, alpha=cfg.distill.alpha,
-                                       temperature=cfg.distill.temperature, device=self.device,
-                                       memory_format=self.memory_format)
-            self.distiller.source = source
-            log.info("distilling from %s (alpha %g, T %g)", source, cfg.distill.alpha,
-                     cfg.distill.temperature)
+        # the teacher is taken before a method edits the model
+        self.distiller = build_distiller(cfg, model, self.task, self.device, self.memory_format)
         self.model: nn.Module = model.to(self.device, memory_format=self.memory_format)
         self._build_loaders()
         example = self.task.example_input(self.data.val).to(self.device,
@@ -420,11 +412,3 @@ class Trainer:
         self._saved_epoch, self._saved_path = epochs_done, self.run_dir / ckpt_io.LAST
         barrier()
 
-
-def _quiet_non_main_rank() -> None:
-    """Ranks other than 0 log warnings only, and never to the run's log file."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-    logging.getLogger("prunecli").setLevel(logging.WARNING)
