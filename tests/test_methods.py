@@ -205,9 +205,11 @@ def test_pruning_under_torchrun_on_two_processes(tmp_path: Path) -> None:
     outside DDP."""
     from hydra import compose, initialize_config_module
 
+    from prunecli.config.store import register_schemas
     from prunecli.data import build_datasets
     from prunecli.models import build_model
 
+    register_schemas()
     with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
         cfg = compose("train", overrides=list(SMALL))
     data = build_datasets(cfg.data)
