@@ -120,12 +120,12 @@ class Detector(nn.Module, ABC):
         layers pretrained weights for another class count leave freshly initialised."""
         ...
 
+    @abstractmethod
     def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
         """The class scores among the core's outputs as ``(N, boxes, columns)`` logits, and how
         they become probabilities: ``"softmax"`` over the columns or ``"sigmoid"`` per column.
         What distillation matches between a teacher and a student."""
-        raise NotImplementedError(f"{type(self).__name__} does not say which core outputs are "
-                                  "class logits (Detector.class_logits)")
+        ...
 
     # ------------------------------------------------------------------ common
     @property
