@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "export": "export a slim model (or a training checkpoint) to ONNX or TorchScript",
     "bench": "measure latency/throughput of a dense model and its slimmed version",
     "lut": "measure a latency table of a model's layers on this device (cost=latency)",
+    "report": "one report (table + Pareto, architecture and training-curve plots) of many runs",
 }
 
 # Hydra flags whose next argument is a value (not a command word)
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(0 if help_asked else 2)
     _wide_console_for_logs()
     from prunecli.config.store import register_resolvers, register_schemas
+    from prunecli.engine.slurm import adopt_slurm_environment
+
+    adopt_slurm_environment()  # srun without torchrun: ranks from SLURM, before Hydra composes
 
     register_resolvers()
     register_schemas()

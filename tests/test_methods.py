@@ -105,9 +105,20 @@ def test_pruning_without_a_budget_is_a_one_line_error(run_cli, capsys) -> None:
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cost.ratio" in err[0]
-    with pytest.raises(SystemExit):
-        run_cli("train", *SMALL, "method=halp", "cost.ratio=0.5")  # 30 x 40 steps > 24
+    with pytest.raises(SystemExit):  # the paper's explicit schedule: 30 x 40 steps > 24
+        run_cli("train", *SMALL, "method=halp", "cost.ratio=0.5", "method.prune_every=40")
     assert "prune_steps" in capsys.readouterr().err
+
+
+def test_halp_defaults_spread_the_steps_over_a_short_run(run_cli, tmp_path: Path) -> None:
+    """12 optimizer steps, half of them the pruning window: the 30 default steps become 6, one
+    per step, and the run still lands on its budget."""
+    from prunecli.methods.schedule import spread_steps
+
+    assert spread_steps(0, 390, 30) == (30, 13) and spread_steps(2, 8, 30) == (6, 1)
+    run = run_cli("train", *SMALL, "trainer.epochs=2", "method=halp", "cost.ratio=0.5")
+    r = read_results(run)
+    assert 0.48 <= r["cost_kept"] <= 0.5 + 1e-9 and 1 <= r["prune_events"] <= 6
 
 
 # ------------------------------------------------------------------ Python API, method rules

@@ -1,16 +1,15 @@
 """``prunecli bench ckpt=...``: latency and throughput of a dense model and its slimmed version,
-and how much of the MACs reduction the device actually turns into speed."""
+and how much of the MACs reduction the device actually turns into speed. ``prunecli bench
+runs=[DIR,...]`` times the final model of every run under the folders against one dense
+reference, all interleaved in one process (:mod:`prunecli.bench.runs`)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import hydra
 import rich
 from omegaconf import DictConfig, OmegaConf
-from rich.table import Table
 
 from prunecli.commands.common import model_input, run_dir, user_errors_as_one_line
 from prunecli.errors import ConfigError
@@ -18,29 +17,16 @@ from prunecli.errors import ConfigError
 
 def _pair(cfg: DictConfig) -> tuple[dict[str, Any], tuple[int, ...], str]:
     """{"dense": model, "slim": model?}, input shape, title."""
+    from prunecli.bench.runs import load_for_bench
     from prunecli.models import build_model
-    from prunecli.structure import slim, strip_all_masks
-    from prunecli.structure.from_checkpoint import load_masked_model
-    from prunecli.structure.io import is_slim_file, load_slim
 
     if cfg.ckpt is None:
         shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
         model = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
                             in_chans=shape[0])
         return {"dense": model}, shape, cfg.model.name
-    if is_slim_file(cfg.ckpt):
-        small = load_slim(cfg.ckpt)
-        dense = build_model(small.model_config, num_classes=small.num_classes,
-                            in_chans=small.in_chans)
-        shape = tuple(cfg.input_size or small.structure.input_shape[1:])
-        return {"dense": dense, "slim": small.model}, shape, small.model_config["name"]
-    loaded = load_masked_model(cfg.ckpt)
-    models = {"dense": loaded.model}
-    if loaded.keep:
-        models["slim"] = slim(loaded.model, loaded.structure, loaded.keep)
-    strip_all_masks(loaded.model)  # time the dense network without mask overhead
-    shape = tuple(cfg.input_size or loaded.example.shape[1:])
-    return models, shape, loaded.model_config["name"]
+    loaded = load_for_bench(cfg.ckpt, cfg.input_size)
+    return loaded.models, loaded.shape, loaded.model_config["name"]
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunecli.conf", config_name="bench")
@@ -49,6 +35,7 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     from prunecli.bench import prepare, time_interleaved
+    from prunecli.bench.report import timing_rows
     from prunecli.cost import count_macs, count_params
     from prunecli.engine.distributed import resolve_device
     from prunecli.models.detection import core_of, is_detector
@@ -57,6 +44,14 @@ def main(cfg: DictConfig) -> None:
         torch.set_num_threads(cfg.threads)
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise ConfigError(f"batch_sizes={list(cfg.batch_sizes)} must be positive integers")
+    if cfg.runs is not None:
+        if cfg.ckpt is not None:
+            raise ConfigError("give ckpt= (one model) or runs= (every run under folders), "
+                              "not both")
+        from prunecli.bench.runs import bench_runs
+
+        bench_runs(cfg, resolve_device(cfg.device), run_dir())
+        return
     device = resolve_device(cfg.device)
     models, shape, title = _pair(cfg)
     example = torch.randn(1, *shape)
@@ -86,17 +81,7 @@ def main(cfg: DictConfig) -> None:
     for batch in cfg.batch_sizes:
         timings = time_interleaved(runners, shape, batch, device, cfg.dtype, cfg.channels_last,
                                    cfg.warmup, cfg.repeats, unit_input=detector)
-        for name, t in timings.items():
-            base = name.split(" ")[0]
-            ref_name = name.replace(base, "dense", 1)
-            ref = timings.get(ref_name, t)
-            speedup = ref.median_ms / t.median_ms
-            macs_speedup = stats[ref_name]["macs"] / max(1, stats[name]["macs"])
-            rows.append({"batch": batch, "model": name, "macs": stats[name]["macs"],
-                         "params": stats[name]["params"], "median_ms": t.median_ms,
-                         "p90_ms": t.p90_ms, "images_per_s": t.throughput,
-                         "speedup": speedup, "macs_speedup": macs_speedup,
-                         "delivered": speedup / macs_speedup if macs_speedup else None})
+        rows += timing_rows(batch, timings, stats)
     _report(rows, cfg, title, device, shape)
     if detector:
         rich.get_console().print(
@@ -107,30 +92,11 @@ def main(cfg: DictConfig) -> None:
 
 def _report(rows: list[dict[str, Any]], cfg: DictConfig, title: str, device: Any,
             shape: tuple[int, ...]) -> None:
-    import torch
+    from prunecli.bench.report import bench_meta, bench_table, bench_title, write_bench
 
-    table = Table(title=f"bench {title} {'x'.join(map(str, shape))} on {device} ({cfg.dtype}"
-                        f"{', channels_last' if cfg.channels_last else ''}"
-                        f"{', compiled' if cfg.compile else ''}, {torch.get_num_threads()} "
-                        "threads)", title_justify="left")
-    for col in ("batch", "model", "MACs", "params", "median ms", "p90 ms", "img/s",
-                "speed-up", "MACs speed-up", "delivered"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
-        table.add_row(str(r["batch"]), r["model"], f"{r['macs'] / 1e6:.1f} M",
-                      f"{r['params'] / 1e6:.2f} M", f"{r['median_ms']:.2f}",
-                      f"{r['p90_ms']:.2f}", f"{r['images_per_s']:.1f}", f"{r['speedup']:.2f}x",
-                      f"{r['macs_speedup']:.2f}x", f"{100 * r['delivered']:.0f} %")
+    table = bench_table(rows, bench_title(cfg, title, device, shape))
     out = run_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "config": OmegaConf.to_container(cfg, resolve=True)}
-    if torch.cuda.is_available() and device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
-    (out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    from prunecli.report import save_table
-
-    save_table(table, Path(out) / "bench.txt")
+    write_bench(out, rows, bench_meta(cfg, device), table)
     console = rich.get_console()
     console.print(table)
     console.print("speed-up = dense median / this median (measured interleaved); delivered = "

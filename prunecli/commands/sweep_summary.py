@@ -9,34 +9,23 @@ from typing import Any
 
 import rich
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from prunecli.report import results_table, save_table
+from prunecli.run_folders import RESULTS, keep_varying_overrides, natural_key, run_overrides
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     """Rows from ``<sweep>/<job>/results.json``, in job order, each with its overrides."""
     rows = []
-    jobs = [d for d in sweep_dir.iterdir() if (d / "results.json").is_file()]
-    for job in sorted(jobs, key=lambda d: (not d.name.isdigit(), int(d.name) if d.name.isdigit()
-                                           else 0, d.name)):
-        row = json.loads((job / "results.json").read_text())
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+    jobs = [d for d in sweep_dir.iterdir() if (d / RESULTS).is_file()]
+    for job in sorted(jobs, key=lambda d: natural_key(d.name)):
+        row = json.loads((job / RESULTS).read_text())
         row["job"] = job.name
-        row["overrides"] = " ".join(o for o in overrides if not o.startswith("hydra."))
+        row["overrides"] = run_overrides(job)
         rows.append(row)
-    _keep_varying_overrides(rows)
+    keep_varying_overrides(rows)
     return rows
-
-
-def _keep_varying_overrides(rows: list[dict[str, Any]]) -> None:
-    """Show only the overrides that differ between jobs (the swept values)."""
-    if len(rows) < 2:
-        return
-    common = set.intersection(*(set(r["overrides"].split()) for r in rows))
-    for r in rows:
-        r["overrides"] = " ".join(o for o in r["overrides"].split() if o not in common)
 
 
 class SweepSummary(Callback):

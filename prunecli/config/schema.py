@@ -121,7 +121,10 @@ class DistillConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
-    resume: Optional[str] = None  # a checkpoint file or a run directory holding last.pt
+    # a checkpoint file or a run directory holding last.pt; "auto": this run's own folder if it
+    # has a checkpoint (else start; a finished run is skipped), for requeued jobs and sweeps
+    resume: Optional[str] = None
+    logger: str = "jsonl"  # jsonl (metrics.jsonl) | tensorboard (metrics.jsonl + TensorBoard)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -190,9 +193,14 @@ class ExportConfig:
 
 @dataclass
 class BenchConfig:
-    """``prunecli bench ckpt=RUN_DIR/slim.pt``: measured speed of a dense and a slimmed model."""
+    """``prunecli bench ckpt=RUN_DIR/slim.pt``: measured speed of a dense and a slimmed model;
+    ``prunecli bench runs=[DIR,...]``: of every run of a sweep, interleaved."""
 
     ckpt: Optional[str] = None  # slim file or masked training checkpoint; None: the model alone
+    # runs=DIR or runs=[DIR,...]: every training run under the folders (results.json + slim.pt
+    # or last.pt), its final model timed against one dense reference, all interleaved; writes
+    # <run>/bench.json per run and bench_runs.json/.txt here. Any: a single folder is accepted
+    runs: Any = None
     model: ModelConfig = field(default_factory=ModelConfig)  # used when ckpt is None
     # C, H, W; default: the checkpoint's, else a detector's native size, else 3x224x224
     input_size: Optional[list[int]] = None
@@ -232,3 +240,16 @@ class LutConfig:
     check_keep: list[float] = field(default_factory=lambda: [0.3, 0.5, 0.7])  # kept fractions
     check_repeats: int = 30  # timed calls per model in the check (interleaved, median)
     seed: int = 0  # of the check's random keep-sets
+
+
+@dataclass
+class ReportConfig:
+    """``prunecli report runs=[DIR,...]``: one table and figures of many training runs."""
+
+    # sweep folders, run folders or folders above them (runs are found by their results.json);
+    # Any: a single folder (runs=DIR) is accepted as well as a list
+    runs: Any = "???"
+    out: Optional[str] = None  # default: <DIR>/report for one folder, else this command's run dir
+    metric: Optional[str] = None  # default: the runs' own primary metric (results["metric"])
+    architecture: list[str] = field(default_factory=list)  # runs to draw; []: pruned runs (<= 6)
+    format: str = "png"  # figure file format: png | svg | pdf

@@ -31,17 +31,36 @@ _GROUPS = {
 _PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
             "slim": schema.SlimConfig, "inspect": schema.InspectConfig,
             "export": schema.ExportConfig, "bench": schema.BenchConfig,
-            "lut": schema.LutConfig}
+            "lut": schema.LutConfig, "report": schema.ReportConfig}
 
 _done = False
 
 
 def register_resolvers() -> None:
     """``${rank_zero_only:VALUE}``: VALUE on the first torchrun rank (or without torchrun),
-    null elsewhere, so only rank 0 writes Hydra's files into the shared run folder."""
+    null elsewhere, so only rank 0 writes Hydra's files into the shared run folder.
+    ``${workers:N}``: N data-loading processes, at most the CPU cores this process may use
+    (shared by the ranks of a node).
+    ``${run_id:FORMAT}``: the output folder's id, the same on every rank of one run (see
+    :func:`prunecli.engine.slurm.run_id`)."""
     if not OmegaConf.has_resolver("rank_zero_only"):
         OmegaConf.register_new_resolver(
             "rank_zero_only", lambda value: value if os.environ.get("RANK", "0") == "0" else None)
+    if not OmegaConf.has_resolver("workers"):
+        OmegaConf.register_new_resolver("workers", data_workers)
+    if not OmegaConf.has_resolver("run_id"):
+        from prunecli.engine.slurm import run_id
+
+        # cached: every use in one process (run dir, sweep dir) gives the same id, as `now`
+        OmegaConf.register_new_resolver("run_id", run_id, use_cache=True)
+
+
+def data_workers(most: int) -> int:
+    """``most`` loader workers, capped by this rank's share of the usable CPU cores (PyTorch
+    warns when a loader has more workers than cores, and they only contend)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    per_rank = max(1, (cores or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    return min(int(most), per_rank)
 
 
 def register_schemas() -> None:

@@ -68,6 +68,9 @@ class HookContext:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     metric: str = "top1"  # the task's primary metric, a key of evaluate()'s result
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
+    # record(kind=..., **fields): one line of the run's metrics log (metrics.jsonl and, with
+    # logger=tensorboard, TensorBoard); e.g. a pruning event. Only rank 0's log writes.
+    record: Callable[..., None] = field(default=lambda **_: None)
 
     @property
     def net(self) -> nn.Module:

@@ -1,11 +1,6 @@
-"""Classification metrics summed over ranks, and the per-run metrics JSONL."""
+"""Classification metrics summed over ranks."""
 
 from __future__ import annotations
-
-import json
-import time
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -38,18 +33,3 @@ class ClassificationMeter:
         n = max(n, 1.0)
         return {"loss": loss / n, "top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n,
                 "samples": int(n)}
-
-
-class JsonlWriter:
-    """Appends one JSON object per line; only rank 0 gets a real writer."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.start = time.time()
-
-    def write(self, **record: Any) -> None:
-        if self.path is None:
-            return
-        record.setdefault("time", round(time.time() - self.start, 3))
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")

@@ -6,8 +6,10 @@ how this session runs, and the run-defining keys the user typed, come from today
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -16,7 +18,8 @@ log = logging.getLogger("prunecli")
 
 # Keys a resumed run takes from the command line; everything else comes from the checkpoint.
 # How this session runs (device, threads, logging, where to stop): always today's values.
-SESSION_KEYS = ("resume", "trainer.progress", "trainer.stop_after_epoch", "trainer.log_every")
+SESSION_KEYS = ("resume", "trainer.progress", "trainer.stop_after_epoch", "trainer.log_every",
+                "logger")
 # What the run is, changeable on resume: today's value only where the user typed it (a default
 # must not shorten a 6-epoch run to the default 5, lose the data folder the run was given, or
 # change the thread count and with it the float rounding of a deterministic run).
@@ -56,3 +59,32 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix[:-1]] = d
     return out
+
+
+def auto_resume(run_dir: str | Path) -> Path | None:
+    """``resume=auto``: the run folder's ``last.pt`` when it has one (the run was stopped,
+    killed or preempted), else None: the run starts. A requeued job runs the same command and
+    simply continues."""
+    from prunecli.engine.checkpoint import LAST
+
+    path = Path(run_dir) / LAST
+    if path.is_file():
+        log.info("resume=auto: continuing from %s", path)
+        return path
+    log.info("resume=auto: no %s in %s yet, starting the run", LAST, run_dir)
+    return None
+
+
+def finished_results(run_dir: str | Path) -> dict[str, Any] | None:
+    """The results of a run that already ran to its end in ``run_dir`` (``results.json``, not
+    stopped early), else None: a sweep relaunched with ``resume=auto`` skips those points."""
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a half-written file: run (or resume) the point again
+    if not isinstance(results, dict) or results.get("stopped_early", True):
+        return None
+    return results

@@ -15,26 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
 
 from prunecli.cost import count_macs, count_params
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
 from prunecli.engine.distill import build_distiller
 from prunecli.engine.distributed import DistEnv, barrier, init_distributed, quiet_non_main_rank
-from prunecli.engine.evaluate import ShardSampler
 from prunecli.engine.events import HookContext, TrainingHooks
-from prunecli.engine.metrics import JsonlWriter
+from prunecli.engine.loaders import build_loaders
 from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
+from prunecli.engine.preempt import Preempted, PreemptionWatch
 from prunecli.engine.progress import make_progress
-from prunecli.engine.resume import merge_resume_config
-from prunecli.engine.seed import rng_state, seed_everything, set_deterministic, set_rng_state
+from prunecli.engine.resume import auto_resume, finished_results, merge_resume_config
+from prunecli.engine.run_log import RunLog
+from prunecli.engine.seed import seed_everything, set_deterministic, set_rng_state
 from prunecli.engine.slim_training import transfer_optimizer_state
+from prunecli.engine.trainer_state import TrainerState
 from prunecli.errors import ConfigError, DivergedError
 from prunecli.methods import build_method
 from prunecli.models import build_model
@@ -43,7 +43,7 @@ from prunecli.tasks import Task, build_task
 
 log = logging.getLogger("prunecli")
 
-class Trainer:
+class Trainer(TrainerState):
     """Builds everything a run needs from its config and trains it.
 
     ``run_dir`` receives the checkpoints (``last.pt``), ``metrics.jsonl`` and the results; only
@@ -60,10 +60,15 @@ class Trainer:
         self.resume_state: dict[str, Any] | None = None
         # the last checkpoint written (or resumed from) and its epoch
         self._saved_epoch, self._saved_path = 0, Path(run_dir) / ckpt_io.LAST
+        # a checkpoint written mid-epoch: where the epoch continues, and its per-rank state
+        self._resume_batch, self._resume_meter, self._resume_rng = 0, {}, None
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.cfg
+        if cfg.resume == "auto":  # this run's own folder: continue it if it has a checkpoint
+            found = auto_resume(self.run_dir)
+            OmegaConf.update(cfg, "resume", None if found is None else str(found))
         if cfg.resume:
             self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume)
             state = ckpt_io.load_checkpoint(self.resume_path)
@@ -134,9 +139,12 @@ class Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         if self.distiller is not None:
             self.distiller.attach(self.model)
-        self.writer = JsonlWriter(self.run_dir / "metrics.jsonl" if self.dist.is_main else None)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.writer = RunLog(self.run_dir if self.dist.is_main else None,
+                             OmegaConf.select(cfg, "logger", default="jsonl"))
+        self.ctx.record = self.writer.write
+        self.preempt = PreemptionWatch(self.dist.distributed)
 
     def _build_optimizer(self) -> tuple[torch.optim.Optimizer, Any]:
         cfg = self.cfg
@@ -192,69 +200,34 @@ class Trainer:
                                   self.cfg.trainer.limit_val_batches)
 
     def _build_loaders(self) -> None:
-        dcfg, d = self.cfg.data, self.dist
-        pin = dcfg.pin_memory and self.device.type == "cuda"
-        self.train_sampler = DistributedSampler(
-            self.data.train, num_replicas=d.world_size, rank=d.rank, shuffle=True,
-            seed=self.cfg.seed)
-        shard = len(self.train_sampler)
-        self.train_loader = DataLoader(
-            self.data.train, batch_size=dcfg.batch_size, sampler=self.train_sampler,
-            num_workers=dcfg.num_workers, pin_memory=pin, drop_last=shard > dcfg.batch_size,
-            # persistent workers draw their seeds once, which a resumed run cannot replay
-            persistent_workers=dcfg.num_workers > 0 and not self.cfg.trainer.deterministic,
-            collate_fn=self.task.collate_fn)
-        self.val_loader = DataLoader(
-            self.data.val, batch_size=dcfg.eval_batch_size or 2 * dcfg.batch_size,
-            sampler=ShardSampler(len(self.data.val), d.rank, d.world_size),
-            num_workers=dcfg.num_workers, pin_memory=pin, collate_fn=self.task.collate_fn)
-        limit = self.cfg.trainer.limit_train_batches
-        self.batches_per_epoch = min(len(self.train_loader), limit or len(self.train_loader))
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        if state.get("slimmed"):  # the run was fine-tuning its slimmed model: rebuild it
-            method: Any = self.method
-            keep = method.structure.normalise_keep(state["slimmed"]["keep"])
-            method.masker.set_keep(keep)
-            self._slim_in_training(keep, check=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.precision.scaler.load_state_dict(state["scaler"])
-        self.method.load_state_dict(state.get("method", {}))
-        self.start_epoch = self._saved_epoch = int(state["epoch"])
-        self._saved_path = self.resume_path
-        self.ctx.step = int(state["step"])
-        rngs = state.get("rng") or []
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        else:
-            log.warning("resume: saved RNG states are for %d process(es), this run has %d; the "
-                        "data order continues but augmentation differs", len(rngs),
-                        self.dist.world_size)
-            seed_everything(self.cfg.seed + 1000 * self.dist.rank + self.start_epoch)
-        log.info("resumed from %s after epoch %d (step %d)", self.resume_path, self.start_epoch,
-                 self.ctx.step)
+        loaders = build_loaders(self.data, self.cfg, self.dist, self.device,
+                                self.task.collate_fn)
+        self.train_sampler, self.train_loader = loaders.sampler, loaders.train
+        self.val_loader, self.batches_per_epoch = loaders.val, loaders.batches_per_epoch
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         t0 = time.time()
+        if self.cfg.resume == "auto" and (done := finished_results(self.run_dir)) is not None:
+            log.info("resume=auto: %s already finished (results.json); nothing to do",
+                     self.run_dir)
+            return {**done, "skipped": True}
         self._setup()
         cfg, tcfg = self.cfg, self.cfg.trainer
         (self.hooks if self.slimmed else self.method).on_train_start(self.ctx)
         if self.dist.is_main:
             log.info("run dir: %s", self.run_dir.resolve())
             log.info("%s on %s: %d train / %d val images, %d classes, %.2f M params, %.2f M MACs,"
-                     " %s, world size %d", cfg.model.name, cfg.data.name, len(self.data.train),
-                     len(self.data.val), self.data.num_classes, self.dense_params / 1e6,
-                     self.dense_macs / 1e6, self.device, self.dist.world_size)
+                     " %s, world size %d, %d CPU threads", cfg.model.name, cfg.data.name,
+                     len(self.data.train), len(self.data.val), self.data.num_classes,
+                     self.dense_params / 1e6, self.dense_macs / 1e6, self.device,
+                     self.dist.world_size, torch.get_num_threads())
         metrics: dict[str, float] = {}
         val: dict[str, float] = {}
         stopped_early = False
         train_time = 0.0
         progress = make_progress(tcfg.progress and self.dist.is_main)
-        with progress or contextlib.nullcontext():
+        with progress or contextlib.nullcontext(), self.preempt:
             for epoch in range(self.start_epoch, tcfg.epochs):
                 te = time.time()
                 train = self._train_epoch(epoch, progress)
@@ -269,6 +242,8 @@ class Trainer:
                 self.method.on_epoch_end(self.ctx, metrics)
                 self._log_epoch(metrics)
                 self._save(epoch + 1, metrics)
+                if not last and self.preempt.requested():
+                    self._stop_preempted()
                 if tcfg.stop_after_epoch is not None and epoch + 1 >= tcfg.stop_after_epoch \
                         and not last:
                     stopped_early = True
@@ -293,21 +268,42 @@ class Trainer:
         if self.distiller is not None:
             results["distill"] = self.distiller.summary(train_time)
         self.writer.write(kind="results", **results)
+        self.writer.close()
         barrier()
         return results
 
+    def _stop_preempted(self) -> None:
+        """The checkpoint is written: let a launcher's own handler run (submitit requeues the
+        job), then end the run with :class:`Preempted`."""
+        self.writer.write(kind="preempted", step=self.ctx.step, epoch=self._saved_epoch)
+        self.writer.close()
+        where = f"{self._saved_path} (step {self.ctx.step})"
+        log.warning("preempted: checkpoint %s written; run the same command with resume=auto "
+                    "(or resume=%s) to continue", where, self.run_dir)
+        self.preempt.hand_over()
+        raise Preempted(f"preempted at step {self.ctx.step}; checkpoint {where}; continue with "
+                        f"resume=auto (same run folder) or resume={self.run_dir}")
+
     def _train_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
         tcfg, ctx = self.cfg.trainer, self.ctx
-        ctx.epoch, ctx.micro_step = epoch, 0
+        skip, self._resume_batch = self._resume_batch, 0  # > 0: resumed mid-epoch
+        ctx.epoch, ctx.micro_step = epoch, skip
         self.train_sampler.set_epoch(epoch)
+        self.train_sampler.skip_next(skip * self.cfg.data.batch_size)
         self.train_model.train()
-        self.hooks.on_epoch_start(ctx)
         meter = self.task.train_meter(self.device)
+        batches = iter(self.train_loader)
+        if skip:  # the hooks saw this epoch start before the checkpoint
+            meter.load_state_dict(self._resume_meter)
+            if self._resume_rng is not None:  # after iter(): creating it draws a seed
+                set_rng_state(self._resume_rng)
+        else:
+            self.hooks.on_epoch_start(ctx)
         task = progress.add_task(f"epoch {epoch + 1}/{tcfg.epochs}", total=self.batches_per_epoch,
-                                 info="") if progress else None
+                                 completed=skip, info="") if progress else None
         accum, scaler = tcfg.grad_accum, self.precision.scaler
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(self.train_loader):
+        for i, batch in enumerate(batches, start=skip):
             if i >= self.batches_per_epoch:
                 break
             inputs, targets = self.task.to_device(batch, self.device, self.memory_format)
@@ -333,6 +329,9 @@ class Trainer:
                     self.writer.write(kind="train", epoch=epoch + 1, step=ctx.step,
                                       loss=float(loss.detach()),
                                       lr=self.optimizer.param_groups[0]["lr"])
+                if i + 1 < self.batches_per_epoch and self.preempt.requested():
+                    self._save(epoch, {}, batch_in_epoch=i + 1, meter=meter.state_dict())
+                    self._stop_preempted()
             if task is not None:
                 info = f"loss {loss.item():.3f}" if i % 20 == 0 else None
                 progress.update(task, advance=1, **({"info": info} if info else {}))
@@ -381,34 +380,4 @@ class Trainer:
         log.info("epoch %d/%d  train %s  val %s  lr %.4g  %.1f s", m["epoch"],
                  self.cfg.trainer.epochs, self.task.describe(train), self.task.describe(part),
                  m["lr"], m["epoch_time"])
-        self.writer.write(kind="epoch", **m)
-
-    def _save(self, epochs_done: int, metrics: dict[str, float]) -> None:
-        rngs = [rng_state()]
-        if self.dist.distributed:
-            rngs = [None] * self.dist.world_size
-            dist.all_gather_object(rngs, rng_state())
-        if self.dist.is_main:
-            state = {
-                "version": ckpt_io.CHECKPOINT_VERSION,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.precision.scaler.state_dict(),
-                "method": self.method.state_dict(),
-                "slimmed": {"keep": self.method.structure.ids_to_keys(  # type: ignore[attr-defined]
-                    self.method.slimmed_keep)} if self.slimmed else None,
-                "rng": rngs,
-                "epoch": epochs_done,
-                "step": self.ctx.step,
-                "metrics": metrics,
-                "config": OmegaConf.to_container(self.cfg, resolve=True),
-                "data_info": {"num_classes": self.data.num_classes,
-                              "channels": self.data.channels,
-                              "image_size": self.data.image_size, "task": self.task.name,
-                              "class_names": self.data.class_names},
-            }
-            ckpt_io.save_atomic(state, self.run_dir / ckpt_io.LAST)
-        self._saved_epoch, self._saved_path = epochs_done, self.run_dir / ckpt_io.LAST
-        barrier()
-
+        self.writer.write(kind="epoch", step=self.ctx.step, **m)

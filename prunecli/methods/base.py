@@ -163,8 +163,10 @@ class PruningMethod(TrainingHooks):
         counts = self.counts()
         kept = int(sum(counts[g.id] for g in self.structure.prunable_groups))
         ratio = self.cost_model.ratio(counts)
-        self.history.append({"step": int(ctx.step), "epoch": int(ctx.epoch),
-                             "cost_kept": round(ratio, 6), "channels_kept": kept})
+        event = {"step": int(ctx.step), "epoch": int(ctx.epoch), "cost_kept": round(ratio, 6),
+                 "channels_kept": kept}
+        self.history.append(event)
+        ctx.record(kind="prune", **event)
         log.info("%sstep %d: %d/%d prunable channels kept, %s at %.1f%% of dense (target "
                  "%.1f%%)", f"{note}: " if note else "", ctx.step, kept,
                  self.structure.prunable_channels(), self.cost_model.name, 100 * ratio,
@@ -224,6 +226,9 @@ class PruningMethod(TrainingHooks):
             "channels_prunable": self.structure.prunable_channels(),
             "groups_dropped": [self.structure.groups[g].key for g, idx in keep.items()
                                if len(idx) == 0],
+            # every prunable group's width, in network order (the report's architecture plot)
+            "widths": [{"group": g.key, "size": int(g.size), "kept": int(counts[g.id])}
+                       for g in self.structure.prunable_groups],
             "prune_events": len(self.history),
             f"dense_{self.metric}": self.dense_metric,
             f"{self.metric}_before_pruning": self.metric_before_pruning,

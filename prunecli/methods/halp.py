@@ -3,7 +3,10 @@
 Importance per channel: ``|sum over the group's norms of gamma*dL/dgamma + beta*dL/dbeta|``
 each iteration (a group without a norm: ``|sum w*dL/dw|`` over its consumer inputs), summed
 over the ``prune_every`` iterations before a pruning step and averaged (iterations with NaN/Inf
-scores are skipped). At each of ``prune_steps`` steps the cost target follows the geometric
+scores are skipped). The paper prunes 30 steps every 40 iterations (the ImageNet recipes say so);
+by default (``prune_every`` unset) the ``prune_steps`` steps are instead spread evenly from
+``start_epoch`` to ``finish_at`` of training, fewer when that window has fewer optimizer steps,
+so that a short run fits too. At each step the cost target follows the geometric
 schedule ``L0^(1-t/T) * LT^(t/T)``; the channels still active are sorted by importance and cut
 into neuron groups of ``group_size``, and the augmented knapsack keeps the most important
 prefix of every group's chunks under that target (cost from the latency table of
@@ -22,7 +25,7 @@ from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import Accumulator, BNTaylor, norm_slices
 from prunecli.methods.base import PruningMethod
-from prunecli.methods.schedule import geometric_target
+from prunecli.methods.schedule import geometric_target, spread_steps
 
 log = logging.getLogger("prunecli")
 
@@ -31,30 +34,41 @@ class HALP(PruningMethod):
     def setup(self, ctx: HookContext) -> None:
         super().setup(ctx)
         c = self.cfg
-        if c.group_size < 1 or c.prune_every < 1 or c.prune_steps < 1:
+        if c.group_size < 1 or c.prune_steps < 1 or (c.prune_every is not None
+                                                     and c.prune_every < 1):
             raise ConfigError("method.group_size, method.prune_every and method.prune_steps "
                               "must be >= 1")
+        if not 0.0 < c.finish_at <= 1.0:
+            raise ConfigError(f"method.finish_at={c.finish_at} must be a fraction of training "
+                              "in (0, 1]")
         self.start = self.steps_of(ctx, c.start_epoch)
         total = ctx.epochs * ctx.steps_per_epoch
-        end = self.start + c.prune_steps * c.prune_every
+        if c.prune_every is None:  # spread over the window, as the run's length allows
+            finish = min(total, max(self.start + 1, int(round(c.finish_at * total))))
+            self.steps, self.every = spread_steps(self.start, finish, c.prune_steps)
+        else:  # the paper's explicit schedule: it must fit as given
+            self.steps, self.every = int(c.prune_steps), int(c.prune_every)
+        end = self.start + self.steps * self.every
         if end > total:
             raise ConfigError(
-                f"HALP prunes until step {end} (start {self.start} + {c.prune_steps} steps x "
-                f"{c.prune_every} iterations) but the run has {total} optimizer steps; lower "
-                "method.prune_steps / method.prune_every / method.start_epoch or train longer")
+                f"HALP prunes until step {end} (start {self.start} + {self.steps} steps x "
+                f"{self.every} iterations) but the run has {total} optimizer steps; lower "
+                "method.prune_steps / method.prune_every / method.start_epoch or train longer "
+                "(or leave method.prune_every unset to spread the steps over the run)")
+        log.info("halp: %d pruning steps every %d iterations, from step %d to %d of %d",
+                 self.steps, self.every, self.start, end, total)
         self.taylor = BNTaylor(ctx.net, self.structure, norm_slices(ctx.net, self.structure))
         self.window = Accumulator("average", skip_nonfinite=True)
         self.done_steps = 0
 
     def before_optimizer_step(self, ctx: HookContext) -> None:
-        if self.done_steps < self.cfg.prune_steps and ctx.step >= self.start:
+        if self.done_steps < self.steps and ctx.step >= self.start:
             self.window.update({g: s.abs() for g, s in self.taylor().items()})
 
     def after_optimizer_step(self, ctx: HookContext) -> None:
-        c = self.cfg
-        if self.done_steps >= c.prune_steps or ctx.step <= self.start:
+        if self.done_steps >= self.steps or ctx.step <= self.start:
             return
-        if (ctx.step - self.start) % c.prune_every == 0:
+        if (ctx.step - self.start) % self.every == 0:
             self.prune_step(ctx)
 
     def prune_step(self, ctx: HookContext) -> None:
@@ -63,7 +77,7 @@ class HALP(PruningMethod):
         scores = self.score_arrays(self.window.value())
         self.window.reset()
         dense = self.cost_model.dense
-        target = geometric_target(dense, self.target_cost, self.done_steps, c.prune_steps)
+        target = geometric_target(dense, self.target_cost, self.done_steps, self.steps)
         if self.cost_model.cost(self.counts()) <= target:
             return  # already at or under this step's target
         result = allocate_to_budget(self.cost_model, scores, 1.0 - target / dense,
@@ -72,10 +86,10 @@ class HALP(PruningMethod):
         if not result.feasible:
             log.warning("halp: step %d target %.1f%% of dense is out of reach with one neuron "
                         "group per layer kept", self.done_steps, 100 * target / dense)
-        self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{c.prune_steps}")
+        self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{self.steps}")
 
     def masks_final(self) -> bool:
-        return bool(self.done_steps >= self.cfg.prune_steps)
+        return bool(self.done_steps >= self.steps)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "window": self.window.state_dict(),

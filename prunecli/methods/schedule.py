@@ -29,3 +29,16 @@ def span_steps(value: float, epochs: int, steps_per_epoch: int) -> int:
         raise ConfigError(f"schedule lengths must be >= 0 (got {value})")
     total = epochs * steps_per_epoch
     return int(round(value * total if value < 1 else value * steps_per_epoch))
+
+
+def spread_steps(start: int, finish: int, steps: int) -> tuple[int, int]:
+    """``(steps, every)``: ``steps`` pruning steps spread evenly over optimizer steps
+    ``(start, finish]``, one every ``every`` steps; a window shorter than ``steps`` gets one step
+    per optimizer step instead, so a short run still lands on its budget (like Taylor's
+    ``remove_per_step=0``, which spreads its removal over the steps left before ``finish_at``)."""
+    window = finish - start
+    if window < 1:
+        raise ConfigError(f"the pruning window (steps {start} to {finish}) is empty; lower "
+                          "method.start_epoch or raise method.finish_at")
+    steps = max(1, min(int(steps), window))
+    return steps, window // steps

@@ -67,9 +67,12 @@ class HALPConfig(PruningConfig):
 
     name: str = "halp"
     group_size: int = 8  # neuron group: channels pruned together
-    prune_every: int = 40  # iterations between pruning steps
+    # iterations between pruning steps (paper: 40); None: spread the steps evenly from
+    # start_epoch to finish_at, fewer steps if that window is shorter (fits any run length)
+    prune_every: Optional[int] = None
     prune_steps: int = 30  # pruning steps (geometric cost schedule)
     start_epoch: float = 0.0  # train this long before pruning starts
+    finish_at: float = 0.5  # prune_every=None: fraction of training by which the last step is done
     side_weight: float = 0.0  # layer cost charged to its output channels (HALP's view)
 
 

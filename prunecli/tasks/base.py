@@ -34,6 +34,16 @@ class Meter(ABC):
     def compute(self) -> dict[str, float]:
         """The epoch's figures, e.g. ``{"loss": ..., "top1": ...}`` (every rank must call)."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """The sums so far (tensors and plain values), saved with a checkpoint written
+        mid-epoch so that the resumed epoch reports the whole epoch's figures."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s sums."""
+        if state:
+            raise NotImplementedError(f"{type(self).__name__} saved sums it cannot load")
+
 
 class Task(ABC):
     """One kind of problem (classification, detection): batch -> loss, loader -> metrics."""

@@ -24,6 +24,13 @@ class _LogitsMeter(Meter):
     def compute(self) -> dict[str, float]:
         return self.meter.compute()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"totals": self.meter.totals.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "totals" in state:
+            self.meter.totals.copy_(state["totals"])
+
 
 @TASKS.register("classification", "one label per image: cross-entropy, top-1/top-5 accuracy")
 class ClassificationTask(Task):

@@ -49,6 +49,16 @@ class _LossMeter(Meter):
                               torch.ones((), dtype=torch.float64, device=loss.device)])
         self.totals += (values * n).to(self.device)
 
+    def state_dict(self) -> dict[str, Any]:
+        if self.totals is None:
+            return {}
+        return {"names": list(self.names), "totals": self.totals.cpu()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("totals") is not None:
+            self.names = list(state["names"])
+            self.totals = state["totals"].to(self.device)
+
     def compute(self) -> dict[str, float]:
         if self.totals is None:
             return {"loss": math.nan}

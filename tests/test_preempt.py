@@ -1,0 +1,181 @@
+"""Preemption and automatic resume: a signal ends the run after the current step with its
+checkpoint written and exit status 75; ``resume=auto`` continues it (or skips a finished run)
+and ends exactly where an unbroken run ends. Also SLURM's environment for DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from prunecli.engine.preempt import EXIT_PREEMPTED, Preempted, PreemptionWatch
+from prunecli.engine.slurm import adopt_slurm_environment, first_host, run_id
+from prunecli.engine.trainer import Trainer
+from tests.test_engine import make_cfg
+
+COMMON = ("trainer.epochs=3", "trainer.deterministic=true", "data.augment=true",
+          "optim.warmup_epochs=1")
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_the_watch_catches_a_signal_hands_over_and_restores_handlers() -> None:
+    seen = []
+    before = signal.signal(signal.SIGUSR1, lambda s, f: seen.append(s))
+    try:
+        with PreemptionWatch() as watch:
+            assert not watch.requested()
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.01)  # the handler runs in the main thread between bytecodes
+            assert watch.requested() and watch.signum == signal.SIGUSR1
+            assert seen == []  # ours caught it; the earlier handler only after the checkpoint
+            watch.hand_over()
+            assert seen == [signal.SIGUSR1]
+        assert signal.getsignal(signal.SIGUSR1) is not watch._catch  # put back
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)
+        assert seen == [signal.SIGUSR1, signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+
+
+def test_sigterm_mid_epoch_then_resume_auto_is_the_unbroken_run(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Mid-pruning too: Taylor's accumulated scores and masks continue as they were."""
+    args = (*COMMON, "method=taylor", "cost.ratio=0.4")
+    full = Trainer(make_cfg(*args), tmp_path / "full").fit()
+    step_of_signal = 8  # 6 steps per epoch: 2 batches into epoch 2
+    original = Trainer._optimizer_step
+
+    def step_then_signal(self: Trainer) -> None:
+        original(self)
+        if self.ctx.step == step_of_signal:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, at a known step
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_signal)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match="resume=auto"):
+        Trainer(make_cfg(*args, "resume=auto"), run).fit()
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 8)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run put it back
+
+    resumed = Trainer(make_cfg(*args, "resume=auto"), run).fit()  # the same command again
+    _same_weights(tmp_path / "full", run)
+    assert resumed[resumed["metric"]] == full[full["metric"]]
+    # the interrupted epoch reports the whole epoch's training loss, as the unbroken run did
+    assert [e["train_loss"] for e in _records(run, "epoch")] == \
+        [e["train_loss"] for e in _records(tmp_path / "full", "epoch")]
+    assert len(_records(run, "preempted")) == 1
+    assert resumed["cost_kept"] == full["cost_kept"]
+    assert [e["step"] for e in _records(run, "prune")] == \
+        [e["step"] for e in _records(tmp_path / "full", "prune")]
+
+
+def test_resume_auto_starts_a_new_run_and_skips_a_finished_one(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    first = Trainer(make_cfg("trainer.epochs=1", "resume=auto"), run).fit()  # nothing there
+    assert first["epochs"] == 1 and "skipped" not in first
+    (run / "results.json").write_text(json.dumps({**first, "stopped_early": False}))
+    again = Trainer(make_cfg("trainer.epochs=1", "resume=auto"), run).fit()
+    assert again["skipped"] and again["top1"] == first["top1"]
+
+
+def _prunecli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    exe = Path(sys.executable).parent / "prunecli"
+    return subprocess.Popen([str(exe), *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp_path: Path
+                                                                             ) -> None:
+    """As SLURM does: SIGTERM to every process of the job (data workers too), then the requeued
+    job runs the same command; a third launch finds the run finished."""
+    args = ["train", "experiment=smoke", "trainer.epochs=12", "trainer.deterministic=true",
+            "data.train_size=128", "data.val_size=32", "data.image_size=16",
+            "data.num_workers=1", "data.augment=false", "trainer.log_every=1", "resume=auto"]
+    ref = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args[:-1],
+                          f"hydra.run.dir={tmp_path / 'ref'}"],
+                         cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "run"
+    proc = _prunecli(*args, f"hydra.run.dir={run}", cwd=tmp_path, start_new_session=True)
+    metrics, deadline = run / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 10:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "resume=auto" in err and "Traceback" not in err
+    assert 10 <= torch.load(run / "last.pt", weights_only=True)["step"] < 12 * 4
+
+    again = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args,
+                            f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    _same_weights(tmp_path / "ref", run)
+    third = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args,
+                            f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
+                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert third.returncode == 0 and "finished before" in third.stdout
+
+
+# ---------------------------------------------------------------- SLURM
+def test_a_multi_task_slurm_step_sets_what_torchrun_would() -> None:
+    env = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",
+           "SLURM_STEP_NUM_NODES": "2", "SLURM_JOB_ID": "123456",
+           "SLURM_STEP_NODELIST": "gpu[07-08]"}
+    assert adopt_slurm_environment(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == \
+        ("5", "8", "1", "4")
+    assert env["MASTER_ADDR"] == "gpu07" and env["MASTER_PORT"] == str(20000 + 123456 % 40000)
+    # torchrun inside SLURM, a batch script (no step) and a one-task step are left alone
+    assert not adopt_slurm_environment({**env, "RANK": "0"})
+    assert not adopt_slurm_environment({"SLURM_NTASKS": "4", "SLURM_PROCID": "0"})
+    assert not adopt_slurm_environment({"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"})
+
+
+def test_first_host_of_slurm_node_lists() -> None:
+    assert first_host("node1") == "node1"
+    assert first_host("gpu[03-05,9],cpu1") == "gpu03"
+    assert first_host("a-[12,14]") == "a-12"
+    assert first_host("x1,x2") == "x1"
+
+
+def test_run_folder_id_is_shared_by_the_ranks_of_a_slurm_step(monkeypatch) -> None:
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_STEP_ID", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    assert run_id("%Y") == "slurm77.2"
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "abc")
+    assert run_id("%Y") == "abc"
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one process: the time, as before
+    assert run_id("%Y") == time.strftime("%Y")
