@@ -96,13 +96,9 @@ def main(argv: list[str] | None = None) -> None:
                   file=sys.stderr)
         raise SystemExit(0 if help_asked else 2)
     _wide_console_for_logs()
-    from prunecli.config.store import register_resolvers, register_schemas
-    from prunecli.engine.slurm import adopt_slurm_environment
+    from prunecli.config.store import register_schemas
 
-    adopt_slurm_environment()  # srun without torchrun: ranks from SLURM, before Hydra composes
-
-    register_resolvers()
-    register_schemas()
+    register_schemas()  # the resolvers (and SLURM's ranks): on importing prunecli.commands
     module = importlib.import_module(f"prunecli.commands.{command}")
     sys.argv = [sys.argv[0] if argv is None else "prunecli", *args]
     module.main()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from prunecli.engine.slurm import adopt_slurm_environment
 from prunecli.errors import ConfigError
 
 
@@ -51,7 +52,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def init_distributed(device_name: str) -> DistEnv:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); nccl on CUDA, gloo on
-    CPU. Safe to call twice (a multirun of DDP jobs reuses the group)."""
+    CPU. Safe to call twice (a multirun of DDP jobs reuses the group). In a multi-task SLURM
+    step without torchrun (srun, submitit), the ranks come from SLURM's variables."""
+    adopt_slurm_environment()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
