@@ -20,7 +20,7 @@ from prunecli.engine.slurm import adopt_slurm_environment, first_host, run_id
 from prunecli.engine.trainer import Trainer
 from tests.test_engine import make_cfg
 
-COMMON = ("trainer.epochs=3", "trainer.deterministic=true", "data.augment=true",
+COMMON = ("trainer.epochs=2", "trainer.deterministic=true", "data.augment=true",
           "optim.warmup_epochs=1")
 
 
@@ -65,7 +65,7 @@ def test_sigterm_mid_epoch_then_resume_auto_is_the_unbroken_run(tmp_path: Path,
     """Mid-pruning too: Taylor's accumulated scores and masks continue as they were."""
     args = (*COMMON, "method=taylor", "cost.ratio=0.4")
     full = Trainer(make_cfg(*args), tmp_path / "full").fit()
-    step_of_signal = 8  # 6 steps per epoch: 2 batches into epoch 2
+    step_of_signal = 8  # 6 steps per epoch: 2 batches into epoch 2 (of 2)
     original = Trainer._optimizer_step
 
     def step_then_signal(self: Trainer) -> None:
@@ -113,9 +113,10 @@ def _prunecli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
 def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp_path: Path
                                                                              ) -> None:
     """As SLURM does: SIGTERM to every process of the job (data workers too), then the requeued
-    job runs the same command; a third launch finds the run finished."""
-    args = ["train", "experiment=smoke", "trainer.epochs=12", "trainer.deterministic=true",
-            "data.train_size=128", "data.val_size=32", "data.image_size=16",
+    job runs the same command (a finished run is skipped: tested in-process and in
+    test_launchers)."""
+    args = ["train", "experiment=smoke", "trainer.epochs=8", "trainer.deterministic=true",
+            "data.train_size=96", "data.val_size=32", "data.image_size=16",
             "data.num_workers=1", "data.augment=false", "trainer.log_every=1", "resume=auto"]
     ref = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args[:-1],
                           f"hydra.run.dir={tmp_path / 'ref'}"],
@@ -126,24 +127,20 @@ def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp
     proc = _prunecli(*args, f"hydra.run.dir={run}", cwd=tmp_path, start_new_session=True)
     metrics, deadline = run / "metrics.jsonl", time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 10:
+        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 8:
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "resume=auto" in err and "Traceback" not in err
-    assert 10 <= torch.load(run / "last.pt", weights_only=True)["step"] < 12 * 4
+    assert 8 <= torch.load(run / "last.pt", weights_only=True)["step"] < 8 * 3
 
     again = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args,
                             f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     _same_weights(tmp_path / "ref", run)
-    third = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args,
-                            f"hydra.run.dir={run}"], cwd=tmp_path, capture_output=True,
-                           text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
-    assert third.returncode == 0 and "finished before" in third.stdout
 
 
 # ---------------------------------------------------------------- SLURM
