@@ -34,15 +34,14 @@ class Meter(ABC):
     def compute(self) -> dict[str, float]:
         """The epoch's figures, e.g. ``{"loss": ..., "top1": ...}`` (every rank must call)."""
 
+    @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """The sums so far (tensors and plain values), saved with a checkpoint written
         mid-epoch so that the resumed epoch reports the whole epoch's figures."""
-        return {}
 
+    @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s sums."""
-        if state:
-            raise NotImplementedError(f"{type(self).__name__} saved sums it cannot load")
+        """Continue from :meth:`state_dict`'s sums (``{}``: nothing was summed yet)."""
 
 
 class Task(ABC):
