@@ -190,7 +190,10 @@ def excite(model: nn.Module, spec: ModelSpec) -> None:
                     draw(p, low, high)
                     norm_params.add(id(p))
     for name, p in model.named_parameters():
-        if p.ndim == 1 and id(p) not in norm_params and p.numel() > 1 and bool((p == p[0]).all()):
+        per_channel = p.numel() > 1 and max(p.shape) == p.numel()  # (C,), (C, 1, 1), (1, 1, C)
+        if p.ndim >= 2 and not per_channel and not bool(p.any()):  # zero-init heads (tv ViT)
+            p.normal_(0.0, 0.02, generator=gen)
+        elif per_channel and id(p) not in norm_params and bool((p == p.flatten()[0]).all()):
             draw(p, -0.1, 0.1) if name.endswith("bias") else draw(p, 0.5, 1.5)
     recalibrate_bn(model, spec)
 

@@ -211,5 +211,81 @@ class DataDependent(nn.Module):
         return x
 
 
+class ChannelsLastMLP(nn.Module):
+    """ConvNeXt's block: depthwise conv, then permute to channels-last, LayerNorm, an MLP of
+    Linears over the last axis with a per-channel scale on the hidden width, a layer scale of
+    shape (C,), F.pad on spatial axes, permute back and a residual add. The hidden width is
+    prunable; the stream normalised by the LayerNorm is not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 12)
+        self.hidden_scale = nn.Parameter(torch.rand(12) + 0.5)
+        self.fc2 = nn.Linear(12, 8)
+        self.gamma = nn.Parameter(torch.rand(8) + 0.5)
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.norm(self.dw(x).permute(0, 2, 3, 1))
+        y = F.pad(y, (0, 0, 1, 1, 0, 0))[:, :, 1:-1]  # pads W only: channels untouched
+        y = F.gelu(self.fc1(y)) * self.hidden_scale
+        y = self.fc2(y) * self.gamma
+        x = x + y.permute(0, 3, 1, 2)
+        return self.head(x).mean((2, 3))
+
+
+class TokenMLP(nn.Module):
+    """A ViT-style block: patch conv -> flatten(2).transpose(1, 2) tokens, a position embedding,
+    attention by matmul (not understood: its tensors have a guessed channel axis, which the
+    Linear reading them re-lays), a token MLP, and a LeViT-style Linear -> BatchNorm1d over
+    flatten(0, 1) -> reshape_as. Both MLP widths are prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.pos = nn.Parameter(torch.randn(1, 16, 8) * 0.1)
+        self.qkv = nn.Linear(8, 24)
+        self.proj = nn.Linear(8, 8)
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 10)
+        self.fc2 = nn.Linear(10, 8)
+        self.lin = nn.Linear(8, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.out = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2) + self.pos
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        attn = torch.softmax(q @ k.transpose(-2, -1), dim=-1)
+        x = x + self.proj(attn @ v)
+        x = x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+        y = self.lin(x)
+        y = F.relu(self.bn(y.flatten(0, 1)).reshape_as(y))
+        return self.out(y.mean(1))
+
+
+class LiteralReshape(nn.Module):
+    """A reshape that writes the channel count as a number (``view(n, 16, -1)``): slimming would
+    break it, so the channels stay whole; the same reshape with -1 keeps them prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(3, 12, 3, padding=1)
+        self.fa = nn.Linear(64, 4)
+        self.fb = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        a = self.a(x).view(n, 16, -1)  # literal 16: whole
+        b = self.b(x).reshape(n, -1, 64).transpose(1, 2)  # (n, 64, C): channels last, prunable
+        return self.fa(a).mean(1) + self.fb(b).mean(1)
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
-              FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle]
+              FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
+              TokenMLP, LiteralReshape]

@@ -161,6 +161,25 @@ def test_unprunable_groups_say_why(cls, producer, reason) -> None:
     assert not g.prunable and reason in g.reason
 
 
+def test_the_channel_axis_is_followed_through_permutes_and_token_layouts() -> None:
+    """ConvNeXt / ViT / LeViT patterns: MLP widths over the last axis are prunable, with their
+    per-channel scales and BatchNorm1d; streams under a LayerNorm or attention are not."""
+    s = trace_structure(_net(nets.ChannelsLastMLP), X)
+    hidden = _group_of(s, "fc1")
+    assert hidden.prunable and hidden.consumers == ["fc2"]
+    assert "hidden_scale" in hidden.params
+    assert "LayerNorm norm normalises over the channels" in _group_of(s, "stem").reason
+
+    s = trace_structure(_net(nets.TokenMLP), X)
+    assert _group_of(s, "fc1").prunable and _group_of(s, "fc1").consumers == ["fc2"]
+    assert _group_of(s, "lin").prunable and "bn" in _group_of(s, "lin").followers
+    assert not _group_of(s, "qkv").prunable and not _group_of(s, "patch").prunable
+
+    s = trace_structure(_net(nets.LiteralReshape), X)
+    assert "channel count written as a number (16)" in _group_of(s, "a").reason
+    assert _group_of(s, "b").prunable and _group_of(s, "b").consumers == ["fb"]
+
+
 def test_classifier_output_and_input_are_not_prunable() -> None:
     s = trace_structure(_net(nets.Residual), X)
     assert "reaches the model output" in _group_of(s, "head").reason
@@ -374,3 +393,32 @@ def test_masks_cost_nothing_until_a_channel_is_off_and_survive_a_state_dict_load
     assert torch.equal(out[:, p.mask == 0], torch.zeros_like(out[:, p.mask == 0]))
     out.sum().backward()
     assert torch.equal(w.grad, torch.ones_like(w))
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("convnext_atto", {}),  # permute -> LayerNorm -> Linear MLP -> layer scale -> permute back
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}),  # token MLPs
+    ("levit_128", {}),  # Linear -> BatchNorm1d over flatten(0, 1), at its 224 px
+])
+def test_real_models_with_moving_channel_axes_slim_exactly(name: str, kwargs: dict) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=5, **kwargs).eval()
+    _randomise_norms(model)
+    with torch.no_grad():  # layer scales start at 1e-6: make every branch reach the output
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.uniform_(0.5, 1.5)
+    size = {"convnext_atto": 64, "vit_tiny_patch16_224": 32, "levit_128": 224}[name]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    structure = trace_structure(model, x)
+    mlp = [g for g in structure.prunable_groups if any(".fc1" in p or "mlp.ln1" in p
+                                                       for p in g.producers)]
+    assert mlp, "the MLP hidden widths must be prunable"
+    keep = random_keep(structure, 0.6, torch.Generator().manual_seed(0))
+    small = assert_exact(model, keep, x)
+    with torch.no_grad():
+        change = (model(x) - small(x)).abs().max() / model(x).abs().max()
+    assert change > 1e-3  # pruning changed the output: the check above is not void
+    assert _params(small) < _params(model)

@@ -21,7 +21,8 @@ _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _NORM = (nn.modules.batchnorm._NormBase,)  # BatchNorm*, InstanceNorm* (per-channel)
 # subclasses with their own forward that are still "the base op" for slicing purposes
 _SAFE_SUBCLASSES = {"Conv2dSame", "BatchNormAct2d", "SyncBatchNormAct", "GroupNormAct",
-                    "LayerNorm2d", "GroupNorm1Act", "Linear"}  # timm's Linear only casts dtypes
+                    "LayerNorm2d", "GroupNorm1Act", "GroupNorm1",
+                    "Linear"}  # timm's Linear only casts dtypes
 
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -76,12 +77,14 @@ class _Seg:
 @dataclass(frozen=True)
 class _Layout:
     """Channel spaces along ``axis`` of a tensor of ``ndim`` dims; after a flatten, every
-    channel spans ``spatial`` consecutive features."""
+    channel spans ``spatial`` consecutive features. ``guessed``: the tensor came from an op not
+    understood, so which axis holds its channels is a guess (see ``_Analysis.on_axis``)."""
 
     segs: tuple[_Seg, ...]
     axis: int
     ndim: int
     spatial: int = 1
+    guessed: bool = False
 
     @property
     def channels(self) -> int:
@@ -153,26 +156,26 @@ def _same_layout(node: fx.Node, x: _Layout) -> _Layout:
         return x
     if x.axis >= len(out.shape) or int(out.shape[x.axis]) != x.channels:
         raise _Unsupported(f"{_name(node.target)} changed the channel count")
-    return _Layout(x.segs, x.axis, len(out.shape), x.spatial)
+    return _Layout(x.segs, x.axis, len(out.shape), x.spatial, x.guessed)
 
 
 def _keeps_channel_axis(idx: Any, axis: int, channels: int) -> bool:
     """Indexing that leaves the channel axis whole, now and after pruning: ``x[:, :, 1:]``, and
     ``x[:, :k]`` with ``k >= channels`` (GhostNet's ``out[:, :self.out_chs]``), which stays the
-    identity when the tensor gets narrower."""
+    identity when the tensor gets narrower. Axes before the channel axis may be sliced (not
+    indexed: that would move the channel axis); axes after it may be indexed too."""
     if not isinstance(idx, tuple):
         idx = (idx,)
     if any(item is Ellipsis or item is None for item in idx):
         return False
-    for item in idx[: axis + 1]:
-        if not isinstance(item, slice):
-            return False
-        whole = item == slice(None) or (
-            item.start in (None, 0) and item.step in (None, 1)
-            and isinstance(item.stop, int) and item.stop >= channels)
-        if not whole:
-            return False
-    return True
+    if any(not isinstance(item, slice) for item in idx[:axis]):
+        return False
+    if len(idx) <= axis:
+        return True
+    item = idx[axis]
+    return isinstance(item, slice) and (item == slice(None) or (
+        item.start in (None, 0) and item.step in (None, 1)
+        and isinstance(item.stop, int) and item.stop >= channels))
 
 
 def _name(target: Any) -> str:

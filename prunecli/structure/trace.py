@@ -28,6 +28,13 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from prunecli.errors import PrunecliError
+from prunecli.structure.axes import (
+    AXIS_MOVE_FUNCTIONS,
+    AXIS_MOVE_METHODS,
+    RESHAPE_AS_METHODS,
+    moved_layout,
+    reshaped_layout,
+)
 from prunecli.structure.layouts import (
     _BINARY_FUNCTIONS,
     _BINARY_METHODS,
@@ -137,7 +144,27 @@ class _Analysis:
         if meta is None or len(meta.shape) < 2:
             return None
         return _Layout((_Seg(self.new_space(int(meta.shape[1]), reason), int(meta.shape[1])),),
-                       1, len(meta.shape))
+                       1, len(meta.shape), guessed=True)
+
+    def on_axis(self, src: Any, x: _Layout, axis: int, what: str,
+                features: bool = False) -> _Layout:
+        """``x`` with its channels on ``axis``, as a module or op needs them there.
+
+        A tensor from an op not understood (attention's matmuls, ...) has its channel axis only
+        guessed; the op reading it decides. Its channels become a new space of unknown origin,
+        unprunable, and the guessed spaces are marked too: nothing is known about either."""
+        axis %= x.ndim
+        if x.axis == axis and (x.spatial == 1 or features):  # features: flatten -> Linear
+            return x
+        if not x.guessed:
+            raise _Unsupported(what)
+        shape = _meta(src)  # the tensor node ``x`` is the layout of
+        if shape is None or len(shape.shape) != x.ndim:
+            raise _Unsupported(what)
+        reason = "channels of unknown origin (read after an op not understood)"
+        self.bad(x, reason)
+        size = int(shape.shape[axis])
+        return _Layout((_Seg(self.new_space(size, reason), size),), axis, x.ndim)
 
     def tensor_inputs(self, node: fx.Node) -> list[_Layout]:
         return [self.layouts[a] for a in _node_args(node)
@@ -235,8 +262,8 @@ class _Analysis:
         if isinstance(m, nn.Linear) and (type(m) is nn.Linear or cls in _SAFE_SUBCLASSES):
             return self.linear(node, name, m, x)
         if isinstance(m, _NORM) and (type(m).forward in _NORM_FORWARDS or cls in _SAFE_SUBCLASSES):
-            if x.axis != 1:
-                raise _Unsupported(f"{cls} on a tensor whose channels are not on axis 1")
+            x = self.on_axis(node.args[0], x, 1,
+                             f"{cls} on a tensor whose channels are not on axis 1")
             self.record(name, "norm", x)
             return x
         if isinstance(m, nn.GroupNorm) and (type(m) is nn.GroupNorm or cls in _SAFE_SUBCLASSES):
@@ -246,6 +273,8 @@ class _Analysis:
             self.record(name, "norm", x)
             return x
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
+            if x.guessed:
+                x = self.on_axis(node.args[0], x, 1 if cls == "LayerNorm2d" else -1, "LayerNorm")
             on_channels = (cls == "LayerNorm2d" and x.axis == 1) or (
                 x.axis == x.ndim - 1 and cls != "LayerNorm2d")
             if on_channels and m.normalized_shape[0] == x.channels:
@@ -259,12 +288,11 @@ class _Analysis:
         if type(m) in _PASS_MODULES:
             return _same_layout(node, x)
         if isinstance(m, nn.Flatten):
-            return self.reshape(node, x)
+            return reshaped_layout(node, x)
         raise _Unsupported(f"module {cls} ({name})")
 
     def conv(self, node: fx.Node, name: str, m: nn.Module, x: _Layout) -> _Layout | None:
-        if x.axis != 1 or x.spatial != 1:
-            raise _Unsupported(f"{type(m).__name__} ({name}) on a reshaped tensor")
+        x = self.on_axis(node.args[0], x, 1, f"{type(m).__name__} ({name}) on a reshaped tensor")
         if m.groups == 1:
             self.record(name, "conv", x)
             out = self.producer_space(name, m.out_channels)
@@ -277,8 +305,9 @@ class _Analysis:
         return self.fresh(node, f"output of grouped conv {name} (groups={m.groups})")
 
     def linear(self, node: fx.Node, name: str, m: nn.Linear, x: _Layout) -> _Layout | None:
-        if x.axis != x.ndim - 1:
-            raise _Unsupported(f"Linear ({name}) on a tensor whose last axis is not channels")
+        x = self.on_axis(node.args[0], x, -1,
+                         f"Linear ({name}) on a tensor whose last axis is not channels",
+                         features=True)
         self.record(name, "linear", x)
         out = self.producer_space(name, m.out_features)
         self.record(name, "linear", None, out)
@@ -303,8 +332,12 @@ class _Analysis:
             return _same_layout(node, x)
         if fn is F.pad:
             pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
-            if isinstance(pad, (list, tuple)) and len(pad) <= 2 * (inputs[0].ndim - 2):
-                return inputs[0]
+            x = inputs[0]
+            if not isinstance(pad, (list, tuple)):
+                raise _Unsupported("F.pad with sizes computed at run time")
+            pair = x.ndim - 1 - x.axis  # F.pad lists (before, after) pairs from the last axis
+            if len(pad) <= 2 * pair or tuple(pad[2 * pair: 2 * pair + 2]) == (0, 0):
+                return x
             raise _Unsupported("F.pad over the channel axis")
         if fn in _BINARY_FUNCTIONS:
             return self.binary(node, fn.__name__)
@@ -313,7 +346,9 @@ class _Analysis:
         if fn in _REDUCE_FUNCTIONS:
             return self.reduce(node, inputs[0], fn.__name__)
         if fn in _RESHAPE_FUNCTIONS:
-            return self.reshape(node, inputs[0])
+            return reshaped_layout(node, inputs[0])
+        if fn in AXIS_MOVE_FUNCTIONS:
+            return moved_layout(node, inputs[0])
         if fn is F.batch_norm or fn is F.layer_norm or fn is F.group_norm:
             raise _Unsupported(f"functional {fn.__name__} (use the module)")
         raise _Unsupported(_name(fn))
@@ -332,8 +367,10 @@ class _Analysis:
             return self.binary(node, method)
         if method in _REDUCE_METHODS:
             return self.reduce(node, inputs[0], method)
-        if method in _RESHAPE_METHODS:
-            return self.reshape(node, inputs[0])
+        if method in _RESHAPE_METHODS or method in RESHAPE_AS_METHODS:
+            return reshaped_layout(node, inputs[0])
+        if method in AXIS_MOVE_METHODS:
+            return moved_layout(node, inputs[0])
         raise _Unsupported(f"Tensor.{method}")
 
     def const_result(self, node: fx.Node, keeps_values: bool) -> Any:
@@ -362,16 +399,19 @@ class _Analysis:
         operands = _node_args(node)
         lays = [self.layouts.get(a) for a in operands]
         tensors = [x for x in lays if isinstance(x, _Layout)]
+        source = {id(x): a for a, x in zip(operands, lays, strict=False)}
         consts = [(a, x) for a, x in zip(operands, lays, strict=False) if isinstance(x, _Const)]
         out_meta = _meta(node)
         if out_meta is None:
             return None
         wide = [t for t in tensors if t.channels > 1]
         if len(wide) >= 2:
+            wide.sort(key=lambda t: t.guessed)  # a known channel axis decides where they are
             base = wide[0]
             for other in wide[1:]:
                 if other.axis != base.axis:
-                    raise _Unsupported(f"{what} of tensors with channels on different axes")
+                    other = self.on_axis(source[id(other)], other, base.axis,
+                                         f"{what} of tensors with channels on different axes")
                 self.union_layouts(base, other, what)
             result = base
         elif wide:
@@ -385,7 +425,8 @@ class _Analysis:
             raise _Unsupported(f"{what} broadcasting that changes the channel count")
         for a, const in consts:
             self.const_operand(a, const, result, what)
-        return _Layout(result.segs, result.axis, len(out_meta.shape), result.spatial)
+        return _Layout(result.segs, result.axis, len(out_meta.shape), result.spatial,
+                       result.guessed)
 
     def const_operand(self, node: fx.Node, const: _Const, x: _Layout, what: str) -> None:
         """``x * self.gamma``: a per-channel parameter is sliced with the group."""
@@ -393,7 +434,9 @@ class _Analysis:
         numel = int(torch.Size(shape).numel()) if shape else 1
         if numel <= 1:
             return
-        if numel != x.channels or const.target is None or x.spatial != 1:
+        aligned = (1,) * (x.ndim - len(shape)) + tuple(int(d) for d in shape)
+        on_axis = len(aligned) == x.ndim and aligned[x.axis] == x.channels == numel
+        if not on_axis or const.target is None or x.spatial != 1:
             raise _Unsupported(f"{what} with a constant of shape {tuple(shape)}")
         module, _, attr = const.target.rpartition(".")
         self.params[const.target] = (module, attr, x)
@@ -407,7 +450,8 @@ class _Analysis:
         ndim = lays[0].ndim
         dim = dim % ndim
         if dim == lays[0].axis and all(x.axis == dim and x.spatial == 1 for x in lays):
-            return _Layout(tuple(s for x in lays for s in x.segs), dim, ndim)
+            return _Layout(tuple(s for x in lays for s in x.segs), dim, ndim,
+                           guessed=any(x.guessed for x in lays))
         if dim != lays[0].axis:  # cat along batch/space: channels line up elementwise
             for other in lays[1:]:
                 self.union_layouts(lays[0], other, "cat")
@@ -425,21 +469,4 @@ class _Analysis:
         out = _meta(node)
         keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
         axis = x.axis if keep else x.axis - sum(d < x.axis for d in dims)
-        return _Layout(x.segs, axis, len(out.shape), x.spatial)
-
-    def reshape(self, node: fx.Node, x: _Layout) -> _Layout:
-        """Flatten into features (N, C*H*W), or a reshape that leaves channels alone."""
-        src = _meta(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        out = _meta(node)
-        if src is None or out is None:
-            raise _Unsupported("reshape of unknown shape")
-        s, o = tuple(src.shape), tuple(out.shape)
-        if x.axis == 1 and len(o) == 2 and o[0] == s[0] and x.spatial == 1:
-            spatial = int(torch.Size(s[2:]).numel())
-            return _Layout(x.segs, 1, 2, spatial)
-        # dims up to and including the channel axis unchanged, the rest reshaped freely
-        if x.axis == 1 and o[:2] == s[:2]:
-            return _Layout(x.segs, 1, len(o), x.spatial)
-        if x.axis == 1 and len(o) == len(s) + 1 and o[:2] == s[:2]:
-            return _Layout(x.segs, 1, len(o), x.spatial)
-        raise _Unsupported(f"reshape {s} -> {o} that regroups channels")
+        return _Layout(x.segs, axis, len(out.shape), x.spatial, x.guessed)
