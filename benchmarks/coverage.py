@@ -44,6 +44,7 @@ import logging
 import multiprocessing as mp
 import platform
 import re
+import signal
 import statistics
 import time
 import warnings
@@ -63,6 +64,7 @@ TOLERANCE = 1e-4  # max |masked - slimmed| / max |masked|
 MIN_CHANGE = 1e-3  # below this, pruning did not change the output: the check proved nothing
 REPEATS = 3  # timed runs per model (median reported)
 TP_TIMEOUT_S = 120.0
+PRUNECLI_TIMEOUT_S = 120  # per trace + slim: a hang is reported, not waited for
 TP_START_TIMEOUT_S = 600.0  # worker start: imports + building the model
 
 
@@ -74,6 +76,7 @@ class ModelSpec:
     source: str  # "torchvision", "timm" or "prunecli"
     num_classes: int = 1000
     size: int = 224
+    kind: str = "cnn"  # or "transformer" (attention blocks): the target share differs
 
     @property
     def label(self) -> str:
@@ -90,7 +93,17 @@ MODELS: list[ModelSpec] = [
     *(ModelSpec(n, "prunecli", num_classes=10, size=32)
       for n in ("resnet20", "resnet56", "resnet110", "vgg16_bn")),
     ModelSpec("mobilenet_v1", "prunecli"),
+    # added with the channel-axis moves (ConvNeXt, token MLPs) and the coverage-II issue
+    *(ModelSpec(n, "timm") for n in (
+        "convnext_tiny", "convnextv2_atto", "poolformer_s12", "mixnet_s", "resnext50_32x4d")),
+    *(ModelSpec(n, "timm", kind="transformer") for n in (
+        "vit_tiny_patch16_224", "deit_tiny_patch16_224", "swin_tiny_patch4_window7_224",
+        "edgenext_small", "levit_128", "efficientformer_l1", "mobilevit_s")),
+    *(ModelSpec(n, "torchvision") for n in (
+        "convnext_tiny", "regnet_x_400mf", "resnext50_32x4d", "shufflenet_v2_x1_0")),
+    *(ModelSpec(n, "torchvision", kind="transformer") for n in ("vit_b_16", "swin_t")),
 ]
+CNN_TARGET, TRANSFORMER_TARGET = 0.5, 0.3  # share of MACs prunable exactly
 
 
 @dataclass
@@ -110,11 +123,13 @@ class Record:
     model: str
     source: str
     input: list[int]
+    kind: str = "cnn"
     measured: str = ""  # when (rows can be re-measured alone with --merge)
     status: str = "not run"  # ok / mismatch / error: first line
     groups: int | None = None
     prunable_groups: int | None = None
     prunable_share: float | None = None
+    prunable_macs: float | None = None  # share of conv/linear MACs touching a prunable group
     macs_before: int | None = None
     macs_after: int | None = None
     max_rel_diff: float | None = None
@@ -228,6 +243,21 @@ def output_tensor(out: Any) -> torch.Tensor:
     return next(v for v in values if isinstance(v, torch.Tensor))
 
 
+@contextlib.contextmanager
+def time_limit(seconds: int) -> Iterator[None]:
+    """Raise TimeoutError in this (main) thread after ``seconds`` (SIGALRM; POSIX)."""
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its wall time; garbage from earlier runs is collected first, outside the
     timing (a collection of earlier traced graphs would otherwise land in a random run)."""
@@ -294,6 +324,24 @@ def generic(reason: str) -> str:
     reason = re.sub(r"(?<![\w.])[A-Za-z_][\w-]*(?:\.[\w-]+)+", "…", reason)
     reason = re.sub(r"\[[\d, ]+\]", "[…]", reason)
     return re.sub(r"=\d+", "=N", reason)
+
+
+def prunable_mac_share(model: nn.Module, structure: Any) -> float:
+    """Share of the conv/linear MACs in layers whose cost shrinks when a group is pruned (they
+    read or write a prunable group, or follow one depthwise)."""
+    from prunecli.cost.layers import layer_macs
+
+    per_layer = layer_macs(model, structure)
+    total = sum(per_layer.values())
+
+    def touches(name: str) -> bool:
+        role = structure.roles[name]
+        ids = {seg.group for seg in role.in_segments}
+        if role.out_group is not None:
+            ids.add(role.out_group)
+        return any(structure.groups[i].prunable for i in ids)
+
+    return sum(m for n, m in per_layer.items() if touches(n)) / total if total else 0.0
 
 
 def describe_structure(rec: Record, structure: Any) -> None:
@@ -395,7 +443,7 @@ def benchmark_model(spec: ModelSpec, threads: int, with_tp: bool,
     from prunecli.cost import count_macs
 
     x = example_input(spec)
-    rec = Record(spec.name, spec.source, list(x.shape), measured=now())
+    rec = Record(spec.name, spec.source, list(x.shape), kind=spec.kind, measured=now())
     try:
         model = build(spec)
         rec.macs_before = count_macs(model, x)
@@ -412,8 +460,11 @@ def benchmark_model(spec: ModelSpec, threads: int, with_tp: bool,
         for _ in range(repeats):
             if rec.status in ("not run", "ok"):
                 try:
-                    runs.append(prunecli_once(model, x))
+                    with time_limit(PRUNECLI_TIMEOUT_S):
+                        runs.append(prunecli_once(model, x))
                     rec.status = "ok"
+                except TimeoutError:
+                    rec.status = f"hang (>{PRUNECLI_TIMEOUT_S} s)"
                 except Exception as exc:
                     rec.status = f"error: {first_line(exc)}"
             if worker is not None:
@@ -450,6 +501,7 @@ def check_prunecli(rec: Record, model: nn.Module, runs: list[PrunecliRun],
 
     run = runs[0]
     describe_structure(rec, run.structure)
+    rec.prunable_macs = prunable_mac_share(model, run.structure)
     rec.trace_s = median([r.trace_s for r in runs])
     rec.slim_s = median([r.slim_s for r in runs])
     rec.total_s = median([r.trace_s + r.slim_s for r in runs])
@@ -511,7 +563,8 @@ def notes(rec: Record) -> str:
     return short("; ".join(parts), 200) if parts else ""
 
 
-HEADER = ("| Model | Source | Input | Groups | Prunable | Prunable ch. | MACs M | MACs after M "
+HEADER = ("| Model | Source | Kind | Input | Groups | Prunable | Prunable ch. | Prunable MACs "
+          "| MACs M | MACs after M "
           "| Max rel diff | Output change | Trace s | Slim s | Trace+slim s | Status | TP "
           "| TP MACs after M | TP s | Not pruned because |")
 
@@ -519,8 +572,10 @@ HEADER = ("| Model | Source | Input | Groups | Prunable | Prunable ch. | MACs M 
 def table_row(rec: Record) -> str:
     share = "-" if rec.prunable_share is None else f"{100 * rec.prunable_share:.0f}%"
     size = f"{rec.input[-1]}²"
-    cells = [rec.model, rec.source, size, fmt(rec.groups, "d"), fmt(rec.prunable_groups, "d"),
-             share, macs(rec.macs_before), macs(rec.macs_after), fmt(rec.max_rel_diff, ".1e"),
+    mac_share = "-" if rec.prunable_macs is None else f"{100 * rec.prunable_macs:.0f}%"
+    cells = [rec.model, rec.source, rec.kind, size, fmt(rec.groups, "d"),
+             fmt(rec.prunable_groups, "d"), share, mac_share, macs(rec.macs_before),
+             macs(rec.macs_after), fmt(rec.max_rel_diff, ".1e"),
              fmt(rec.output_change, ".2f"),
              fmt(rec.trace_s, ".3f"), fmt(rec.slim_s, ".3f"), fmt(rec.total_s, ".3f"),
              short(rec.status, 80), short(rec.tp.status, 80), macs(rec.tp.macs_after),
@@ -532,6 +587,13 @@ def summary(records: list[Record], with_tp: bool, repeats: int) -> list[str]:
     ok = sum(r.status == "ok" for r in records)
     lines = [f"- prunecli: **{ok}/{len(records)}** models slim exactly (masked == slimmed within "
              f"{TOLERANCE:g} relative, pruning changing the output)."]
+    for kind, target in (("cnn", CNN_TARGET), ("transformer", TRANSFORMER_TARGET)):
+        rows = [r for r in records if r.kind == kind]
+        below = [f"{r.source}/{r.model} ({fmt(r.prunable_macs and 100 * r.prunable_macs, '.0f')}%)"
+                 for r in rows if r.status != "ok" or (r.prunable_macs or 0) < target]
+        lines.append(f"- {kind.upper() if kind == 'cnn' else 'Transformers'}: "
+                     f"{len(rows) - len(below)}/{len(rows)} with at least {target:.0%} of their "
+                     f"MACs prunable exactly" + (f"; below: {', '.join(below)}." if below else "."))
     none = [r.model for r in records if r.prunable_groups == 0]
     if none:
         lines.append(f"- Nothing prunable: {', '.join(none)}.")
@@ -556,7 +618,9 @@ DESCRIPTION = (
     "statistics are randomised / re-estimated first. Times are medians of {repeats} runs, "
     "prunecli and Torch-Pruning interleaved (TP: BasePruner, L1 magnitude, ratio 0.3, "
     "classifier ignored; deep copy + dependency graph + step). *Prunable ch.*: share of all "
-    "channels (logits included) in prunable groups. *Not pruned because*: ops prunecli did not "
+    "channels (logits included) in prunable groups. *Prunable MACs*: share of the conv/linear "
+    "MACs in layers that read or write a prunable group (their cost shrinks with pruning). "
+    "*Not pruned because*: ops prunecli did not "
     "understand and the most common reasons groups stay unpruned (the model input and the "
     "logits, unprunable in every model, are left out). Generated by "
     "`python benchmarks/coverage.py`."

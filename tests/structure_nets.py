@@ -286,6 +286,23 @@ class LiteralReshape(nn.Module):
         return self.fa(a).mean(1) + self.fb(b).mean(1)
 
 
+class PartlyTraceable(nn.Module):
+    """Data-dependent control flow at the top: torch.fx cannot trace the model, but its blocks
+    trace alone, and the widths inside them are prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(cbr(3, 8), cbr(8, 6), nn.Conv2d(6, 8, 1))
+        self.gate = nn.Sequential(cbr(8, 10), nn.Conv2d(10, 8, 1))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        if y.mean() > -100:  # data-dependent: fx stops here
+            y = y + self.gate(y)
+        return self.head(y.mean((2, 3)))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
-              TokenMLP, LiteralReshape]
+              TokenMLP, LiteralReshape, PartlyTraceable]

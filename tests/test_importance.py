@@ -114,6 +114,32 @@ def test_activation_taylor_matches_a_per_sample_computation() -> None:
     assert hooks.pop() == {}
 
 
+def test_activation_taylor_reads_a_linear_output_on_its_last_axis() -> None:
+    """ConvNeXt-style MLP: fc1's output is (N, H, W, C); the score is per C."""
+    from tests.structure_nets import ChannelsLastMLP
+
+    torch.manual_seed(0)
+    model = ChannelsLastMLP()
+    x = torch.randn(3, 3, 6, 6)
+    s = trace_structure(model, x)
+    hooks = ActivationTaylor(model, s)
+    hooks.attach()
+    acts = {}
+
+    def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        acts["a"] = out
+
+    model.fc1.register_forward_hook(keep)
+    model(x).square().sum().backward()
+    got = hooks.pop()[s.group("fc1").id]
+    a = acts["a"]
+    expected = (a * a.grad).flatten(1, 2).mean(1).abs().mean(0)  # mean over H*W per channel
+    assert got.shape == (12,)
+    torch.testing.assert_close(got, expected.float())
+    hooks.detach()
+
+
 def test_bn_scale_averages_the_norms_of_a_residual_stream() -> None:
     model = build_model({"name": "resnet20"}, num_classes=10)
     s = trace_structure(model, torch.randn(1, 3, 32, 32))

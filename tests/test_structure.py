@@ -206,6 +206,20 @@ def test_untraceable_model_is_a_clear_error() -> None:
         trace_structure(nets.DataDependent(), X)
 
 
+def test_an_untraceable_model_is_traced_piecewise() -> None:
+    """fx rejects the model; each block is traced on the input it saw, its inner widths are
+    prunable and its boundaries stay whole with a reason naming the piece."""
+    model = _net(nets.PartlyTraceable)
+    s = trace_structure(model, X)
+    assert {g.key for g in s.prunable_groups} == {"block.0.0", "block.1.0", "gate.0.0"}
+    assert "output of block, traced alone" in _group_of(s, "block.2").reason
+    assert any("untraceable by torch.fx: PartlyTraceable" in op for op in s.unknown_ops)
+    assert s.roles["gate.1"].in_segments[0].group == _group_of(s, "gate.0.0").id
+    assert s.shapes["head"] == ((2, 8), (2, 5))  # bare layers are pieces too: costs see them
+    s = trace_structure(model, X, ignore=["gate.*"])
+    assert not _group_of(s, "gate.0.0").prunable
+
+
 def test_ignore_patterns_exclude_layers() -> None:
     s = trace_structure(_net(nets.Residual), X, ignore=["stem.*"])
     assert "excluded by the user (stem.*)" in _group_of(s, "stem.0").reason
@@ -399,6 +413,7 @@ def test_masks_cost_nothing_until_a_channel_is_off_and_survive_a_state_dict_load
     ("convnext_atto", {}),  # permute -> LayerNorm -> Linear MLP -> layer scale -> permute back
     ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}),  # token MLPs
     ("levit_128", {}),  # Linear -> BatchNorm1d over flatten(0, 1), at its 224 px
+    ("mobilevit_xxs", {}),  # fx cannot trace it: traced piecewise
 ])
 def test_real_models_with_moving_channel_axes_slim_exactly(name: str, kwargs: dict) -> None:
     import timm
@@ -410,7 +425,8 @@ def test_real_models_with_moving_channel_axes_slim_exactly(name: str, kwargs: di
         for p in model.parameters():
             if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
-    size = {"convnext_atto": 64, "vit_tiny_patch16_224": 32, "levit_128": 224}[name]
+    size = {"convnext_atto": 64, "vit_tiny_patch16_224": 32, "levit_128": 224,
+            "mobilevit_xxs": 64}[name]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     structure = trace_structure(model, x)
     mlp = [g for g in structure.prunable_groups if any(".fc1" in p or "mlp.ln1" in p

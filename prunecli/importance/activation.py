@@ -21,7 +21,8 @@ class ActivationTaylor:
 
     def __init__(self, model: nn.Module, structure: ChannelStructure) -> None:
         modules = dict(model.named_modules())
-        self.sites: list[tuple[nn.Module, list[tuple[int, int, int]]]] = []
+        # (module, spans, channels last): a Linear's output has its channels on the last axis
+        self.sites: list[tuple[nn.Module, list[tuple[int, int, int]], bool]] = []
         for g in structure.prunable_groups:
             names = [n for n in g.followers if structure.roles[n].kind == "norm"] or g.producers
             for name in names[:1] if names else []:
@@ -31,21 +32,21 @@ class ActivationTaylor:
                 else:
                     spans = [(s.group, s.offset, s.length) for s in role.in_segments
                              if s.group == g.id]
-                self.sites.append((modules[name], spans))
+                self.sites.append((modules[name], spans, role.kind == "linear"))
         self.sums: dict[int, torch.Tensor] = {}
         self.handles: list[RemovableHandle] = []
 
     def attach(self) -> None:
         if not self.handles:
-            self.handles = [m.register_forward_hook(self._forward(spans))
-                            for m, spans in self.sites]
+            self.handles = [m.register_forward_hook(self._forward(spans, last))
+                            for m, spans, last in self.sites]
 
     def detach(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles = []
 
-    def _forward(self, spans: list[tuple[int, int, int]]) -> Any:
+    def _forward(self, spans: list[tuple[int, int, int]], last: bool) -> Any:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
             if not (torch.is_grad_enabled() and output.requires_grad):
                 return
@@ -53,6 +54,7 @@ class ActivationTaylor:
 
             def grad_hook(grad: torch.Tensor) -> None:
                 per = (act * grad).float()
+                per = per.movedim(-1, 1) if last and per.ndim > 2 else per  # (N, C, ...)
                 per = per.flatten(2).mean(2) if per.ndim > 2 else per  # (N, C)
                 theta = per.abs().mean(0)
                 for gid, off, length in spans:

@@ -11,6 +11,8 @@ from torch import nn
 
 from prunecli.errors import PrunecliError
 from prunecli.structure.analyse import TraceResult, analyse
+from prunecli.structure.piecewise import analyse_pieces
+from prunecli.structure.trace import UntraceableError
 from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice
 
 # group id or key -> kept channel indices
@@ -150,7 +152,13 @@ def trace_structure(model: nn.Module, example_inputs: torch.Tensor | tuple[torch
     ``example_inputs``: a batch (size 1 is enough) of the shape the model will see.
     ``ignore``: module names or glob patterns (``"conv1"``, ``"fc"``, ``"layer4.*"``) whose
     groups must not be pruned, such as the stem or the classifier.
+    A model torch.fx cannot trace is traced piecewise (see :mod:`prunecli.structure.piecewise`);
+    when no piece has anything to prune, the fx error is raised.
     """
     x = example_inputs[0] if isinstance(example_inputs, tuple) else example_inputs
-    result = analyse(model, example_inputs, tuple(ignore))
+    try:
+        result = analyse(model, example_inputs, tuple(ignore))
+    except UntraceableError as exc:  # trace what can be traced below it
+        inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+        result = analyse_pieces(model, inputs, tuple(ignore), exc)
     return ChannelStructure.from_trace(result, tuple(x.shape), tuple(ignore))

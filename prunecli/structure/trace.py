@@ -74,6 +74,10 @@ class TraceError(PrunecliError):
     """The model could not be traced at all (data-dependent control flow, ...)."""
 
 
+class UntraceableError(TraceError):
+    """torch.fx rejected the model itself (its pieces may still trace)."""
+
+
 class _LeafTracer(fx.Tracer):
     """Keep the modules prunecli slices as leaves, including known subclasses from timm."""
 
@@ -89,7 +93,7 @@ def fx_trace(model: nn.Module) -> fx.GraphModule:
         graph = _LeafTracer().trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TraceError(
+        raise UntraceableError(
             f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {first}); "
             "data-dependent control flow in forward() is the usual cause: make it traceable "
             "or pass a submodule"
