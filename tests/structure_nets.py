@@ -303,6 +303,28 @@ class PartlyTraceable(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
+class GroupedConvs(nn.Module):
+    """ResNeXt/RegNet bottleneck: a grouped 3x3 conv mapping 4 -> 4 channels per group, a
+    second grouped conv (2 per group) on the same width, and one whose groups widen (4 -> 8
+    per group: left whole). The inner width is pruned in units of lcm(4, 2) = 4 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 8)
+        self.conv1 = cbr(8, 12, k=1)
+        self.conv2 = cbr(12, 12, groups=3)
+        self.conv2b = nn.Conv2d(12, 12, 3, padding=1, groups=6)
+        self.conv3 = nn.Sequential(nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.widen = nn.Conv2d(8, 16, 3, padding=1, groups=2)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.conv2b(self.conv2(self.conv1(x)))
+        x = F.relu(x + self.conv3(y))
+        return self.head(self.widen(x).mean((2, 3)))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
-              TokenMLP, LiteralReshape, PartlyTraceable]
+              TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs]

@@ -27,6 +27,10 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "ghostnet_100": (timm.create_model("ghostnet_100").eval(), torch.randn(1, 3, 64, 64)),
         "resnet20": (build_model({"name": "resnet20"}, num_classes=10).eval(),
                      torch.randn(1, 3, 32, 32)),
+        # grouped convs, pruned in whole conv groups (with squeeze-excite in RegNetY)
+        "resnext50_32x4d": (torchvision.models.resnext50_32x4d().eval(),
+                            torch.randn(1, 3, 64, 64)),
+        "regnet_y_400mf": (torchvision.models.regnet_y_400mf().eval(), torch.randn(1, 3, 64, 64)),
     }
 
 

@@ -220,6 +220,19 @@ def test_an_untraceable_model_is_traced_piecewise() -> None:
     assert not _group_of(s, "gate.0.0").prunable
 
 
+def test_grouped_convs_are_pruned_in_whole_conv_groups() -> None:
+    s = trace_structure(_net(nets.GroupedConvs), X)
+    g = _group_of(s, "conv1.0")
+    assert g.prunable and g.unit == 4 and g.size == 3
+    assert {"conv2.0", "conv2b", "conv2.1"} <= set(g.followers)
+    assert s.roles["conv1.0"].out_unit == 4
+    assert s.roles["conv3.0"].in_segments[0].spatial == 4
+    assert "grouped conv widen (groups=2)" in _group_of(s, "stem.0").reason
+    small = assert_exact(_net(nets.GroupedConvs), {g.id: [0, 2]})
+    assert small.conv2[0].groups == 2 and small.conv2b.groups == 4
+    assert small.conv2[0].weight.shape == (8, 4, 3, 3) and small.conv1[0].out_channels == 8
+
+
 def test_ignore_patterns_exclude_layers() -> None:
     s = trace_structure(_net(nets.Residual), X, ignore=["stem.*"])
     assert "excluded by the user (stem.*)" in _group_of(s, "stem.0").reason

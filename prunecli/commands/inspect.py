@@ -65,6 +65,8 @@ def main(cfg: DictConfig) -> None:
                 cfg.show == "unprunable" and g.prunable):
             continue
         size = f"{len(keep[g.id])}/{g.size}" if g.id in keep else str(g.size)
+        if g.unit > 1:  # pruned in whole conv groups of a grouped conv
+            size += f" x{g.unit}"
         status = ("[green]yes[/green], droppable" if g.droppable else "[green]yes[/green]") \
             if g.prunable else f"[red]no[/red]: {g.reason}"
         table.add_row(g.key, size, _names(g.producers), str(len(g.consumers)),
@@ -78,7 +80,7 @@ def main(cfg: DictConfig) -> None:
         f"({len(structure.droppable_groups)} droppable whole: method.layer_drop=true) holding "
         f"{100 * prunable:.1f}% of the channels; {total / 1e6:.1f} M MACs; traced in "
         f"{seconds:.2f} s. MACs % = share of the model's MACs in layers whose cost scales with "
-        "the group's width.")
+        "the group's width; size xN: pruned in units of N channels (a grouped conv's groups).")
     if structure.unknown_ops:
         console.print(f"ops not understood (their channels stay whole): "
                       f"{', '.join(structure.unknown_ops)}")

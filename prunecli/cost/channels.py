@@ -22,7 +22,8 @@ class ChannelCountCost(CountsCost):
         self.full = np.array([g.size for g in structure.groups], dtype=np.float64)
         ids = [g.id for g in structure.prunable_groups] if groups is None else list(groups)
         self.weights = np.zeros(len(self.full))
-        self.weights[ids] = 1.0
+        units = np.array([g.unit for g in structure.groups], dtype=np.float64)
+        self.weights[ids] = units[ids]  # a grouped conv's unit is several channels
         self.dense = float(self.full @ self.weights)
 
     def cost_batch(self, x: np.ndarray) -> np.ndarray:

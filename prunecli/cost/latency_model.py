@@ -71,6 +71,11 @@ def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerS
     called at several input sizes (a head shared by pyramid levels) gives one spec per size,
     each timed at its own signature."""
     modules = dict(model.named_modules())
+    grouped = [g.key for g in structure.groups if g.unit > 1]
+    if grouped:
+        raise ConfigError(f"latency tables do not cover grouped convs yet (groups "
+                          f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''} are "
+                          "pruned in whole conv groups); use cost=macs, params or memory")
     out = []
     for name, role in structure.roles.items():
         if role.kind not in MODELED or name not in structure.shapes:

@@ -155,26 +155,28 @@ def _terms(model: nn.Module, structure: ChannelStructure, what: str) -> _Terms:
             has_bias = getattr(m, "bias", None) is not None
             a_rows.append(_in_matrix_row(structure, name, n))
             outs.append(role.out_group if role.out_group is not None else -1)
+            unit = role.out_unit  # output channels per kept unit of the output group
             if what == "macs":
-                bils.append(geo)
+                bils.append(geo * unit)
             else:  # params: weight c_in*c_out*k*k (+ bias c_out)
                 k = math.prod(m.kernel_size) if kind == "conv" else 1
-                bils.append(float(k))
+                bils.append(float(k) * unit)
                 if has_bias and role.out_group is not None:
-                    lin[role.out_group] += 1
-        elif kind == "depthwise":  # per channel; a group may appear in several segments
-            per = geo if what == "macs" else (
-                math.prod(m.kernel_size) + (1 if m.bias is not None else 0))
-            for seg in role.in_segments:
-                lin[seg.group] += per
+                    lin[role.out_group] += unit
+        elif kind == "depthwise":  # per channel (a grouped conv: per unit of ``spatial``
+            width = m.in_channels // m.groups  # channels, each reading ``width`` inputs)
+            per = geo * width if what == "macs" else (
+                math.prod(m.kernel_size) * width + (1 if m.bias is not None else 0))
+            for seg in role.in_segments:  # a group may appear in several segments
+                lin[seg.group] += per * seg.spatial
         elif what == "params" and kind in ("norm", "prelu"):
             per = sum(1 for p in ("weight", "bias") if getattr(m, p, None) is not None)
             for seg in role.in_segments:
-                lin[seg.group] += per
+                lin[seg.group] += per * seg.spatial
     if what == "params":
         for p in structure.params:
             for seg in p.segments:
-                lin[seg.group] += 1
+                lin[seg.group] += seg.spatial
     a = np.array(a_rows) if a_rows else np.zeros((0, n))
     return _Terms(a, np.array(outs, dtype=np.int64), np.array(bils, dtype=np.float64), lin, 0.0)
 
@@ -233,11 +235,11 @@ def _memory_model(model: nn.Module, structure: ChannelStructure, example: torch.
         per_channel = structure.positions[name]  # all calls
         if role.kind == "depthwise":
             for seg in role.in_segments:
-                act[seg.group] += per_channel
+                act[seg.group] += per_channel * seg.spatial
         elif role.out_group is None:
             const_act += per_channel * out_shape[1]
         else:
-            act[role.out_group] += per_channel
+            act[role.out_group] += per_channel * role.out_unit
     terms = _Terms(params.a, params.out, params.bil * nbytes,
                    params.lin * nbytes + act * batch_size * nbytes, 0.0)
     dense_weights = count_params(model) * nbytes

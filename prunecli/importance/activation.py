@@ -21,16 +21,17 @@ class ActivationTaylor:
 
     def __init__(self, model: nn.Module, structure: ChannelStructure) -> None:
         modules = dict(model.named_modules())
-        # (module, spans, channels last): a Linear's output has its channels on the last axis
-        self.sites: list[tuple[nn.Module, list[tuple[int, int, int]], bool]] = []
+        # (module, spans (group, offset, units, channels per unit), channels last): a Linear's
+        # output has its channels on the last axis
+        self.sites: list[tuple[nn.Module, list[tuple[int, int, int, int]], bool]] = []
         for g in structure.prunable_groups:
             names = [n for n in g.followers if structure.roles[n].kind == "norm"] or g.producers
             for name in names[:1] if names else []:
                 role = structure.roles[name]
                 if role.out_group == g.id:  # a producer writes the whole group
-                    spans = [(g.id, 0, g.size)]
+                    spans = [(g.id, 0, g.size, g.unit)]
                 else:
-                    spans = [(s.group, s.offset, s.length) for s in role.in_segments
+                    spans = [(s.group, s.offset, s.length, s.spatial) for s in role.in_segments
                              if s.group == g.id]
                 self.sites.append((modules[name], spans, role.kind == "linear"))
         self.sums: dict[int, torch.Tensor] = {}
@@ -46,7 +47,7 @@ class ActivationTaylor:
             h.remove()
         self.handles = []
 
-    def _forward(self, spans: list[tuple[int, int, int]], last: bool) -> Any:
+    def _forward(self, spans: list[tuple[int, int, int, int]], last: bool) -> Any:
         def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
             if not (torch.is_grad_enabled() and output.requires_grad):
                 return
@@ -57,8 +58,8 @@ class ActivationTaylor:
                 per = per.movedim(-1, 1) if last and per.ndim > 2 else per  # (N, C, ...)
                 per = per.flatten(2).mean(2) if per.ndim > 2 else per  # (N, C)
                 theta = per.abs().mean(0)
-                for gid, off, length in spans:
-                    part = theta[off: off + length]
+                for gid, off, length, unit in spans:
+                    part = theta[off: off + length * unit].view(length, unit).sum(1)
                     self.sums[gid] = self.sums[gid] + part if gid in self.sums else part
 
             output.register_hook(grad_hook)

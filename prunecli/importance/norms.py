@@ -12,13 +12,21 @@ from prunecli.structure import ChannelStructure
 
 @dataclass(frozen=True)
 class NormSlice:
-    """Channels ``[offset, offset + length)`` of the affine norm ``module`` are group ``group``."""
+    """Channels ``[offset, offset + length * spatial)`` of the affine norm ``module`` are group
+    ``group``; each of its ``length`` units spans ``spatial`` channels (a grouped conv's group
+    width, see ChannelGroup.unit; 1 otherwise)."""
 
     module: nn.Module
     name: str
     group: int
     offset: int
     length: int
+    spatial: int = 1
+
+    def per_unit(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor``'s entries for this slice, as (units, channels per unit)."""
+        part = tensor[self.offset: self.offset + self.length * self.spatial]
+        return part.reshape(self.length, self.spatial)
 
 
 def norm_slices(model: nn.Module, structure: ChannelStructure) -> dict[int, list[NormSlice]]:
@@ -35,7 +43,7 @@ def norm_slices(model: nn.Module, structure: ChannelStructure) -> dict[int, list
             for seg in role.in_segments:
                 if seg.group == g.id:
                     out.setdefault(g.id, []).append(NormSlice(m, name, g.id, seg.offset,
-                                                              seg.length))
+                                                              seg.length, seg.spatial))
     return out
 
 
@@ -46,7 +54,6 @@ def bn_scale(slices: dict[int, list[NormSlice]]) -> dict[int, torch.Tensor]:
     threshold)."""
     scores = {}
     for gid, parts in slices.items():
-        total = sum(p.module.weight.detach()[p.offset: p.offset + p.length].abs().float()
-                    for p in parts)
+        total = sum(p.per_unit(p.module.weight.detach()).abs().float().mean(1) for p in parts)
         scores[gid] = total / len(parts)
     return scores

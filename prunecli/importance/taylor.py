@@ -76,13 +76,13 @@ class BNTaylor:
             total = None
             for p in parts:
                 m = p.module
-                sl = slice(p.offset, p.offset + p.length)
-                term = torch.zeros_like(m.weight[sl], dtype=torch.float32)
+                term = torch.zeros(p.length, p.spatial, device=m.weight.device)
                 if m.weight.grad is not None:
-                    term = term + (m.weight[sl] * m.weight.grad[sl]).float()
+                    term = term + p.per_unit(m.weight * m.weight.grad).float()
                 bias = getattr(m, "bias", None)
                 if bias is not None and bias.grad is not None:
-                    term = term + (bias[sl] * bias.grad[sl]).float()
+                    term = term + p.per_unit(bias * bias.grad).float()
+                term = term.sum(1)  # a unit's channels go together: their changes add
                 total = term if total is None else total + term
             out[gid] = total
         if self.fallback is not None:

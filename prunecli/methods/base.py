@@ -161,7 +161,7 @@ class PruningMethod(TrainingHooks):
             keep.update(self._cascade(keep))
         self.masker.set_keep(keep)
         counts = self.counts()
-        kept = int(sum(counts[g.id] for g in self.structure.prunable_groups))
+        kept = self.structure.kept_channels(counts)
         ratio = self.cost_model.ratio(counts)
         event = {"step": int(ctx.step), "epoch": int(ctx.epoch), "cost_kept": round(ratio, 6),
                  "channels_kept": kept}
@@ -222,12 +222,13 @@ class PruningMethod(TrainingHooks):
             "cost_kept": round(self.cost_model.ratio(counts), 6),
             "cost_dense": self.cost_model.dense,
             "cost_pruned": self.cost_model.cost(counts),
-            "channels_kept": int(sum(counts[g.id] for g in self.structure.prunable_groups)),
+            "channels_kept": self.structure.kept_channels(counts),
             "channels_prunable": self.structure.prunable_channels(),
             "groups_dropped": [self.structure.groups[g].key for g, idx in keep.items()
                                if len(idx) == 0],
             # every prunable group's width, in network order (the report's architecture plot)
-            "widths": [{"group": g.key, "size": int(g.size), "kept": int(counts[g.id])}
+            "widths": [{"group": g.key, "size": int(g.size * g.unit),
+                        "kept": int(counts[g.id] * g.unit)}
                        for g in self.structure.prunable_groups],
             "prune_events": len(self.history),
             f"dense_{self.metric}": self.dense_metric,

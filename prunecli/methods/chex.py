@@ -225,8 +225,18 @@ class CHEX(PruningMethod):
         if not self.slices:
             raise ConfigError(f"{ctx.config.model.name} has no BN after a prunable layer: CHEX "
                               "allocates channels by BN scales")
+        units = [g for g in self.slices if self.structure.groups[g].unit > 1]
+        if units:  # regrowth re-initialises single channels; a grouped conv's unit is several
+            log.warning("chex: %d group(s) pruned in whole conv groups (grouped convs) stay "
+                        "whole: CHEX regrows single channels", len(units))
+            self.slices = {g: s for g, s in self.slices.items() if g not in units}
+            if not self.slices:
+                raise ConfigError(f"{ctx.config.model.name}: every group with a norm is pruned "
+                                  "in whole conv groups, which CHEX does not do; use another "
+                                  "method")
         self.groups = sorted(self.slices)
-        whole = [g.key for g in self.structure.prunable_groups if g.id not in self.slices]
+        whole = [g.key for g in self.structure.prunable_groups
+                 if g.id not in self.slices and g.id not in units]
         if whole:
             log.warning("chex: %d group(s) without a norm stay whole: %s", len(whole),
                         ", ".join(whole[:5]))

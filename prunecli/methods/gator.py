@@ -444,7 +444,7 @@ class Gator(PruningMethod):
         kept = self.counts()
         log.info("gator: gating ended at step %d, criteria weight %g, %d of %d prunable channels "
                  "off, %s at %.1f%% of dense", ctx.step, self.lam,
-                 self.structure.prunable_channels() - int(sum(kept[g] for g in self.groups)),
+                 self.structure.prunable_channels() - self.structure.kept_channels(kept),
                  self.structure.prunable_channels(), self.cost_model.name,
                  100 * self.cost_model.ratio(kept))
 

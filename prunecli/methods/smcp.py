@@ -182,7 +182,9 @@ class SMCPImportance:
             if e is None:
                 continue
             if out_group is not None:  # rows of masked output channels do not count
-                e = e * self.out_masks[out_group].view((-1,) + (1,) * (e.ndim - 1)).to(e.dtype)
+                rows = self.out_masks[out_group].repeat_interleave(
+                    self.structure.groups[out_group].unit)
+                e = e * rows.view((-1,) + (1,) * (e.ndim - 1)).to(e.dtype)
             add_channel_sums(out, e, segs)
         for g in self.groups:  # no gradient yet (e.g. a frozen consumer): zeros
             if g not in out:

@@ -58,7 +58,8 @@ class TaylorPruning(PruningMethod):
         if c.remove_per_step < 0:
             raise ConfigError("method.remove_per_step must be >= 0 (0: spread evenly)")
         self.per_step = (None if c.remove_per_step == 0 else
-                         removal_count(c.remove_per_step, self.structure.prunable_channels()))
+                         removal_count(c.remove_per_step,  # units: a conv group goes at once
+                                       sum(g.size for g in self.structure.prunable_groups)))
         slices = norm_slices(ctx.net, self.structure)
         self.hooks: ActivationTaylor | None = None
         if c.criterion == "fo_bn":

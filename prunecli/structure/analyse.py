@@ -73,12 +73,18 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
             reasons += [x for x in an.reasons.get(s, []) if x not in reasons]
         if len(sizes) != 1:
             reasons.append(f"merged spaces of different sizes {sorted(sizes)}")
-        groups.append(ChannelGroup(id=gid[r], size=max(sizes), key="", reasons=reasons))
+        unit = math.lcm(*(an.units.get(s, 1) for s in members[r]))
+        if max(sizes) % unit:  # grouped convs of incompatible widths on one group
+            reasons.append(f"grouped convs need units of {unit} channels in {max(sizes)}")
+            unit = 1
+        groups.append(ChannelGroup(id=gid[r], size=max(sizes) // unit, key="",
+                                   reasons=reasons, unit=unit))
 
     def seg_list(x: _Layout) -> tuple[Segment, ...]:
         out, off = [], 0
         for s in x.segs:
-            out.append(Segment(gid[an.uf.find(s.space)], off, s.length, x.spatial))
+            g = groups[gid[an.uf.find(s.space)]]
+            out.append(Segment(g.id, off, s.length // g.unit, x.spatial * g.unit))
             off += s.length * x.spatial
         return tuple(out)
 
@@ -91,6 +97,7 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
             role.out_group = gid[an.uf.find(role.out_group)]
             g = groups[role.out_group]
             g.producers.append(name)
+            role.out_unit = g.unit
         for seg in role.in_segments:
             target = groups[seg.group]
             bucket = target.consumers if role.kind in ("conv", "linear") else target.followers

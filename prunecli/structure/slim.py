@@ -33,6 +33,15 @@ def _input_index(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]
     return torch.cat(parts)
 
 
+def output_index(role: ModuleRole, keep: dict[int, torch.Tensor]) -> torch.Tensor | None:
+    """Kept output channels of a producer (a unit of its group spans ``out_unit`` channels),
+    or None when its group keeps everything."""
+    idx = keep.get(role.out_group) if role.out_group is not None else None
+    if idx is None or role.out_unit == 1:
+        return idx
+    return (idx[:, None] * role.out_unit + torch.arange(role.out_unit)).flatten()
+
+
 # state-dict name -> the (dim, index) slices that made it from the dense tensor, in order
 SliceLog = dict[str, list[tuple[int, torch.Tensor]]]
 
@@ -70,10 +79,12 @@ def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
         if in_idx is not None:
             take("weight", in_idx, 1)
             setattr(module, in_attr, len(in_idx))
-    elif kind == "depthwise" and in_idx is not None:
+    elif kind == "depthwise" and in_idx is not None:  # depthwise, or grouped w -> w
+        width = module.in_channels // module.groups
         take("weight", in_idx, 0)
         take("bias", in_idx, 0)
-        module.in_channels = module.out_channels = module.groups = len(in_idx)
+        module.in_channels = module.out_channels = len(in_idx)
+        module.groups = len(in_idx) // width
     elif kind == "norm" and in_idx is not None:
         for attr in ("weight", "bias", "running_mean", "running_var"):
             take(attr, in_idx, 0)
@@ -95,7 +106,7 @@ def _stand_in(module: nn.Module, role: ModuleRole, idx: dict[int, torch.Tensor],
         if role.out_group in dropped:
             return EmptyChannels(module)
         if reads_only_dropped:
-            return ConstantChannels(module, idx.get(role.out_group))
+            return ConstantChannels(module, output_index(role, idx))
     elif reads_only_dropped:
         return EmptyChannels(module) if role.kind == "depthwise" else nn.Identity()
     return None
@@ -179,12 +190,12 @@ def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, tor
             if new is not None:
                 _check_geometry(role.name, new, structure)
                 _replace(model, role.name, new)
-                out = idx.get(role.out_group) if role.out_group is not None else None
+                out = output_index(role, idx)
                 if log is not None and getattr(new, "bias", None) is not None:
                     log[f"{role.name}.bias"] = [] if out is None else [(0, out.cpu())]
                 continue
         in_idx = _input_index(role.in_segments, idx)
-        out_idx = idx.get(role.out_group) if role.out_group is not None else None
+        out_idx = output_index(role, idx)
         if in_idx is not None or out_idx is not None:
             _slim_module(modules[role.name], role.kind, in_idx, out_idx, log, role.name)
     for p in structure.params:

@@ -104,11 +104,15 @@ class ChannelStructure:
                     changed = True
         return out
 
+    def kept_channels(self, counts: Mapping[int, int]) -> int:
+        """Channels kept in the prunable groups, for kept counts per group (in units)."""
+        return int(sum(int(counts[g.id]) * g.unit for g in self.prunable_groups))
+
     def prunable_channels(self) -> int:
-        return sum(g.size for g in self.prunable_groups)
+        return sum(g.size * g.unit for g in self.prunable_groups)
 
     def total_channels(self) -> int:
-        return sum(g.size for g in self.groups if g.producers)
+        return sum(g.size * g.unit for g in self.groups if g.producers)
 
     # ------------------------------------------------------------------ keep-sets
     def normalise_keep(self, keep: KeepSpec) -> dict[int, torch.Tensor]:

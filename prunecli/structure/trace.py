@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import operator
 from collections import defaultdict
 from typing import Any
@@ -117,6 +118,7 @@ class _Analysis:
         self.out_space: dict[str, int] = {}
         self.params: dict[str, tuple[str, str, _Layout]] = {}
         self.unknown_ops: set[str] = set()
+        self.units: dict[int, int] = {}  # space -> channels per unit (grouped convs)
 
     # ------------------------------------------------------------------ helpers
     def new_space(self, size: int, reason: str | None = None) -> int:
@@ -303,6 +305,13 @@ class _Analysis:
             self.record(name, "conv", None, out)
             return _Layout((_Seg(out, m.out_channels),), 1, x.ndim)
         if m.groups == m.in_channels == m.out_channels:
+            self.record(name, "depthwise", x)
+            return _same_layout(node, x)
+        width = m.in_channels // m.groups
+        if m.out_channels == m.in_channels and all(s.length % width == 0 for s in x.segs):
+            # w -> w channels per conv group: a follower pruned in whole conv groups
+            for s in x.segs:
+                self.units[s.space] = math.lcm(self.units.get(s.space, 1), width)
             self.record(name, "depthwise", x)
             return _same_layout(node, x)
         self.bad(x, f"grouped conv {name} (groups={m.groups}) cannot keep its groups whole")

@@ -4,6 +4,8 @@ A *group* is one channel space: every producer writing it (convs/linears whose o
 by residual adds or SE multiplications), every consumer reading it (convs/linears, possibly at
 an offset after a concatenation, or with a spatial factor after a flatten) and every follower
 that carries it per channel (norms, depthwise convs, per-channel parameters such as layer scale).
+A grouped conv whose groups map ``w`` channels to ``w`` channels is a follower too ("depthwise"
+kind): its input and output are one group, pruned in whole conv groups (``unit = w``).
 Removing channel ``c`` of a group means removing output ``c`` of each producer, the matching
 input columns of each consumer and entry ``c`` of each follower.
 """
@@ -48,6 +50,10 @@ class ChannelGroup:
     reasons: list[str] = field(default_factory=list)  # why it cannot be pruned (empty: prunable)
     # all channels may go (layer drop): another path still carries the input to every output
     droppable: bool = False
+    # channels per pruning unit: a grouped conv on the group (groups of ``unit`` channels) is
+    # sliced in whole conv groups, so ``size`` counts units and every segment's ``spatial``
+    # spans a unit; 1 for every group no grouped conv touches
+    unit: int = 1
 
     @property
     def prunable(self) -> bool:
@@ -67,3 +73,4 @@ class ModuleRole:
     kind: str  # "conv", "linear", "convT", "depthwise", "norm", "prelu", "layernorm"
     in_segments: tuple[Segment, ...] = ()
     out_group: int | None = None
+    out_unit: int = 1  # output channels per unit of ``out_group`` (see ChannelGroup.unit)
