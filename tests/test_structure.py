@@ -331,6 +331,25 @@ def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
     assert load_slim(path).keep.keys() == s.normalise_keep(keep).keys()
 
 
+def test_a_slim_model_with_fewer_conv_groups_saves_and_loads(tmp_path: Path) -> None:
+    """torchvision RegNetX (grouped convs pruned in whole groups) through save_slim/load_slim:
+    the file rebuilds the dense model, re-traces it and slims it again."""
+    from prunecli.models import build_model
+
+    cfg = {"name": "regnet_x_400mf", "source": "torchvision"}
+    model = build_model(cfg, num_classes=10, in_chans=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    s = trace_structure(model, x[:1])
+    assert any(g.unit > 1 and g.prunable for g in s.groups)
+    keep = random_keep(s, 0.5, torch.Generator().manual_seed(0))
+    small = slim(model, s, keep)
+    path = save_slim(tmp_path / "small.pt", small, s, keep, cfg, num_classes=10, in_chans=3)
+    again = load_slim(path).model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), small(x))
+    assert _params(again) == _params(small) < _params(model)
+
+
 def test_corrupt_slim_file_is_a_clear_error(tmp_path: Path) -> None:
     from prunecli.errors import CheckpointError
 

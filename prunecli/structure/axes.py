@@ -7,7 +7,8 @@ tracer keeps following the layout through them, so a Linear over the last axis o
 tensor is a conv over channels and the MLP's hidden width becomes prunable.
 
 Exactness rule for reshapes: the channel axis must come out as an axis of its own, with the same
-number of elements before it (so the channel index of every element is unchanged), and its size
+number of elements before it (so the channel index of every element is unchanged), not as the
+leading axis (traced at batch 1, merging channels into the batch looks the same), and its size
 must not be a literal in the code (``x.view(B, -1, 64)`` would break once the 64 channels shrink).
 """
 
@@ -73,7 +74,7 @@ def reshaped_layout(node: fx.Node, x: _Layout) -> _Layout:
             return _Layout(x.segs, 1, len(o), x.spatial, x.guessed)
         raise _Unsupported(f"reshape {s} -> {o} of flattened features")
     before = math.prod(s[: x.axis])
-    for b in range(len(o)):
+    for b in range(1, len(o)):  # channels onto axis 0 would join the batch (even if N is 1)
         if math.prod(o[:b]) == before and o[b] == s[x.axis]:
             _refuse_literal(literal, b, s, o)
             return _Layout(x.segs, b, len(o), 1, x.guessed)
