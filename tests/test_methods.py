@@ -53,6 +53,21 @@ def test_method_meets_the_budget_and_saves_a_slim_model(run_cli, tmp_path: Path,
     assert again["top1"] == r["top1"] and again["macs"] == r["macs"]
 
 
+@pytest.mark.parametrize(("source", "name", "method"), [
+    ("timm", "convnext_atto", "taylor"),  # MLP widths on channels-last tensors
+    ("torchvision", "regnet_x_400mf", "smcp"),  # grouped convs pruned in whole conv groups
+])
+def test_methods_prune_newly_covered_families(run_cli, source: str, name: str,
+                                              method: str) -> None:
+    run = run_cli("train", *SMALL, "data.image_size=32", "trainer.epochs=2", f"model={source}",
+                  f"model.name={name}", f"method={method}", "cost.ratio=0.5",
+                  "method.prune_every=2" if method == "taylor" else "method.prune_every=3")
+    r = read_results(run)
+    assert 0.48 <= r["cost_kept"] <= 0.5 + 1e-9
+    assert r["slim_top1"] == r["top1"] and r["slim_max_diff"] < 1e-4
+    assert sum(p.numel() for p in load_slim(run / "slim.pt").model.parameters()) == r["params"]
+
+
 def _masks(run: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint(run / "last.pt")["model"]
     return {k: v for k, v in state.items() if k.endswith(".mask")}

@@ -220,6 +220,21 @@ def test_an_untraceable_model_is_traced_piecewise() -> None:
     assert not _group_of(s, "gate.0.0").prunable
 
 
+@pytest.mark.parametrize("cls", [nets.Residual, nets.PartlyTraceable])
+def test_tracing_leaves_every_module_in_its_own_mode(cls: type[nn.Module]) -> None:
+    """Eval model: still eval everywhere (a piece traced alone once came back in training
+    mode, its BatchNorms then normalising with batch statistics); a training model with a
+    frozen BN keeps it frozen."""
+    model = _net(cls)
+    trace_structure(model, X)
+    assert not any(m.training for m in model.modules())
+    model.train()
+    frozen = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d)).eval()
+    trace_structure(model, X)
+    assert not frozen.training
+    assert all(m.training for m in model.modules() if m is not frozen)
+
+
 def test_grouped_convs_are_pruned_in_whole_conv_groups() -> None:
     s = trace_structure(_net(nets.GroupedConvs), X)
     g = _group_of(s, "conv1.0")

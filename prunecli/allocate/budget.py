@@ -98,13 +98,23 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
     curves = cost_model.group_curves(point, side_weight=side_weight)
     const = cost_model.cost(point) - math.fsum(curves[g][int(point[g])] for g in curves)
 
+    structure = getattr(cost_model, "structure", None)
+
+    def in_units(g: int, channels: int) -> int:
+        """A channel multiple as a count of the group's units (a grouped conv's unit is several
+        channels: round_to=8 on units of 4 channels keeps multiples of 2 units)."""
+        unit = structure.groups[g].unit if structure is not None else 1
+        return channels // math.gcd(channels, unit)
+
     def group_options(g: int, curve: np.ndarray) -> GroupOptions:
         if g not in scores:
             return fixed_options(g, int(point[g]), float(curve[int(point[g])]))
         part = curve[: len(scores[g]) + 1]
         if group_size:
-            return halp_options(g, scores[g], part, group_size, force_first=g not in droppable)
-        return make_options(g, scores[g], part, min_channels, round_to, drop=g in droppable)
+            return halp_options(g, scores[g], part, in_units(g, group_size),
+                                force_first=g not in droppable)
+        return make_options(g, scores[g], part, min_channels, in_units(g, round_to),
+                            drop=g in droppable)
 
     options = [group_options(g, c) for g, c in curves.items()]
 

@@ -8,9 +8,11 @@ counts that the cost models need.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -39,21 +41,31 @@ class TraceResult:
     call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode for a forward pass, then every module's own mode back (``train(flag)`` would
+    set one flag on all of them: a frozen BN in a training model, or a piece traced alone
+    inside a model in eval, would come back in the wrong mode)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor, ...],
             ignore: tuple[str, ...] | list[str] = ()) -> TraceResult:
     """Trace ``model`` and return its channel groups (see :func:`trace_structure`)."""
     gm = fx_trace(model)
     inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             ShapeProp(gm).propagate(*inputs)
     except Exception as exc:
         raise TraceError(f"running the traced {type(model).__name__} on the example input "
                          f"failed: {str(exc).strip().splitlines()[0]}") from exc
-    finally:
-        model.train(was_training)
     an = _Analysis(gm, set(ignore))
     an.run()
     return _collect(an, gm)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunecli.structure.analyse import TraceResult, analyse
+from prunecli.structure.analyse import TraceResult, analyse, eval_mode
 from prunecli.structure.trace import TraceError
 from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment
 
@@ -69,13 +69,10 @@ def _capture_calls(model: nn.Module, inputs: tuple[torch.Tensor, ...]
     for name, module in model.named_modules():
         if name:
             handles.append(module.register_forward_pre_hook(hook(name), with_kwargs=True))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             model(*inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     return calls
@@ -86,9 +83,20 @@ def analyse_pieces(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     """The channel structure of ``model`` from its traceable pieces; ``error`` (why the whole
     model did not trace) is raised again when no piece has a prunable channel."""
     try:
-        calls = _capture_calls(model, inputs)
+        with eval_mode(model):  # the pieces' wrappers must not put the model in training mode
+            calls = _capture_calls(model, inputs)
+            result = _analyse_children(model, calls, ignore)
+    except TraceError:
+        raise
     except Exception as exc:  # the model does not even run on this input
         raise error from exc
+    if not any(g.prunable for g in result.groups):
+        raise error
+    return result
+
+
+def _analyse_children(model: nn.Module, calls: dict[str, Any], ignore: tuple[str, ...]
+                      ) -> TraceResult:
     pieces: list[tuple[str, TraceResult, int]] = []
     untraceable = [type(model).__name__]
 
@@ -111,8 +119,6 @@ def analyse_pieces(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     visit(model, "")
     result = _merge(pieces, untraceable)
     _exclude(result, ignore)
-    if not any(g.prunable for g in result.groups):
-        raise error
     log.warning("channel structure: torch.fx cannot trace %s; traced %d pieces separately "
                 "(their inputs and outputs stay whole)", ", ".join(untraceable), len(pieces))
     return result
