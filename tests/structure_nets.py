@@ -169,7 +169,8 @@ class UnknownOp(nn.Module):
 
 class LayerScaleGroupNorm(nn.Module):
     """A per-channel parameter used as x * gamma, a GroupNorm with one channel per group
-    (per-channel: prunable) and one with fewer groups (mixes channels: not prunable)."""
+    (per-channel: prunable), one of 2 groups of 3 (its statistics stay exact when whole GN
+    groups go: prunable in units of 3) and one over all channels (mixes them: not prunable)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -177,12 +178,15 @@ class LayerScaleGroupNorm(nn.Module):
         self.gn_per_channel = nn.GroupNorm(8, 8)
         self.gamma = nn.Parameter(torch.rand(8) + 0.5)
         self.b = nn.Conv2d(8, 6, 1)
-        self.gn_mixing = nn.GroupNorm(2, 6)
+        self.gn_groups = nn.GroupNorm(2, 6)
         self.c = nn.Conv2d(6, 4, 1)
+        self.gn_mixing = nn.GroupNorm(1, 4)
+        self.d = nn.Conv2d(4, 3, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.gn_per_channel(self.a(x)) * self.gamma.reshape(1, -1, 1, 1)
-        return self.c(self.gn_mixing(self.b(y))).mean((2, 3))
+        y = self.c(F.relu(self.gn_groups(self.b(y))))
+        return self.d(self.gn_mixing(y)).mean((2, 3))
 
 
 class ChannelShuffle(nn.Module):
@@ -306,15 +310,16 @@ class PartlyTraceable(nn.Module):
 class GroupedConvs(nn.Module):
     """ResNeXt/RegNet bottleneck: a grouped 3x3 conv mapping 4 -> 4 channels per group, a
     second grouped conv (2 per group) on the same width, and one whose groups widen (4 -> 8
-    per group: left whole). The inner width is pruned in units of lcm(4, 2) = 4 channels."""
+    per group: left whole). The inner width is pruned in units of lcm(4, 2) = 4 channels (a
+    single kept unit makes the 4-per-group conv a plain conv: tests keep at least 2)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stem = cbr(3, 8)
-        self.conv1 = cbr(8, 12, k=1)
-        self.conv2 = cbr(12, 12, groups=3)
-        self.conv2b = nn.Conv2d(12, 12, 3, padding=1, groups=6)
-        self.conv3 = nn.Sequential(nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.conv1 = cbr(8, 24, k=1)
+        self.conv2 = cbr(24, 24, groups=6)
+        self.conv2b = nn.Conv2d(24, 24, 3, padding=1, groups=12)
+        self.conv3 = nn.Sequential(nn.Conv2d(24, 8, 1, bias=False), nn.BatchNorm2d(8))
         self.widen = nn.Conv2d(8, 16, 3, padding=1, groups=2)
         self.head = nn.Linear(16, 5)
 

@@ -51,7 +51,9 @@ PRUNABLE = {
     "ssdlite320_mobilenet_v3_large": ["backbone.extra.0.0.0"],
     "retinanet_resnet50_fpn": ["cls_head.conv.0.0", "box_head.conv.3.0",
                                "backbone.fpn.layer_blocks.0.0", "backbone.body.layer4.2.conv2"],
-    "fcos_resnet50_fpn": ["backbone.fpn.layer_blocks.0.0", "backbone.body.layer2.0.conv1"],
+    "fcos_resnet50_fpn": ["backbone.fpn.layer_blocks.0.0", "backbone.body.layer2.0.conv1",
+                          "cls_head.conv.0", "box_head.conv.9"],  # GroupNorm: units of 8
+    "retinanet_resnet50_fpn_v2": ["cls_head.conv.0.0", "box_head.conv.3.0"],
     "fasterrcnn_resnet50_fpn": ["rpn_head.conv.0.0", "backbone.body.layer1.0.conv1"],
     "fasterrcnn_mobilenet_v3_large_fpn": ["rpn_head.conv.0.0", "backbone.body.2.block.0.0"],
 }  # fmt: skip

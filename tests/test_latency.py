@@ -57,7 +57,7 @@ def _kind(m: nn.Module) -> str | None:
     if isinstance(m, nn.Conv2d):
         if m.groups == 1:
             return "conv"
-        return "depthwise" if m.groups == m.in_channels == m.out_channels else None
+        return "depthwise" if m.in_channels == m.out_channels else None  # w -> w per group
     return None
 
 
@@ -115,7 +115,7 @@ NETS = {"resnet20": resnet20, **{cls.__name__: (lambda cls=cls: (cls().eval(),
                                  for cls in (nets.Residual, nets.Concat, nets.Depthwise,
                                              nets.SqueezeExcite, nets.FlattenLinear,
                                              nets.SharedConsumer, nets.UnknownOp,
-                                             nets.PyramidSharedHead)}}
+                                             nets.PyramidSharedHead, nets.GroupedConvs)}}
 
 
 def _table_for(name: str, tmp_path: Path, curved: bool, fake_timing, step: int = 8):
@@ -289,7 +289,8 @@ def test_prediction_is_exact_for_a_bilinear_device(name: str, tmp_path: Path,
                                           rel=1e-9)
 
 
-@pytest.mark.parametrize("name", ["resnet20", "Concat", "Depthwise", "FlattenLinear"])
+@pytest.mark.parametrize("name", ["resnet20", "Concat", "Depthwise", "FlattenLinear",
+                                  "GroupedConvs"])
 @pytest.mark.parametrize("side_weight", [0.0, 0.5, 1.0])
 def test_group_curves_add_up_to_the_cost_at_their_point(name: str, side_weight: float,
                                                         tmp_path: Path, fake_timing) -> None:

@@ -154,7 +154,7 @@ def test_shared_consumer_merges_its_inputs() -> None:
     (nets.FeatureOutput, "a.0", "reaches the model output"),
     (nets.UnknownOp, "a", "op not understood: softmax"),
     (nets.ChannelShuffle, "a", "regroups channels"),
-    (nets.LayerScaleGroupNorm, "b", "GroupNorm gn_mixing mixes channels"),
+    (nets.LayerScaleGroupNorm, "c", "GroupNorm gn_mixing mixes channels (1 groups)"),
 ])
 def test_unprunable_groups_say_why(cls, producer, reason) -> None:
     g = _group_of(trace_structure(_net(cls), X), producer)
@@ -193,6 +193,10 @@ def test_layer_scale_and_per_channel_groupnorm_are_sliced() -> None:
     assert g.prunable and g.params == ["gamma"] and "gn_per_channel" in g.followers
     small = slim(model, s, {"a": [0, 3, 5]})
     assert small.gamma.shape == (3,) and small.gn_per_channel.num_groups == 3
+    g = _group_of(s, "b")  # GroupNorm(2, 6): whole GN groups of 3 channels
+    assert g.prunable and g.unit == 3 and g.size == 2 and "gn_groups" in g.followers
+    small = assert_exact(_net(nets.LayerScaleGroupNorm), {"b": [1]})
+    assert small.gn_groups.num_groups == 1 and small.gn_groups.num_channels == 3
 
 
 def test_unknown_op_warns_with_its_name(caplog) -> None:
@@ -238,7 +242,7 @@ def test_tracing_leaves_every_module_in_its_own_mode(cls: type[nn.Module]) -> No
 def test_grouped_convs_are_pruned_in_whole_conv_groups() -> None:
     s = trace_structure(_net(nets.GroupedConvs), X)
     g = _group_of(s, "conv1.0")
-    assert g.prunable and g.unit == 4 and g.size == 3
+    assert g.prunable and g.unit == 4 and g.size == 6
     assert {"conv2.0", "conv2b", "conv2.1"} <= set(g.followers)
     assert s.roles["conv1.0"].out_unit == 4
     assert s.roles["conv3.0"].in_segments[0].spatial == 4

@@ -71,7 +71,7 @@ def _layer_axes(spec: LayerSpec, structure: ChannelStructure, step: int) -> list
     axes = [_axis(spec.c_in, max(1, unit), step, any(prunable))]
     if spec.kind != "depthwise":
         out_varies = spec.out_group is not None and structure.groups[spec.out_group].prunable
-        axes.append(_axis(spec.c_out, 1, step, out_varies))
+        axes.append(_axis(spec.c_out, spec.out_unit, step, out_varies))
     return axes
 
 

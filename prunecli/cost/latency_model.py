@@ -64,6 +64,7 @@ class LayerSpec:
     c_out: int  # full output width
     calls: int
     out_positions: int  # output values per channel per sample, all calls (H*W; linear: rows)
+    out_unit: int = 1  # output channels per unit of ``out_group`` (grouped convs' groups)
 
 
 def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerSpec]:
@@ -71,11 +72,6 @@ def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerS
     called at several input sizes (a head shared by pyramid levels) gives one spec per size,
     each timed at its own signature."""
     modules = dict(model.named_modules())
-    grouped = [g.key for g in structure.groups if g.unit > 1]
-    if grouped:
-        raise ConfigError(f"latency tables do not cover grouped convs yet (groups "
-                          f"{', '.join(grouped[:3])}{', ...' if len(grouped) > 3 else ''} are "
-                          "pruned in whole conv groups); use cost=macs, params or memory")
     out = []
     for name, role in structure.roles.items():
         if role.kind not in MODELED or name not in structure.shapes:
@@ -97,7 +93,8 @@ def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerS
             out.append(LayerSpec(name, role.kind,
                                  signature_of(modules[name], role.kind, in_shape),
                                  tuple(sorted(weights.items())), out_group, int(c_in), c_out,
-                                 calls, int(positions) * calls))
+                                 calls, int(positions) * calls,
+                                 role.out_unit if out_group is not None else 1))
     return out
 
 
@@ -124,6 +121,7 @@ class _SigBlock:
     a: np.ndarray  # (layers, groups): c_in = x @ a.T
     out: np.ndarray  # (layers,): output group, -1 = fixed
     fixed_out: np.ndarray  # (layers,): c_out where out == -1
+    out_unit: np.ndarray  # (layers,): output channels per unit of the output group
     calls: np.ndarray  # (layers,)
     layer_ids: np.ndarray  # (layers,): index into LatencyCostModel.layers
     depthwise: bool
@@ -183,7 +181,7 @@ class LatencyCostModel(CountsCost):
                 for gid, w in s.in_weights:
                     per[gid] += values * w
             elif s.out_group is not None:
-                per[s.out_group] += values
+                per[s.out_group] += values * s.out_unit
             else:
                 fixed += values * s.c_out
         return per, fixed
@@ -210,6 +208,7 @@ class LatencyCostModel(CountsCost):
             blocks.append(_SigBlock(
                 key, grid.axes, grid.ms, a, out,
                 np.array([self.layers[i].c_out for i in ids], dtype=np.float64),
+                np.array([self.layers[i].out_unit for i in ids], dtype=np.float64),
                 np.array([self.layers[i].calls for i in ids], dtype=np.float64),
                 np.array(ids, dtype=np.int64), grid.signature.kind == "depthwise"))
         return blocks
@@ -217,7 +216,7 @@ class LatencyCostModel(CountsCost):
     # ------------------------------------------------------------------ evaluation
     def _io(self, b: _SigBlock, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cin = x @ b.a.T
-        cout = np.where(b.out >= 0, x[:, np.maximum(b.out, 0)], b.fixed_out)
+        cout = np.where(b.out >= 0, x[:, np.maximum(b.out, 0)] * b.out_unit, b.fixed_out)
         return cin, cout
 
     def cost_batch(self, x: np.ndarray) -> np.ndarray:
@@ -247,16 +246,17 @@ class LatencyCostModel(CountsCost):
         alone (its producers' c_out, its sole-input consumers' c_in, depthwise followers):
         an allocator's natural options ("allowed" counts)."""
         size = int(self.full[group])
+        unit = self.structure.groups[group].unit  # grid axes count channels, counts units
         allowed = np.arange(1, size + 1)
         for b in self._blocks:
             for row in range(len(b.layer_ids)):
                 axis = None
                 if b.out[row] == group and not b.depthwise:
                     axis = b.axes[1]
-                elif np.count_nonzero(b.a[row]) == 1 and b.a[row, group] == 1:
+                elif np.count_nonzero(b.a[row]) == 1 and b.a[row, group] == unit:
                     axis = b.axes[0]
                 if axis is not None:
-                    allowed = np.intersect1d(allowed, axis)
+                    allowed = np.intersect1d(allowed, axis[axis % unit == 0] // unit)
         return np.union1d(allowed, [size]).astype(np.int64)
 
     # ------------------------------------------------------------------ for allocators
@@ -302,7 +302,8 @@ class LatencyCostModel(CountsCost):
         name = [self._names[b.layer_ids[row]]]
         a, calls = b.a[row], float(b.calls[row])
         cin = float(a @ x)
-        cout = float(x[b.out[row]]) if b.out[row] >= 0 else float(b.fixed_out[row])
+        unit = float(b.out_unit[row])
+        cout = float(x[b.out[row]]) * unit if b.out[row] >= 0 else float(b.fixed_out[row])
         out_group = None if b.depthwise or b.out[row] < 0 else int(b.out[row])
         readers = [int(g) for g in np.flatnonzero(a)]
         w_in = (w if out_group is not None else 1.0) if readers else 0.0
@@ -323,7 +324,7 @@ class LatencyCostModel(CountsCost):
                                  w_in * scale * at_x))
         if out_group is not None and w_in < 1:
             c = np.arange(int(self.full[out_group]) + 1, dtype=np.float64)
-            lat = self._sweep(b, out_group, np.full_like(c, cin), c, name)
+            lat = self._sweep(b, out_group, np.full_like(c, cin), c * unit, name)
             parts[out_group].append((None if lat is None else (1 - w_in) * calls * lat,
                                      (1 - w_in) * here))
 

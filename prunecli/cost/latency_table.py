@@ -62,6 +62,7 @@ class Signature:
     hw: tuple[int, ...] = ()  # input spatial size (conv, depthwise)
     positions: int = 1  # rows per sample (linear on (B, N, C) tokens: N)
     padding_mode: str = "zeros"
+    group_width: int = 1  # depthwise kind: channels per conv group (>1: a grouped w -> w conv)
 
     @property
     def key(self) -> str:
@@ -70,6 +71,7 @@ class Signature:
             return f"linear n{self.positions} {'bias' if self.bias else 'nobias'}"
         pad = self.padding if isinstance(self.padding, str) else _x(self.padding)
         mode = "" if self.padding_mode == "zeros" else f" {self.padding_mode}"
+        mode += f" g{self.group_width}" if self.group_width > 1 else ""
         return (f"{self.kind} k{_x(self.kernel)} s{_x(self.stride)} p{pad} d{_x(self.dilation)} "
                 f"{'bias' if self.bias else 'nobias'} in{_x(self.hw)}{mode}")
 
@@ -94,7 +96,7 @@ class Signature:
         if self.kind == "linear":
             return nn.Linear(c_in, c_out, bias=self.bias)
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(self.kernel)]
-        groups = c_in if self.kind == "depthwise" else 1
+        groups = c_in // self.group_width if self.kind == "depthwise" else 1
         out = c_in if self.kind == "depthwise" else c_out
         return conv(c_in, out, self.kernel, stride=self.stride, padding=self.padding,
                     dilation=self.dilation, groups=groups, bias=self.bias,
@@ -118,9 +120,10 @@ def signature_of(module: nn.Module, kind: str, in_shape: Sequence[int]) -> Signa
         positions = math.prod(in_shape[1:-1]) if len(in_shape) > 2 else 1
         return Signature("linear", bias=bias, positions=int(positions))
     pad = module.padding if isinstance(module.padding, str) else tuple(module.padding)
+    width = module.in_channels // module.groups if kind == "depthwise" else 1
     return Signature(kind, tuple(module.kernel_size), tuple(module.stride), pad,
                      tuple(module.dilation), bias, tuple(int(s) for s in in_shape[2:]),
-                     padding_mode=str(module.padding_mode))
+                     padding_mode=str(module.padding_mode), group_width=width)
 
 
 # ----------------------------------------------------------------------------- conditions

@@ -86,12 +86,14 @@ def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
         module.in_channels = module.out_channels = len(in_idx)
         module.groups = len(in_idx) // width
     elif kind == "norm" and in_idx is not None:
+        width = module.num_channels // module.num_groups if isinstance(module, nn.GroupNorm) \
+            else 1  # channels per GN group: whole GN groups go
         for attr in ("weight", "bias", "running_mean", "running_var"):
             take(attr, in_idx, 0)
         if hasattr(module, "num_features"):
             module.num_features = len(in_idx)
         if isinstance(module, nn.GroupNorm):
-            module.num_channels = module.num_groups = len(in_idx)
+            module.num_channels, module.num_groups = len(in_idx), len(in_idx) // width
     elif kind == "prelu" and in_idx is not None:
         take("weight", in_idx, 0)
         module.num_parameters = len(in_idx)

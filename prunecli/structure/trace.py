@@ -273,9 +273,12 @@ class _Analysis:
             self.record(name, "norm", x)
             return x
         if isinstance(m, nn.GroupNorm) and (type(m) is nn.GroupNorm or cls in _SAFE_SUBCLASSES):
-            if m.num_groups != m.num_channels:
+            width = m.num_channels // m.num_groups
+            if width > 1 and (m.num_groups == 1 or any(s.length % width for s in x.segs)):
                 self.bad(x, f"GroupNorm {name} mixes channels ({m.num_groups} groups)")
                 return x
+            for s in x.segs:  # statistics per GN group: pruned in whole GN groups, exact
+                self.units[s.space] = math.lcm(self.units.get(s.space, 1), width)
             self.record(name, "norm", x)
             return x
         if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
