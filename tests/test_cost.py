@@ -133,3 +133,13 @@ def test_a_layer_called_at_several_sizes_is_costed_at_each() -> None:
     for h in hooks:
         h.remove()
     assert memory.cost(counts) == 4 * (count_params(small) + sum(outputs))
+
+
+def test_count_macs_on_a_timm_model_that_passes_tokens_between_modules() -> None:
+    """timm PiT hands (x, cls_tokens) to a Sequential: torch's FLOP counter asserted there while
+    parameters required grad. Counting leaves the model's modes and grads as they were."""
+    model = timm.create_model("pit_ti_224", img_size=64)
+    model.train()
+    macs = count_macs(model, torch.randn(1, 3, 64, 64))
+    assert macs > 0 and model.training and all(m.training for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())

@@ -12,14 +12,20 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
     """Multiply-accumulates for ONE sample (batch 1) using torch's own FLOP counter
     (convolutions, matmuls; FLOPs / 2). Norms, activations and pooling are not counted, the
     convention behind the usual figures (ResNet-50: 4.09 G)."""
+    from prunecli.structure.analyse import eval_mode
+
     x = example_input[:1]
-    was_training = model.training
-    model.eval()
+    # the counter's module tracker asserts on parameters passed between modules as arguments
+    # (timm PiT, CaiT) while they require grad, even under no_grad: switch that off meanwhile
+    frozen = [p for p in model.parameters() if p.requires_grad]
     try:
-        with FlopCounterMode(display=False) as counter:
+        for p in frozen:
+            p.requires_grad_(False)
+        with eval_mode(model), FlopCounterMode(display=False) as counter:
             model(x)
     finally:
-        model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(True)
     return counter.get_total_flops() // 2
 
 
