@@ -93,17 +93,23 @@ def test_weight_taylor_is_the_masking_derivative_with_flatten_segments() -> None
         assert scores[g2][c].item() == pytest.approx((base - moved) / eps, rel=1e-3, abs=1e-9)
 
 
-def test_activation_taylor_matches_a_per_sample_computation() -> None:
-    model, x, y, s = _setup(2)
-    hooks = ActivationTaylor(model, s)
-    hooks.attach()
-    acts = {}
+def _kept_output(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s next output, with its gradient kept (under key "a")."""
+    acts: dict[str, torch.Tensor] = {}
 
     def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         out.retain_grad()
         acts["a"] = out
 
-    model.b1.register_forward_hook(keep)
+    module.register_forward_hook(keep)
+    return acts
+
+
+def test_activation_taylor_matches_a_per_sample_computation() -> None:
+    model, x, y, s = _setup(2)
+    hooks = ActivationTaylor(model, s)
+    hooks.attach()
+    acts = _kept_output(model.b1)
     _loss(model, x, y).backward()
     got = hooks.pop()[s.group("c1").id]
     a = acts["a"]
@@ -124,13 +130,7 @@ def test_activation_taylor_reads_a_linear_output_on_its_last_axis() -> None:
     s = trace_structure(model, x)
     hooks = ActivationTaylor(model, s)
     hooks.attach()
-    acts = {}
-
-    def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        out.retain_grad()
-        acts["a"] = out
-
-    model.fc1.register_forward_hook(keep)
+    acts = _kept_output(model.fc1)
     model(x).square().sum().backward()
     got = hooks.pop()[s.group("fc1").id]
     a = acts["a"]
