@@ -19,18 +19,10 @@ from torch import nn
 from prunecli.cost import build_cost_model
 from prunecli.cost import latency_build as lb
 from prunecli.cost.latency_build import build_table, check_table, plan_grid
-from prunecli.cost.latency_model import (
-    build_latency_cost_model,
-    collect_layers,
-    model_fingerprint,
-)
-from prunecli.cost.latency_table import (
-    Grid,
-    LatencyTable,
-    LatencyTableError,
-    Signature,
-    signature_of,
-)
+from prunecli.cost.latency_layers import collect_layers, model_fingerprint
+from prunecli.cost.latency_model import build_latency_cost_model
+from prunecli.cost.latency_signature import Signature, signature_of
+from prunecli.cost.latency_table import Grid, LatencyTable, LatencyTableError
 from prunecli.errors import ConfigError
 from prunecli.models import build_model
 from prunecli.structure import random_keep, slim, trace_structure

@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     from prunecli.bench.timing import DTYPES
     from prunecli.commands.common import model_input
     from prunecli.cost.latency_build import build_table, check_table
-    from prunecli.cost.latency_model import model_fingerprint
+    from prunecli.cost.latency_layers import model_fingerprint
     from prunecli.engine.distributed import resolve_device
     from prunecli.models import build_model
     from prunecli.models.detection import core_of

@@ -5,7 +5,8 @@ torch's FLOP counter)."""
 
 from prunecli.cost.counting import count_macs, count_params
 from prunecli.cost.latency_model import LatencyCostModel, build_latency_cost_model
-from prunecli.cost.latency_table import LatencyTable, LatencyTableError, Signature
+from prunecli.cost.latency_signature import Signature
+from prunecli.cost.latency_table import LatencyTable, LatencyTableError
 from prunecli.cost.layers import group_macs, layer_macs
 from prunecli.cost.model import COSTS, CostModel, build_cost_model
 

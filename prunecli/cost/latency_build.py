@@ -35,19 +35,10 @@ import torch
 from torch import nn
 
 from prunecli.bench.timing import prepare, time_interleaved
-from prunecli.cost.latency_model import (
-    LayerSpec,
-    build_latency_cost_model,
-    collect_layers,
-    model_fingerprint,
-)
-from prunecli.cost.latency_table import (
-    Grid,
-    LatencyTable,
-    LatencyTableError,
-    Signature,
-    current_conditions,
-)
+from prunecli.cost.latency_layers import LayerSpec, collect_layers, model_fingerprint
+from prunecli.cost.latency_model import build_latency_cost_model
+from prunecli.cost.latency_signature import Signature
+from prunecli.cost.latency_table import Grid, LatencyTable, LatencyTableError, current_conditions
 from prunecli.errors import ConfigError
 from prunecli.structure import ChannelStructure
 

@@ -8,24 +8,22 @@
 ``spatial`` features per channel), ``c_out`` its output group's count (depthwise: its group's).
 
 The *rest* is what the table does not cover: norms, activations, residual adds, pooling, grouped
-convs, per-op framework overhead. On a CPU it is large (about half of CIFAR ResNet-20's time at
-batch 32) and it shrinks with pruning, because those ops are memory-bound passes over the
-layers' outputs. So it is not one constant but ``a + b * V``, with ``V(counts)`` the number of
-output values of the modeled layers per sample (``sum calls * positions * c_out``), which is
-linear in the counts. ``a`` and ``b`` are measured, not guessed: ``prunecli lut`` times the
-whole model dense and at uniform widths 75/50/25% (interleaved), subtracts the table's share and
-fits ``b`` by least squares through the dense point, so ``cost(full) == dense`` is exactly the
-measured dense latency. (A single constant, dense minus the table at full width, predicted a
-slimmed ResNet-20 at 30% channels at 3x its measured latency on this project's CPU.) The fit
-is stored in the table file per model fingerprint rather than timed when the cost model is built:
-the cost model is usually built on a training machine that is not the device the table describes,
-and building it must stay fast and deterministic.
+convs left whole, per-op framework overhead. On a CPU it is large (about half of CIFAR
+ResNet-20's time at batch 32) and it shrinks with pruning, because those ops are memory-bound
+passes over the layers' outputs. So it is not one constant but ``a + b * V``, with ``V(counts)``
+the number of output values of the modeled layers per sample (``sum calls * positions *
+c_out``), which is linear in the counts. ``a`` and ``b`` are measured, not guessed: ``prunecli
+lut`` times the whole model dense and at uniform widths 75/50/25% (interleaved), subtracts the
+table's share and fits ``b`` by least squares through the dense point, so ``cost(full) ==
+dense`` is exactly the measured dense latency. (A single constant, dense minus the table at full
+width, predicted a slimmed ResNet-20 at 30% channels at 3x its measured latency on this
+project's CPU.) The fit is stored in the table file per model fingerprint rather than timed when
+the cost model is built: the cost model is usually built on a training machine that is not the
+device the table describes, and building it must stay fast and deterministic.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -36,78 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from prunecli.cost.latency_layers import LayerSpec, collect_layers, model_fingerprint
 from prunecli.cost.latency_table import (
     LatencyTable,
     LatencyTableError,
-    Signature,
     interpolate,
-    signature_of,
 )
 from prunecli.cost.model import CountsCost
 from prunecli.errors import ConfigError
 from prunecli.structure import ChannelStructure
-
-MODELED = ("conv", "linear", "depthwise")
-
-
-# ----------------------------------------------------------------------------- layers
-@dataclass(frozen=True)
-class LayerSpec:
-    """One modeled layer: its signature, where its channel counts come from, its full widths."""
-
-    name: str
-    kind: str
-    signature: Signature
-    in_weights: tuple[tuple[int, int], ...]  # (group, input features per channel of the group)
-    out_group: int | None  # None: c_out fixed at ``c_out`` (depthwise: unused)
-    c_in: int  # full input width (features)
-    c_out: int  # full output width
-    calls: int
-    out_positions: int  # output values per channel per sample, all calls (H*W; linear: rows)
-    out_unit: int = 1  # output channels per unit of ``out_group`` (grouped convs' groups)
-
-
-def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerSpec]:
-    """The conv/linear/depthwise layers the traced structure knows, in trace order; a layer
-    called at several input sizes (a head shared by pyramid levels) gives one spec per size,
-    each timed at its own signature."""
-    modules = dict(model.named_modules())
-    out = []
-    for name, role in structure.roles.items():
-        if role.kind not in MODELED or name not in structure.shapes:
-            continue
-        weights: dict[int, int] = {}
-        for seg in role.in_segments:
-            weights[seg.group] = weights.get(seg.group, 0) + seg.spatial
-        c_in = sum(seg.length * seg.spatial for seg in role.in_segments)
-        by_shape: dict[tuple, int] = {}  # (in, out) shape -> calls, in call order
-        for shapes in structure.call_shapes.get(name) or [structure.shapes[name]] * int(
-                structure.calls.get(name, 1)):
-            by_shape[shapes] = by_shape.get(shapes, 0) + 1
-        for (in_shape, out_shape), calls in by_shape.items():
-            c_out = c_in if role.kind == "depthwise" else int(
-                out_shape[1 if role.kind != "linear" else -1])
-            out_group = role.out_group if role.kind != "depthwise" else None
-            positions = math.prod(out_shape[2:]) if role.kind != "linear" else math.prod(
-                out_shape[1:-1])
-            out.append(LayerSpec(name, role.kind,
-                                 signature_of(modules[name], role.kind, in_shape),
-                                 tuple(sorted(weights.items())), out_group, int(c_in), c_out,
-                                 calls, int(positions) * calls,
-                                 role.out_unit if out_group is not None else 1))
-    return out
-
-
-def model_fingerprint(model: nn.Module, structure: ChannelStructure,
-                      layers: list[LayerSpec] | None = None) -> str:
-    """Readable, stable id of an architecture at an input size (per-sample): the table's
-    whole-model measurements are stored under it."""
-    layers = collect_layers(model, structure) if layers is None else layers
-    shape = [int(s) for s in structure.input_shape[1:]]
-    payload = [type(model).__name__, shape, [g.size for g in structure.groups],
-               [(s.name, s.signature.key, s.c_in, s.c_out, s.calls) for s in layers]]
-    digest = hashlib.sha1(json.dumps(payload).encode()).hexdigest()[:10]
-    return f"{type(model).__name__}-{'x'.join(map(str, shape))}-{digest}"
 
 
 # ----------------------------------------------------------------------------- the model
