@@ -336,9 +336,7 @@ def prunable_mac_share(model: nn.Module, structure: Any) -> float:
 
     def touches(name: str) -> bool:
         role = structure.roles[name]
-        ids = {seg.group for seg in role.in_segments}
-        if role.out_group is not None:
-            ids.add(role.out_group)
+        ids = {seg.group for seg in (*role.in_segments, *role.out_segments)}
         return any(structure.groups[i].prunable for i in ids)
 
     return sum(m for n, m in per_layer.items() if touches(n)) / total if total else 0.0

@@ -49,7 +49,8 @@ class Concat(nn.Module):
 
 
 class Split(nn.Module):
-    """A channel split in forward code: its spaces cannot be pruned (sizes are hard-coded)."""
+    """``chunk(2)`` of a conv's output: the halves stay equal only if pruned alike, so they are
+    one group, written twice by ``a`` (two output parts); ``c`` reads ``b``'s and ``a``'s."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -330,6 +331,74 @@ class GroupedConvs(nn.Module):
         return self.head(self.widen(x).mean((2, 3)))
 
 
+class Ghost(nn.Module):
+    """GhostNet: a ghost module's output ``cat([x1, cheap(x1)])`` (``cheap`` depthwise: both
+    halves are x1's channels) is gated by squeeze-excite and added to a shortcut conv's output.
+    The gate's and the shortcut's convs are cut in two parts, both of the ghost group; the
+    stem's output, added to a second ghost block's output, too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = cbr(3, 16)
+        self.ghost1 = nn.ModuleList([cbr(16, 8, k=1), cbr(8, 8, groups=8)])
+        self.se = nn.Sequential(nn.Conv2d(16, 4, 1), nn.ReLU(), nn.Conv2d(4, 16, 1))
+        self.ghost2 = nn.ModuleList([cbr(16, 12, k=1), cbr(12, 12, groups=12)])
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 24, 1, bias=False), nn.BatchNorm2d(24))
+        self.ghost3 = nn.ModuleList([cbr(24, 8, k=1), cbr(8, 8, groups=8)])
+        self.head = nn.Linear(16, 5)
+
+    @staticmethod
+    def _ghost(parts: nn.ModuleList, x: torch.Tensor, width: int) -> torch.Tensor:
+        x1 = parts[0](x)
+        return torch.cat([x1, parts[1](x1)], 1)[:, :width]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self._ghost(self.ghost1, x, 16)
+        y = y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True)))
+        z = self._ghost(self.ghost2, y, 24) + self.shortcut(y)
+        out = self._ghost(self.ghost3, z, 16) + x
+        return self.head(out.mean((2, 3)))
+
+
+class MixedDepthwise(nn.Module):
+    """timm's MixedConv2d: a depthwise conv per part of the channels, each with its own kernel;
+    the part sizes are an attribute (``splits``) that slimming rewrites."""
+
+    def __init__(self, channels: int, splits: list[int]) -> None:
+        super().__init__()
+        assert sum(splits) == channels
+        self.convs = nn.ModuleList(nn.Conv2d(c, c, 3 + 2 * i, padding=1 + i, groups=c)
+                                   for i, c in enumerate(splits))
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([conv(parts[i]) for i, conv in enumerate(self.convs)], 1)
+
+
+class MixedSplits(nn.Module):
+    """MixNet: a pointwise conv whose output a MixedDepthwise splits (8 + 12 channels: two
+    groups, one conv with two output parts), then squeeze-excite on the mixed width; and a
+    split whose sizes are written in the code (left whole, with the reason)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pw = cbr(3, 20, k=1)
+        self.mixed = MixedDepthwise(20, [8, 12])
+        self.bn = nn.BatchNorm2d(20)
+        self.se = nn.Sequential(nn.Conv2d(20, 4, 1), nn.ReLU(), nn.Conv2d(4, 20, 1))
+        self.proj = nn.Conv2d(20, 6, 1)
+        self.literal = nn.Conv2d(6, 6, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.mixed(self.pw(x)))
+        y = self.proj(y * torch.sigmoid(self.se(y.mean((2, 3), keepdim=True))))
+        a, b = torch.split(self.literal(y), [2, 4], 1)
+        return self.head(torch.cat([b, a], 1).mean((2, 3)))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
-              TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs]
+              TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs, Ghost, MixedSplits]

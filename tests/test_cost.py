@@ -24,7 +24,9 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "resnet50": (torchvision.models.resnet50().eval(), X224),
         "mobilenet_v2": (torchvision.models.mobilenet_v2().eval(), X224),
         "densenet121": (torchvision.models.densenet121().eval(), torch.randn(1, 3, 64, 64)),
+        # producers whose outputs have parts: GhostNet's shortcuts and SE gates, MixNet's splits
         "ghostnet_100": (timm.create_model("ghostnet_100").eval(), torch.randn(1, 3, 64, 64)),
+        "mixnet_s": (timm.create_model("mixnet_s").eval(), torch.randn(1, 3, 64, 64)),
         "resnet20": (build_model({"name": "resnet20"}, num_classes=10).eval(),
                      torch.randn(1, 3, 32, 32)),
         # grouped convs, pruned in whole conv groups (with squeeze-excite in RegNetY)

@@ -217,12 +217,12 @@ def test_core_traces(name: str) -> None:
     assert structure.unknown_ops == []
     assert structure.prunable_groups
     for module in PRUNABLE.get(name, ()):  # head-internal and backbone widths
-        assert structure.groups[structure.roles[module].out_group].prunable, module
+        assert structure.groups[structure.roles[module].out_groups[0]].prunable, module
     if name == "ssd300_vgg16":
-        conv4_3 = structure.groups[structure.roles["backbone.features.21"].out_group]
+        conv4_3 = structure.groups[structure.roles["backbone.features.21"].out_groups[0]]
         assert not conv4_3.prunable and "F.normalize over the channels" in conv4_3.reason
     for conv in det.core.final_convs:
-        group = structure.groups[structure.roles[conv].out_group]
+        group = structure.groups[structure.roles[conv].out_groups[0]]
         assert not group.prunable and "reaches the model output" in group.reason
     with torch.no_grad():
         outs = det.core(x)

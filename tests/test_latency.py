@@ -107,7 +107,8 @@ NETS = {"resnet20": resnet20, **{cls.__name__: (lambda cls=cls: (cls().eval(),
                                  for cls in (nets.Residual, nets.Concat, nets.Depthwise,
                                              nets.SqueezeExcite, nets.FlattenLinear,
                                              nets.SharedConsumer, nets.UnknownOp,
-                                             nets.PyramidSharedHead, nets.GroupedConvs)}}
+                                             nets.PyramidSharedHead, nets.GroupedConvs,
+                                             nets.Ghost, nets.MixedSplits)}}
 
 
 def _table_for(name: str, tmp_path: Path, curved: bool, fake_timing, step: int = 8):
@@ -282,7 +283,7 @@ def test_prediction_is_exact_for_a_bilinear_device(name: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("name", ["resnet20", "Concat", "Depthwise", "FlattenLinear",
-                                  "GroupedConvs"])
+                                  "GroupedConvs", "Ghost", "MixedSplits"])
 @pytest.mark.parametrize("side_weight", [0.0, 0.5, 1.0])
 def test_group_curves_add_up_to_the_cost_at_their_point(name: str, side_weight: float,
                                                         tmp_path: Path, fake_timing) -> None:

@@ -150,7 +150,7 @@ def test_shared_consumer_merges_its_inputs() -> None:
 
 
 @pytest.mark.parametrize("cls,producer,reason", [
-    (nets.Split, "a", "op not understood: Tensor.chunk"),
+    (nets.MixedSplits, "literal", "split with sizes [2, 4] not held by one attribute"),
     (nets.FeatureOutput, "a.0", "reaches the model output"),
     (nets.UnknownOp, "a", "op not understood: softmax"),
     (nets.ChannelShuffle, "a", "regroups channels"),
@@ -239,12 +239,54 @@ def test_tracing_leaves_every_module_in_its_own_mode(cls: type[nn.Module]) -> No
     assert all(m.training for m in model.modules() if m is not frozen)
 
 
+def test_ghost_halves_cut_the_producers_they_meet() -> None:
+    """GhostNet: convs whose output meets a ghost module's ``cat([x1, cheap(x1)])`` (the SE
+    gate, the shortcut, the stem on the residual) write two parts, both of the ghost group."""
+    s = trace_structure(_net(nets.Ghost), X)
+    assert all(g.prunable for g in s.groups if g.producers and g.key != "head")
+    for conv, ghost, half in (("se.2", "ghost1.0.0", 8), ("shortcut.0", "ghost2.0.0", 12),
+                              ("stem.0", "ghost3.0.0", 8)):
+        g = _group_of(s, ghost)
+        assert g.size == half and conv in g.producers
+        parts = s.roles[conv].out_segments
+        assert [(p.group, p.offset, p.length) for p in parts] == [(g.id, 0, half),
+                                                                  (g.id, half, half)]
+    g = _group_of(s, "ghost2.0.0")
+    small = assert_exact(_net(nets.Ghost), {g.id: [1, 4]})
+    assert small.shortcut[0].out_channels == 4 and small.ghost3[0][0].in_channels == 4
+    assert small.ghost2[1][0].groups == 2
+
+
+def test_split_sizes_held_by_a_module_are_rewritten() -> None:
+    """MixNet: a split's parts are groups of their own (the conv before it writes both); the
+    module attribute holding the sizes is rewritten, and a size list written in the code is
+    refused."""
+    s = trace_structure(_net(nets.MixedSplits), X)
+    first, second = s.group("pw.0[0:8]"), s.group("pw.0[8:20]")
+    assert first.prunable and second.prunable and (first.size, second.size) == (8, 12)
+    assert "se.2" in first.producers and "se.2" in second.producers
+    assert [(a.module, a.attr) for a in s.size_attrs] == [("mixed", "splits")]
+    assert not first.droppable and not second.droppable  # an empty part would break the code
+    assert "split with sizes [2, 4]" in _group_of(s, "literal").reason
+    small = assert_exact(_net(nets.MixedSplits), {first.id: [0, 2], second.id: [1, 2, 4]})
+    assert small.mixed.splits == [2, 3] and small.bn.num_features == 5
+
+
+def test_chunk_halves_are_one_group() -> None:
+    s = trace_structure(_net(nets.Split), X)
+    g = _group_of(s, "a")
+    assert g.prunable and g.size == 4
+    assert [p.offset for p in s.roles["a"].out_segments] == [0, 4]
+    small = assert_exact(_net(nets.Split), {g.id: [0, 3]})
+    assert small.a.out_channels == 4 and small.c.in_channels == 8
+
+
 def test_grouped_convs_are_pruned_in_whole_conv_groups() -> None:
     s = trace_structure(_net(nets.GroupedConvs), X)
     g = _group_of(s, "conv1.0")
     assert g.prunable and g.unit == 4 and g.size == 6
     assert {"conv2.0", "conv2b", "conv2.1"} <= set(g.followers)
-    assert s.roles["conv1.0"].out_unit == 4
+    assert [seg.spatial for seg in s.roles["conv1.0"].out_segments] == [4]
     assert s.roles["conv3.0"].in_segments[0].spatial == 4
     assert "grouped conv widen (groups=2)" in _group_of(s, "stem.0").reason
     small = assert_exact(_net(nets.GroupedConvs), {g.id: [0, 2]})

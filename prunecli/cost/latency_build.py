@@ -61,8 +61,9 @@ def _layer_axes(spec: LayerSpec, structure: ChannelStructure, step: int) -> list
     unit = math.gcd(*[w for _, w in spec.in_weights]) if spec.in_weights else 1
     axes = [_axis(spec.c_in, max(1, unit), step, any(prunable))]
     if spec.kind != "depthwise":
-        out_varies = spec.out_group is not None and structure.groups[spec.out_group].prunable
-        axes.append(_axis(spec.c_out, spec.out_unit, step, out_varies))
+        out_varies = any(structure.groups[g].prunable for g, _ in spec.out_weights)
+        out_unit = math.gcd(*[w for _, w in spec.out_weights]) if spec.out_weights else 1
+        axes.append(_axis(spec.c_out, max(1, out_unit), step, out_varies))
     return axes
 
 

@@ -26,12 +26,13 @@ class LayerSpec:
     kind: str
     signature: Signature
     in_weights: tuple[tuple[int, int], ...]  # (group, input features per channel of the group)
-    out_group: int | None  # None: c_out fixed at ``c_out`` (depthwise: unused)
+    # (group, output channels per kept unit of the group): usually one group, several where
+    # the output has parts (structure.refine); empty: c_out fixed at ``c_out`` (depthwise)
+    out_weights: tuple[tuple[int, int], ...]
     c_in: int  # full input width (features)
     c_out: int  # full output width
     calls: int
     out_positions: int  # output values per channel per sample, all calls (H*W; linear: rows)
-    out_unit: int = 1  # output channels per unit of ``out_group`` (grouped convs' groups)
 
 
 def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerSpec]:
@@ -46,6 +47,9 @@ def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerS
         weights: dict[int, int] = {}
         for seg in role.in_segments:
             weights[seg.group] = weights.get(seg.group, 0) + seg.spatial
+        outs: dict[int, int] = {}
+        for seg in role.out_segments if role.kind != "depthwise" else ():
+            outs[seg.group] = outs.get(seg.group, 0) + seg.spatial
         c_in = sum(seg.length * seg.spatial for seg in role.in_segments)
         by_shape: dict[tuple, int] = {}  # (in, out) shape -> calls, in call order
         for shapes in structure.call_shapes.get(name) or [structure.shapes[name]] * int(
@@ -54,14 +58,12 @@ def collect_layers(model: nn.Module, structure: ChannelStructure) -> list[LayerS
         for (in_shape, out_shape), calls in by_shape.items():
             c_out = c_in if role.kind == "depthwise" else int(
                 out_shape[1 if role.kind != "linear" else -1])
-            out_group = role.out_group if role.kind != "depthwise" else None
             positions = math.prod(out_shape[2:]) if role.kind != "linear" else math.prod(
                 out_shape[1:-1])
             out.append(LayerSpec(name, role.kind,
                                  signature_of(modules[name], role.kind, in_shape),
-                                 tuple(sorted(weights.items())), out_group, int(c_in), c_out,
-                                 calls, int(positions) * calls,
-                                 role.out_unit if out_group is not None else 1))
+                                 tuple(sorted(weights.items())), tuple(sorted(outs.items())),
+                                 int(c_in), c_out, calls, int(positions) * calls))
     return out
 
 

@@ -5,7 +5,8 @@
 
 ``L_sig`` is the table's interpolated per-layer latency (:mod:`prunecli.cost.latency_table`),
 ``c_in`` the weighted sum of the layer's input groups' counts (a flatten -> linear reads
-``spatial`` features per channel), ``c_out`` its output group's count (depthwise: its group's).
+``spatial`` features per channel), ``c_out`` likewise of its output groups' counts (one group,
+or several where its output has parts; depthwise: its input's).
 
 The *rest* is what the table does not cover: norms, activations, residual adds, pooling, grouped
 convs left whole, per-op framework overhead. On a CPU it is large (about half of CIFAR
@@ -54,9 +55,8 @@ class _SigBlock:
     axes: tuple[np.ndarray, ...]
     ms: np.ndarray
     a: np.ndarray  # (layers, groups): c_in = x @ a.T
-    out: np.ndarray  # (layers,): output group, -1 = fixed
-    fixed_out: np.ndarray  # (layers,): c_out where out == -1
-    out_unit: np.ndarray  # (layers,): output channels per unit of the output group
+    o: np.ndarray  # (layers, groups): c_out = x @ o.T where the row is not all zero
+    fixed_out: np.ndarray  # (layers,): c_out of layers whose row of ``o`` is zero
     calls: np.ndarray  # (layers,)
     layer_ids: np.ndarray  # (layers,): index into LatencyCostModel.layers
     depthwise: bool
@@ -115,8 +115,9 @@ class LatencyCostModel(CountsCost):
             if s.kind == "depthwise":
                 for gid, w in s.in_weights:
                     per[gid] += values * w
-            elif s.out_group is not None:
-                per[s.out_group] += values * s.out_unit
+            elif s.out_weights:
+                for gid, w in s.out_weights:
+                    per[gid] += values * w
             else:
                 fixed += values * s.c_out
         return per, fixed
@@ -134,16 +135,15 @@ class LatencyCostModel(CountsCost):
         blocks = []
         for key, ids in by_key.items():
             grid = self.table.grid(key)
-            a = np.zeros((len(ids), n))
+            a, o = np.zeros((len(ids), n)), np.zeros((len(ids), n))
             for row, i in enumerate(ids):
                 for gid, w in self.layers[i].in_weights:
                     a[row, gid] += w
-            out = np.array([-1 if self.layers[i].out_group is None else self.layers[i].out_group
-                            for i in ids], dtype=np.int64)
+                for gid, w in self.layers[i].out_weights:
+                    o[row, gid] += w
             blocks.append(_SigBlock(
-                key, grid.axes, grid.ms, a, out,
+                key, grid.axes, grid.ms, a, o,
                 np.array([self.layers[i].c_out for i in ids], dtype=np.float64),
-                np.array([self.layers[i].out_unit for i in ids], dtype=np.float64),
                 np.array([self.layers[i].calls for i in ids], dtype=np.float64),
                 np.array(ids, dtype=np.int64), grid.signature.kind == "depthwise"))
         return blocks
@@ -151,7 +151,7 @@ class LatencyCostModel(CountsCost):
     # ------------------------------------------------------------------ evaluation
     def _io(self, b: _SigBlock, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         cin = x @ b.a.T
-        cout = np.where(b.out >= 0, x[:, np.maximum(b.out, 0)] * b.out_unit, b.fixed_out)
+        cout = np.where(b.o.any(axis=1), x @ b.o.T, b.fixed_out)
         return cin, cout
 
     def cost_batch(self, x: np.ndarray) -> np.ndarray:
@@ -185,13 +185,13 @@ class LatencyCostModel(CountsCost):
         allowed = np.arange(1, size + 1)
         for b in self._blocks:
             for row in range(len(b.layer_ids)):
-                axis = None
-                if b.out[row] == group and not b.depthwise:
-                    axis = b.axes[1]
+                axis, w = None, 0
+                if np.count_nonzero(b.o[row]) == 1 and b.o[row, group] and not b.depthwise:
+                    axis, w = b.axes[1], int(b.o[row, group])  # c_out = w * count
                 elif np.count_nonzero(b.a[row]) == 1 and b.a[row, group] == unit:
-                    axis = b.axes[0]
+                    axis, w = b.axes[0], unit
                 if axis is not None:
-                    allowed = np.intersect1d(allowed, axis[axis % unit == 0] // unit)
+                    allowed = np.intersect1d(allowed, axis[axis % w == 0] // w)
         return np.union1d(allowed, [size]).astype(np.int64)
 
     # ------------------------------------------------------------------ for allocators
@@ -236,32 +236,47 @@ class LatencyCostModel(CountsCost):
         """Append (curve over c = 0..size, value at x) per group this layer charges."""
         name = [self._names[b.layer_ids[row]]]
         a, calls = b.a[row], float(b.calls[row])
+        o = b.o[row] if not b.depthwise else np.zeros_like(a)
         cin = float(a @ x)
-        unit = float(b.out_unit[row])
-        cout = float(x[b.out[row]]) * unit if b.out[row] >= 0 else float(b.fixed_out[row])
-        out_group = None if b.depthwise or b.out[row] < 0 else int(b.out[row])
+        writers = [int(g) for g in np.flatnonzero(o)]
+        cout = float(o @ x) if writers else float(b.fixed_out[row])
         readers = [int(g) for g in np.flatnonzero(a)]
-        w_in = (w if out_group is not None else 1.0) if readers else 0.0
+        w_in = (w if writers else 1.0) if readers else 0.0
         here = calls * float(b.latency(np.array([cin]), np.array([cout]), name)[0])
         if w_in > 0:
-            deltas = {}
-            for g in readers:
-                c = np.arange(int(self.full[g]) + 1, dtype=np.float64)
-                cin_c = cin + a[g] * (c - x[g])
-                lat = self._sweep(b, g, cin_c, np.full_like(c, cout), name)
-                base = cin - a[g] * x[g]
-                lat0 = calls * float(b.latency(np.array([base]), np.array([cout]), name)[0])
-                deltas[g] = (None if lat is None else calls * lat - lat0, here - lat0)
-            total = sum(d[1] for d in deltas.values())
-            scale = here / total if total > 0 else 1.0
-            for g, (curve, at_x) in deltas.items():
-                parts[g].append((None if curve is None else w_in * scale * curve,
-                                 w_in * scale * at_x))
-        if out_group is not None and w_in < 1:
-            c = np.arange(int(self.full[out_group]) + 1, dtype=np.float64)
-            lat = self._sweep(b, out_group, np.full_like(c, cin), c * unit, name)
-            parts[out_group].append((None if lat is None else (1 - w_in) * calls * lat,
-                                     (1 - w_in) * here))
+            self._side_curves(b, name, a, x, cin, cout, True, w_in * here, parts)
+        if writers and w_in < 1:
+            self._side_curves(b, name, o, x, cin, cout, False, (1 - w_in) * here, parts)
+
+    def _side_curves(self, b: _SigBlock, name: list[str], weights: np.ndarray, x: np.ndarray,
+                     cin: float, cout: float, input_side: bool, share: float,
+                     parts: dict[int, list[tuple[np.ndarray, float]]]) -> None:
+        """Charge ``share`` of a layer's latency at ``x`` to the groups of one side (its
+        inputs, or its outputs' parts): each group's curve sweeps that group's count with the
+        others fixed, scaled so the curves add up to ``share`` at ``x``."""
+        groups = [int(v) for v in np.flatnonzero(weights)]
+        if not any(self.structure.groups[g].prunable for g in groups):
+            # the table holds this side only at full width: split by share of the width
+            width = sum(weights[g] * x[g] for g in groups)
+            for g in groups:
+                parts[g].append((None, share * weights[g] * x[g] / width if width else 0.0))
+            return
+        deltas = {}
+        for g in groups:
+            c = np.arange(int(self.full[g]) + 1, dtype=np.float64)
+            moved = (cin if input_side else cout) + weights[g] * (c - x[g])
+            base = (cin if input_side else cout) - weights[g] * x[g]
+            sweep_in = moved if input_side else np.full_like(c, cin)
+            sweep_out = np.full_like(c, cout) if input_side else moved
+            lat = self._sweep(b, g, sweep_in, sweep_out, name)
+            lat0 = float(b.latency(np.array([base if input_side else cin]),
+                                   np.array([cout if input_side else base]), name)[0])
+            at_x = float(b.latency(np.array([cin]), np.array([cout]), name)[0]) - lat0
+            deltas[g] = (None if lat is None else lat - lat0, at_x)
+        total = sum(d[1] for d in deltas.values())
+        scale = share / total if total > 0 else 1.0
+        for g, (curve, at_x) in deltas.items():
+            parts[g].append((None if curve is None else scale * curve, scale * at_x))
 
     def _sweep(self, b: _SigBlock, group: int, cin: np.ndarray, cout: np.ndarray,
                name: list[str]) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """Cost models as functions of the kept channel count of every group.
 
 Each conv/linear costs ``coef * c_in * c_out`` (``c_in`` a weighted sum of its input groups'
-counts, ``c_out`` its output group's count), each depthwise conv / norm / per-channel parameter
+counts, ``c_out`` its output group's count; a producer whose output has parts in several groups
+is one term per part), each depthwise conv / norm / per-channel parameter
 ``coef * c``. Everything is precomputed into small arrays once, so a solver can evaluate
 thousands of keep-counts without tracing or running the model again (``cost_batch``). Whatever
 the structure does not model (grouped convs, ops outside known layers) is a constant measured
@@ -153,16 +154,15 @@ def _terms(model: nn.Module, structure: ChannelStructure, what: str) -> _Terms:
         role = structure.roles[name]
         if kind in ("conv", "linear"):
             has_bias = getattr(m, "bias", None) is not None
-            a_rows.append(_in_matrix_row(structure, name, n))
-            outs.append(role.out_group if role.out_group is not None else -1)
-            unit = role.out_unit  # output channels per kept unit of the output group
-            if what == "macs":
-                bils.append(geo * unit)
-            else:  # params: weight c_in*c_out*k*k (+ bias c_out)
-                k = math.prod(m.kernel_size) if kind == "conv" else 1
-                bils.append(float(k) * unit)
-                if has_bias and role.out_group is not None:
-                    lin[role.out_group] += unit
+            k = math.prod(m.kernel_size) if kind == "conv" else 1
+            row = _in_matrix_row(structure, name, n)
+            for seg in role.out_segments:  # one term per part of the output (usually one)
+                a_rows.append(row)
+                outs.append(seg.group)
+                # seg.spatial: output channels per kept unit of the segment's group
+                bils.append(geo * seg.spatial if what == "macs" else float(k) * seg.spatial)
+                if what == "params" and has_bias:  # weight c_in*c_out*k*k, bias c_out
+                    lin[seg.group] += seg.spatial
         elif kind == "depthwise":  # per channel (a grouped conv: per unit of ``spatial``
             width = m.in_channels // m.groups  # channels, each reading ``width`` inputs)
             per = geo * width if what == "macs" else (
@@ -236,10 +236,10 @@ def _memory_model(model: nn.Module, structure: ChannelStructure, example: torch.
         if role.kind == "depthwise":
             for seg in role.in_segments:
                 act[seg.group] += per_channel * seg.spatial
-        elif role.out_group is None:
+        elif not role.out_segments:
             const_act += per_channel * out_shape[1]
-        else:
-            act[role.out_group] += per_channel * role.out_unit
+        for seg in role.out_segments:
+            act[seg.group] += per_channel * seg.spatial
     terms = _Terms(params.a, params.out, params.bil * nbytes,
                    params.lin * nbytes + act * batch_size * nbytes, 0.0)
     dense_weights = count_params(model) * nbytes

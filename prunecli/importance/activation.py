@@ -28,11 +28,9 @@ class ActivationTaylor:
             names = [n for n in g.followers if structure.roles[n].kind == "norm"] or g.producers
             for name in names[:1] if names else []:
                 role = structure.roles[name]
-                if role.out_group == g.id:  # a producer writes the whole group
-                    spans = [(g.id, 0, g.size, g.unit)]
-                else:
-                    spans = [(s.group, s.offset, s.length, s.spatial) for s in role.in_segments
-                             if s.group == g.id]
+                segs = role.out_segments if name in g.producers else role.in_segments
+                spans = [(s.group, s.offset, s.length, s.spatial) for s in segs
+                         if s.group == g.id]
                 self.sites.append((modules[name], spans, role.kind == "linear"))
         self.sums: dict[int, torch.Tensor] = {}
         self.handles: list[RemovableHandle] = []

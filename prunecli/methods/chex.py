@@ -252,10 +252,15 @@ class CHEX(PruningMethod):
     def _group_slots(self, model: nn.Module, gid: int) -> list[_Slot]:
         g, modules = self.structure.groups[gid], dict(model.named_modules())
         slots = []
-        for name in g.producers:
-            slots.append(_Slot(f"{name}.weight", name, "weight", 0, 0, True, producer=True))
-            if getattr(modules[name], "bias", None) is not None:
-                slots.append(_Slot(f"{name}.bias", name, "bias", 0, 0, True))
+        for name in g.producers:  # every part of its output that is this group's
+            for seg in self.structure.roles[name].out_segments:
+                if seg.group != gid or seg.spatial != 1:
+                    continue
+                at = f"@{seg.offset}" if seg.offset else ""
+                slots.append(_Slot(f"{name}.weight{at}", name, "weight", 0, seg.offset, True,
+                                   producer=True))
+                if getattr(modules[name], "bias", None) is not None:
+                    slots.append(_Slot(f"{name}.bias{at}", name, "bias", 0, seg.offset, True))
         for name in g.followers:
             role = self.structure.roles[name]
             for seg in role.in_segments:

@@ -135,12 +135,14 @@ class SMCPImportance:
         wanted = {g.id for g in structure.prunable_groups}
         self.groups = sorted(wanted)
         self.device = next(model.parameters()).device
-        self.layers: list[tuple[nn.Module, list, int | None]] = []
+        # (module, segments of prunable groups it reads, its output's segments if any are)
+        self.layers: list[tuple[nn.Module, list, tuple]] = []
         for name in structure.consumers_of_prunable():
-            segs = [s for s in structure.roles[name].in_segments if s.group in wanted]
-            out = structure.roles[name].out_group
+            role = structure.roles[name]
+            segs = [s for s in role.in_segments if s.group in wanted]
+            outs = role.out_segments if any(s.group in wanted for s in role.out_segments) else ()
             if segs:
-                self.layers.append((modules[name], segs, out if out in wanted else None))
+                self.layers.append((modules[name], segs, outs))
         self.refresh()
 
     def refresh(self) -> None:
@@ -177,13 +179,15 @@ class SMCPImportance:
     def __call__(self, optimizer: torch.optim.Optimizer | None = None
                  ) -> dict[int, torch.Tensor]:
         out: dict[int, torch.Tensor] = {}
-        for module, segs, out_group in self.layers:
+        for module, segs, outs in self.layers:
             e = self.elementwise(module, optimizer)
             if e is None:
                 continue
-            if out_group is not None:  # rows of masked output channels do not count
-                rows = self.out_masks[out_group].repeat_interleave(
-                    self.structure.groups[out_group].unit)
+            if outs:  # rows of masked output channels do not count
+                rows = torch.cat([self.out_masks[s.group].repeat_interleave(s.spatial)
+                                  if s.group in self.out_masks else
+                                  torch.ones(s.length * s.spatial, dtype=torch.bool,
+                                             device=self.device) for s in outs])
                 e = e * rows.view((-1,) + (1,) * (e.ndim - 1)).to(e.dtype)
             add_channel_sums(out, e, segs)
         for g in self.groups:  # no gradient yet (e.g. a frozen consumer): zeros

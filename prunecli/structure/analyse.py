@@ -13,7 +13,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import fx, nn
@@ -22,9 +22,13 @@ from torch.fx.passes.shape_prop import ShapeProp
 from prunecli.structure.droppable import mark_droppable
 from prunecli.structure.layouts import _Layout, _meta
 from prunecli.structure.trace import TraceError, _Analysis, fx_trace
-from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment
+from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment, SizeAttr
 
 log = logging.getLogger("prunecli")
+
+# passes of the analysis at most: each may cut producers' outputs (structure.refine); a cut
+# that is still asked for after the last pass leaves its spaces whole (their reasons stand)
+_MAX_PASSES = 8
 
 
 @dataclass
@@ -39,6 +43,7 @@ class TraceResult:
     # by pyramid levels runs at every level's size: calls x one shape would be wrong)
     positions: dict[str, int]
     call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
+    size_attrs: list[SizeAttr] = field(default_factory=list)  # split sizes slimming rewrites
 
 
 @contextlib.contextmanager
@@ -66,8 +71,15 @@ def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor,
     except Exception as exc:
         raise TraceError(f"running the traced {type(model).__name__} on the example input "
                          f"failed: {str(exc).strip().splitlines()[0]}") from exc
-    an = _Analysis(gm, set(ignore))
-    an.run()
+    cuts: dict[str, frozenset[int]] = {}
+    for _ in range(_MAX_PASSES):  # cut producers' outputs until no new cut is asked for
+        an = _Analysis(gm, set(ignore), cuts, root=model)
+        an.run()
+        grown = {name: frozenset(cuts.get(name, frozenset()) | asked)
+                 for name, asked in an.requests.items()}
+        if all(grown[name] == cuts.get(name) for name in grown):
+            break
+        cuts = {**cuts, **grown}
     return _collect(an, gm)
 
 
@@ -105,11 +117,10 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         calls = an.role_calls[name]
         if calls:
             role.in_segments = seg_list(calls[0])
-        if role.out_group is not None:
-            role.out_group = gid[an.uf.find(role.out_group)]
-            g = groups[role.out_group]
-            g.producers.append(name)
-            role.out_unit = g.unit
+        if name in an.out_segs:
+            role.out_segments = seg_list(_Layout(an.out_segs[name], 1, 2))
+            for gi in role.out_groups:
+                groups[gi].producers.append(name)
         for seg in role.in_segments:
             target = groups[seg.group]
             bucket = target.consumers if role.kind in ("conv", "linear") else target.followers
@@ -122,14 +133,19 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         params.append(ps)
         for seg in ps.segments:
             groups[seg.group].params.append(target)
+    size_attrs = [SizeAttr(module, attr, tuple(seg_list(p) for p in parts))
+                  for (module, attr), parts in an.size_attrs.items()]
     for g in groups:
         if g.prunable and not g.consumers:
             g.reasons.append("no layer reads it")
         if g.prunable and not g.producers:
             g.reasons.append("no layer writes it")
-        g.key = g.producers[0] if g.producers else (f"input:{g.id}" if any(
-            "model input" in r for r in g.reasons) else f"space:{g.id}")
+        g.key = _key(g, roles)
     mark_droppable(an, gm, groups, roles, lambda space: gid[an.uf.find(space)])
+    for sa in size_attrs:  # a split part may not be emptied: its module's code would break
+        for part in sa.parts:
+            for seg in part:
+                groups[seg.group].droppable = False
     shapes, calls = {}, defaultdict(int)
     positions, call_shapes = defaultdict(int), defaultdict(list)
     for node in gm.graph.nodes:
@@ -147,7 +163,19 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         log.warning("channel structure: %d op kind(s) not understood, the channels they touch "
                     "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
     return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls),
-                       dict(positions), dict(call_shapes))
+                       dict(positions), dict(call_shapes), size_attrs)
+
+
+def _key(g: ChannelGroup, roles: dict[str, ModuleRole]) -> str:
+    """A group's stable name: its first producer, with the channel range when that producer
+    writes other groups too (a conv whose output a split cuts: ``conv_pw[0:8]``)."""
+    if not g.producers:
+        return f"input:{g.id}" if any("model input" in r for r in g.reasons) else f"space:{g.id}"
+    role = roles[g.producers[0]]
+    if len(role.out_groups) == 1:
+        return role.name
+    seg = next(s for s in role.out_segments if s.group == g.id)
+    return f"{role.name}[{seg.offset}:{seg.offset + seg.length * seg.spatial}]"
 
 
 def _positions(out_shape: tuple[int, ...], kind: str) -> int:

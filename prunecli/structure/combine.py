@@ -21,6 +21,7 @@ from prunecli.structure.layouts import (
     _same_layout,
     _Unsupported,
 )
+from prunecli.structure.refine import getitem_of_parts
 
 
 class TensorOps:
@@ -43,6 +44,9 @@ class TensorOps:
     def getitem(self, node: fx.Node) -> Any:
         src, idx = node.args[0], node.args[1]
         value = self.layouts.get(src)
+        part = getitem_of_parts(value, idx)
+        if part is not None:  # one part of a split
+            return part
         if isinstance(value, _Layout):
             if _keeps_channel_axis(idx, value.axis, value.channels):
                 return _same_layout(node, value)

@@ -33,7 +33,8 @@ def mark_droppable(an: _Analysis, gm: fx.GraphModule, groups: list[ChannelGroup]
     outputs = [n for n in gm.graph.nodes if n.op == "output"]
     out_tensors = [a for n in outputs for a in _node_args(n) if _meta(a) is not None]
     candidates = [g for g in groups if g.prunable and g.producers and all(
-        roles[name].kind in _DROP_KINDS for name in (*g.producers, *g.consumers, *g.followers))]
+        roles[name].kind in _DROP_KINDS for name in (*g.producers, *g.consumers, *g.followers))
+        and all(roles[name].out_groups == (g.id,) for name in g.producers)]
     if not out_tensors:
         return
     for g in candidates:

@@ -20,7 +20,7 @@ from torch import nn
 
 from prunecli.structure.analyse import TraceResult, analyse, eval_mode
 from prunecli.structure.trace import TraceError
-from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment
+from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment, SizeAttr
 
 log = logging.getLogger("prunecli")
 
@@ -143,11 +143,15 @@ def _merge(pieces: list[tuple[str, TraceResult, int]], untraceable: list[str]) -
                 consumers=[rename(n) for n in g.consumers],
                 followers=[rename(n) for n in g.followers],
                 params=[rename(p) for p in g.params],
-                reasons=[_boundary(r, name) for r in g.reasons], droppable=g.droppable))
+                reasons=[_boundary(r, name) for r in g.reasons], droppable=g.droppable,
+                unit=g.unit))
         for role in res.roles.values():
             new = ModuleRole(rename(role.name), role.kind, segments(role.in_segments),
-                             None if role.out_group is None else role.out_group + offset)
+                             segments(role.out_segments))
             out.roles[new.name] = new
+        out.size_attrs += [SizeAttr(rename(sa.module), sa.attr,
+                                    tuple(segments(part) for part in sa.parts))
+                           for sa in res.size_attrs]
         out.params += [ParamSlice(rename(p.module), p.attr, segments(p.segments))
                        for p in res.params]
         out.unknown_ops += [op for op in res.unknown_ops if op not in out.unknown_ops]
@@ -178,9 +182,7 @@ def _exclude(result: TraceResult, ignore: tuple[str, ...]) -> None:
         for name, role in result.roles.items():
             if fnmatch.fnmatchcase(name, pattern) or name.startswith(pattern + "."):
                 reason = f"excluded by the user ({pattern})"
-                ids = {s.group for s in role.in_segments}
-                if role.out_group is not None:
-                    ids.add(role.out_group)
+                ids = {s.group for s in (*role.in_segments, *role.out_segments)}
                 for gid in ids:
                     if reason not in result.groups[gid].reasons:
                         result.groups[gid].reasons.append(reason)

@@ -34,12 +34,14 @@ def _input_index(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]
 
 
 def output_index(role: ModuleRole, keep: dict[int, torch.Tensor]) -> torch.Tensor | None:
-    """Kept output channels of a producer (a unit of its group spans ``out_unit`` channels),
-    or None when its group keeps everything."""
-    idx = keep.get(role.out_group) if role.out_group is not None else None
-    if idx is None or role.out_unit == 1:
-        return idx
-    return (idx[:, None] * role.out_unit + torch.arange(role.out_unit)).flatten()
+    """Kept output channels of a producer (each segment of its output: a group's channels, a
+    unit spanning ``spatial`` outputs), or None when it keeps everything."""
+    return _input_index(role.out_segments, keep)
+
+
+def _kept_width(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]) -> int:
+    return sum((len(keep[s.group]) if s.group in keep else s.length) * s.spatial
+               for s in segments)
 
 
 # state-dict name -> the (dim, index) slices that made it from the dense tensor, in order
@@ -105,7 +107,7 @@ def _stand_in(module: nn.Module, role: ModuleRole, idx: dict[int, torch.Tensor],
     reads_only_dropped = bool(role.in_segments) and all(
         s.group in dropped for s in role.in_segments)
     if role.kind in ("conv", "linear"):
-        if role.out_group in dropped:
+        if role.out_segments and all(s.group in dropped for s in role.out_segments):
             return EmptyChannels(module)
         if reads_only_dropped:
             return ConstantChannels(module, output_index(role, idx))
@@ -208,6 +210,10 @@ def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, tor
         old = getattr(owner, p.attr)
         dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
         _take(owner, p.attr, index, dim, log, p.module)
+    for sa in structure.size_attrs:  # split sizes held by a module (MixedConv2d.splits)
+        owner = modules[sa.module] if sa.module else model
+        old = getattr(owner, sa.attr)
+        setattr(owner, sa.attr, type(old)(_kept_width(part, idx) for part in sa.parts))
 
 
 @contextlib.contextmanager

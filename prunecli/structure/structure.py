@@ -13,7 +13,7 @@ from prunecli.errors import PrunecliError
 from prunecli.structure.analyse import TraceResult, analyse
 from prunecli.structure.piecewise import analyse_pieces
 from prunecli.structure.trace import UntraceableError
-from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice
+from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, SizeAttr
 
 # group id or key -> kept channel indices
 KeepSpec = Mapping[Union[int, str], Union[Sequence[int], torch.Tensor]]
@@ -40,13 +40,15 @@ class ChannelStructure:
     # (input, output) shapes of each call of each module, in call order
     call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = field(
         default_factory=dict)
+    # module attributes holding split sizes, rewritten by slimming (MixedConv2d.splits)
+    size_attrs: list[SizeAttr] = field(default_factory=list)
 
     @classmethod
     def from_trace(cls, result: TraceResult, input_shape: tuple[int, ...],
                    ignore: tuple[str, ...]) -> ChannelStructure:
         return cls(result.groups, result.roles, result.params, result.unknown_ops,
                    tuple(input_shape), result.shapes, result.calls, tuple(ignore),
-                   result.positions, result.call_shapes)
+                   result.positions, result.call_shapes, list(result.size_attrs))
 
     # ------------------------------------------------------------------ queries
     @property

@@ -65,6 +65,7 @@ from prunecli.structure.layouts import (
     _UnionFind,
     _Unsupported,
 )
+from prunecli.structure.refine import SPLIT_FUNCTIONS, SPLIT_METHODS, RefineOps
 from prunecli.structure.types import ModuleRole
 
 log = logging.getLogger("prunecli")
@@ -101,12 +102,16 @@ def fx_trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
-class _Analysis(TensorOps):
-    """One pass over the graph; produces groups and module roles."""
+class _Analysis(TensorOps, RefineOps):
+    """One pass over the graph; produces groups and module roles. ``cuts``: producer name ->
+    positions where its output is cut into separate spaces (found by earlier passes)."""
 
-    def __init__(self, gm: fx.GraphModule, ignore: set[str]) -> None:
+    def __init__(self, gm: fx.GraphModule, ignore: set[str],
+                 cuts: dict[str, frozenset[int]] | None = None,
+                 root: nn.Module | None = None) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
+        self.root_modules = dict((root or gm).named_modules())  # gm holds only its leaves
         self.ignore = ignore
         self.uf = _UnionFind()
         self.size: list[int] = []
@@ -114,7 +119,11 @@ class _Analysis(TensorOps):
         self.layouts: dict[fx.Node, Any] = {}
         self.roles: dict[str, ModuleRole] = {}
         self.role_calls: dict[str, list[_Layout]] = defaultdict(list)
-        self.out_space: dict[str, int] = {}
+        self.cuts = cuts or {}
+        self.requests: dict[str, set[int]] = {}  # cuts asked for by this pass
+        self.origin: dict[int, tuple[str, int]] = {}  # space -> (producer, first channel)
+        self.out_segs: dict[str, tuple[_Seg, ...]] = {}  # producer -> its output's spaces
+        self.size_attrs: dict[tuple[str, str], list[_Layout]] = {}  # split sizes to rewrite
         self.params: dict[str, tuple[str, str, _Layout]] = {}
         self.unknown_ops: set[str] = set()
         self.units: dict[int, int] = {}  # space -> channels per unit (grouped convs)
@@ -136,6 +145,8 @@ class _Analysis(TensorOps):
     def union_layouts(self, a: _Layout, b: _Layout, what: str) -> bool:
         """Merge two tensors' channel spaces elementwise; False when they do not line up."""
         if [s.length for s in a.segs] != [s.length for s in b.segs]:
+            # parts of a producer's output? then the next pass cuts it (structure.refine)
+            self.refine(a, b)
             self.bad(a, f"{what} of misaligned channel layouts")
             self.bad(b, f"{what} of misaligned channel layouts")
             return False
@@ -183,7 +194,7 @@ class _Analysis(TensorOps):
                 self.bad(self.layouts[a], reason)
         return self.fresh(node, reason)
 
-    def record(self, name: str, kind: str, x: _Layout | None, out: int | None = None) -> None:
+    def record(self, name: str, kind: str, x: _Layout | None) -> None:
         """Remember a module's role; a module called twice must see the same layout."""
         calls = self.role_calls[name]
         if x is not None and calls:
@@ -200,13 +211,6 @@ class _Analysis(TensorOps):
             calls.append(x)
         if name not in self.roles:
             self.roles[name] = ModuleRole(name=name, kind=kind)
-        if out is not None:
-            self.roles[name].out_group = out
-
-    def producer_space(self, name: str, size: int) -> int:
-        if name not in self.out_space:
-            self.out_space[name] = self.new_space(size)
-        return self.out_space[name]
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -232,8 +236,8 @@ class _Analysis(TensorOps):
                 raise _Unsupported(f"{_name(node.target)} on a tensor of unknown channels")
 
     def exclude(self, role: ModuleRole, reason: str) -> None:
-        if role.out_group is not None:
-            self.reasons[role.out_group].append(reason)
+        for seg in self.out_segs.get(role.name, ()):
+            self.reasons[seg.space].append(reason)
         for x in self.role_calls[role.name]:
             self.bad(x, reason)
 
@@ -303,9 +307,7 @@ class _Analysis(TensorOps):
         x = self.on_axis(node.args[0], x, 1, f"{type(m).__name__} ({name}) on a reshaped tensor")
         if m.groups == 1:
             self.record(name, "conv", x)
-            out = self.producer_space(name, m.out_channels)
-            self.record(name, "conv", None, out)
-            return _Layout((_Seg(out, m.out_channels),), 1, x.ndim)
+            return self.producer_layout(name, m.out_channels, 1, x.ndim)
         if m.groups == m.in_channels == m.out_channels:
             self.record(name, "depthwise", x)
             return _same_layout(node, x)
@@ -324,9 +326,7 @@ class _Analysis(TensorOps):
                          f"Linear ({name}) on a tensor whose last axis is not channels",
                          features=True)
         self.record(name, "linear", x)
-        out = self.producer_space(name, m.out_features)
-        self.record(name, "linear", None, out)
-        return _Layout((_Seg(out, m.out_features),), x.ndim - 1, x.ndim)
+        return self.producer_layout(name, m.out_features, x.ndim - 1, x.ndim)
 
     # ------------------------------------------------------------------ functions
     def visit_function(self, node: fx.Node, fn: Any) -> Any:
@@ -364,6 +364,8 @@ class _Analysis(TensorOps):
             return reshaped_layout(node, inputs[0])
         if fn in AXIS_MOVE_FUNCTIONS:
             return moved_layout(node, inputs[0])
+        if fn in SPLIT_FUNCTIONS:
+            return self.split(node, inputs[0], SPLIT_FUNCTIONS[fn])
         if fn is F.batch_norm or fn is F.layer_norm or fn is F.group_norm:
             raise _Unsupported(f"functional {fn.__name__} (use the module)")
         raise _Unsupported(_name(fn))
@@ -386,4 +388,6 @@ class _Analysis(TensorOps):
             return reshaped_layout(node, inputs[0])
         if method in AXIS_MOVE_METHODS:
             return moved_layout(node, inputs[0])
+        if method in SPLIT_METHODS:
+            return self.split(node, inputs[0], SPLIT_METHODS[method])
         raise _Unsupported(f"Tensor.{method}")

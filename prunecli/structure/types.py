@@ -64,13 +64,30 @@ class ChannelGroup:
         return "; ".join(self.reasons)
 
 
+@dataclass(frozen=True)
+class SizeAttr:
+    """A module attribute holding the channel counts of a split (timm ``MixedConv2d.splits``):
+    slimming writes each part's kept count into it. ``parts``: each part's segments, with
+    offsets along the split tensor's channel axis."""
+
+    module: str
+    attr: str
+    parts: tuple[tuple[Segment, ...], ...]
+
+
 @dataclass
 class ModuleRole:
     """How one module touches channels. ``in_segments`` cover its whole input-channel axis,
-    ``out_group`` is set for producers, ``kind`` names the slicing rule."""
+    ``out_segments`` a producer's whole output axis (one segment, or several where its output is
+    made of parts: GhostNet's shortcut conv, a conv whose output a split cuts), each channel of a
+    unit-``u`` group spanning ``spatial = u`` outputs; ``kind`` names the slicing rule."""
 
     name: str
     kind: str  # "conv", "linear", "convT", "depthwise", "norm", "prelu", "layernorm"
     in_segments: tuple[Segment, ...] = ()
-    out_group: int | None = None
-    out_unit: int = 1  # output channels per unit of ``out_group`` (see ChannelGroup.unit)
+    out_segments: tuple[Segment, ...] = ()
+
+    @property
+    def out_groups(self) -> tuple[int, ...]:
+        """The groups a producer writes, in output order, each once."""
+        return tuple(dict.fromkeys(s.group for s in self.out_segments))
