@@ -399,6 +399,27 @@ class MixedSplits(nn.Module):
         return self.head(torch.cat([b, a], 1).mean((2, 3)))
 
 
+class WidthSplit(nn.Module):
+    """Res2Net: ``torch.split(x, self.width, 1)`` into equal parts; a part's conv output is
+    added to the next part (so both are one group), the last part passes through. The parts
+    stay equal only if pruned alike: one group, and slimming rewrites ``width``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = cbr(3, 12, k=1)
+        self.width = 4
+        self.convs = nn.ModuleList([cbr(4, 4), cbr(4, 4)])
+        self.conv3 = nn.Conv2d(12, 6, 1)
+        self.head = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(self.conv1(x), self.width, 1)
+        first = self.convs[0](parts[0])
+        second = self.convs[1](first + parts[1])
+        return self.head(self.conv3(torch.cat([first, second, parts[2]], 1)).mean((2, 3)))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
-              TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs, Ghost, MixedSplits]
+              TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs, Ghost, MixedSplits,
+              WidthSplit]

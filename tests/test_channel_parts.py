@@ -1,6 +1,6 @@
-"""Producers whose output has parts (GhostNet, MixNet): real models slim exactly, and the methods
-whose bookkeeping follows a producer's output rows (SMCP's row masks, CHEX's regrowth) prune
-them from the command line to their budget."""
+"""Producers whose output has parts (GhostNet, MixNet, Res2Net): real models slim exactly, and
+the methods whose bookkeeping follows a producer's output rows (SMCP's row masks, CHEX's
+regrowth) prune them from the command line to their budget."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SMALL = ("experiment=smoke", "data.train_size=96", "data.val_size=32", "data.bat
          "data.image_size=32", "trainer.progress=false", "trainer.epochs=2", "model=timm")
 
 
-@pytest.mark.parametrize("name", ["ghostnet_100", "mixnet_s"])
+@pytest.mark.parametrize("name", ["ghostnet_100", "mixnet_s", "res2net50_14w_8s"])
 def test_real_models_with_output_parts_slim_exactly(name: str) -> None:
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, num_classes=5).eval()
@@ -26,18 +26,22 @@ def test_real_models_with_output_parts_slim_exactly(name: str) -> None:
     parted = [r for r in structure.roles.values() if len(r.out_segments) > 1]
     assert parted, "some producer must write several parts"
     whole = [g for g in structure.groups if g.producers and not g.prunable]
-    # only the classifier's outputs stay whole (and, in MixNet, nothing else either)
-    assert [g.key for g in whole] == ["classifier"], [(g.key, g.reason) for g in whole]
-    if name == "mixnet_s":
-        assert structure.size_attrs and all(a.attr == "splits" for a in structure.size_attrs)
+    # only the classifier's outputs stay whole
+    assert [g.key for g in whole] == [model.default_cfg["classifier"]], [
+        (g.key, g.reason) for g in whole]
+    attrs = {"mixnet_s": "splits", "res2net50_14w_8s": "width"}
+    if name in attrs:  # split sizes held by a module attribute
+        assert structure.size_attrs and all(a.attr == attrs[name] for a in structure.size_attrs)
     keep = random_keep(structure, 0.5, torch.Generator().manual_seed(0))
     small = assert_exact(model, keep, x)
     assert _params(small) < 0.6 * _params(model)
-    if name == "mixnet_s":  # every split's sizes follow its parts' kept channels
-        for sa in structure.size_attrs:
-            sizes = small.get_submodule(sa.module).splits
-            convs = list(small.get_submodule(sa.module).values())
-            assert list(sizes) == [c.in_channels for c in convs]
+    for sa in structure.size_attrs:  # every split's sizes follow its parts' kept channels
+        owner = small.get_submodule(sa.module)
+        if name == "mixnet_s":
+            assert list(owner.splits) == [c.in_channels for c in owner.values()]
+        else:
+            assert owner.width == owner.convs[0].in_channels < model.get_submodule(
+                sa.module).width
     again = slim(model, structure, keep)  # slimming is deterministic and repeatable
     assert _params(again) == _params(small)
 

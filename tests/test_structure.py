@@ -272,6 +272,16 @@ def test_split_sizes_held_by_a_module_are_rewritten() -> None:
     assert small.mixed.splits == [2, 3] and small.bn.num_features == 5
 
 
+def test_equal_split_parts_are_one_group_and_their_width_is_rewritten() -> None:
+    s = trace_structure(_net(nets.WidthSplit), X)
+    g = _group_of(s, "conv1.0")
+    assert g.prunable and g.size == 4 and "convs.0.0" in g.producers
+    assert [p.offset for p in s.roles["conv1.0"].out_segments] == [0, 4, 8]
+    assert [(a.module, a.attr) for a in s.size_attrs] == [("", "width")]
+    small = assert_exact(_net(nets.WidthSplit), {g.id: [1, 2, 3]})
+    assert small.width == 3 and small.conv1[0].out_channels == 9
+
+
 def test_chunk_halves_are_one_group() -> None:
     s = trace_structure(_net(nets.Split), X)
     g = _group_of(s, "a")

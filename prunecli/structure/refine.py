@@ -11,8 +11,10 @@ traces again with the cuts until none is new. A cut producer writes several spac
 they merge (GhostNet's halves).
 
 Splits are exact only where slimming can rewrite the sizes: ``chunk`` (equal parts, kept equal
-by pruning the parts as one group) and ``split`` with sizes that are an attribute of the module
-running it (rewritten at slim time, see ``ChannelStructure.size_attrs``). A size written as a
+by pruning the parts as one group), ``split`` with sizes that are an attribute of the module
+running it (MixNet's list, rewritten at slim time, see ``ChannelStructure.size_attrs``) and
+``split`` with one size held by an attribute (Res2Net's ``width``: equal parts, one group, the
+attribute rewritten). A size written as a
 number in the code stays whole, with the reason.
 
 A mixin of :class:`prunecli.structure.trace._Analysis`.
@@ -111,12 +113,13 @@ class RefineOps:
         if how == "other" or x.spatial != 1:
             raise _Unsupported(f"{_op(node)} across channels")
         sizes = [int(m.shape[x.axis]) for m in metas]
-        attr = None
-        if how == "chunk":
-            if len(set(sizes)) != 1:
-                raise _Unsupported(f"chunk into unequal parts {sizes}")
-        else:
-            attr = self._size_attribute(node, sizes)
+        given = node.args[1] if len(node.args) > 1 else next(iter(
+            v for k, v in node.kwargs.items() if k.startswith("split_size")), None)
+        equal = how == "chunk" or isinstance(given, int)  # one size for every part
+        if equal and len(set(sizes)) != 1:
+            raise _Unsupported(f"{how} into unequal parts {sizes}")
+        attr = None if how == "chunk" else self._size_attribute(
+            node, sizes[0] if isinstance(given, int) else sizes)
         bounds = set(itertools.accumulate(sizes[:-1]))
         if not bounds <= set(_bounds(x)):
             if self.request_cuts(x, bounds):
@@ -130,27 +133,34 @@ class RefineOps:
                 got += x.segs[i].length
                 i += 1
             parts.append(_Layout(tuple(segs), x.axis, x.ndim, 1, x.guessed))
-        if how == "chunk":  # equal parts stay equal only if pruned alike: one group
+        if equal:  # equal parts stay equal only if pruned alike: one group
             for part in parts[1:]:
-                self.union_layouts(parts[0], part, "chunk")
-        else:
+                self.union_layouts(parts[0], part, how)
+        if attr is not None:
             self.size_attrs[attr] = parts
         return tuple(parts)
 
-    def _size_attribute(self, node: fx.Node, sizes: list[int]) -> tuple[str, str]:
-        """The module attribute holding a split's sizes (MixedConv2d's ``splits``): slimming
-        rewrites it. Sizes written as numbers in the code would break once channels go."""
+    def _size_attribute(self, node: fx.Node, sizes: list[int] | int) -> tuple[str, str]:
+        """The module attribute holding a split's sizes (MixedConv2d's ``splits``), or its one
+        size for equal parts (Res2Net's ``width``): slimming rewrites it. Sizes written as
+        numbers in the code would break once channels go."""
         stack = list((node.meta.get("nn_module_stack") or {}).values())
         path = (stack[-1][0] if isinstance(stack[-1], tuple) else str(stack[-1])) if stack else ""
         module = self.root_modules.get(path)  # "" is the traced model itself
-        found = [name for name, value in vars(module).items() if isinstance(value, (list, tuple))
-                 and len(value) == len(sizes) and all(type(v) is int for v in value)
-                 and list(value) == sizes] if module is not None else []
+        found = [name for name, value in vars(module).items() if _holds(value, sizes)
+                 ] if module is not None else []
         if len(found) != 1:
             owner = type(module).__name__ if module is not None else "its module"
             raise _Unsupported(f"split with sizes {sizes} not held by one attribute of {owner} "
                                "(sizes written in the code cannot follow pruning)")
         return path, found[0]
+
+
+def _holds(value: Any, sizes: list[int] | int) -> bool:
+    if isinstance(sizes, int):
+        return type(value) is int and value == sizes
+    return isinstance(value, (list, tuple)) and len(value) == len(sizes) and all(
+        type(v) is int for v in value) and list(value) == sizes
 
 
 def getitem_of_parts(value: Any, idx: Any) -> Any:

@@ -213,7 +213,8 @@ def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, tor
     for sa in structure.size_attrs:  # split sizes held by a module (MixedConv2d.splits)
         owner = modules[sa.module] if sa.module else model
         old = getattr(owner, sa.attr)
-        setattr(owner, sa.attr, type(old)(_kept_width(part, idx) for part in sa.parts))
+        widths = [_kept_width(part, idx) for part in sa.parts]
+        setattr(owner, sa.attr, widths[0] if isinstance(old, int) else type(old)(widths))
 
 
 @contextlib.contextmanager

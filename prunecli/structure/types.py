@@ -66,8 +66,9 @@ class ChannelGroup:
 
 @dataclass(frozen=True)
 class SizeAttr:
-    """A module attribute holding the channel counts of a split (timm ``MixedConv2d.splits``):
-    slimming writes each part's kept count into it. ``parts``: each part's segments, with
+    """A module attribute holding the channel counts of a split (timm ``MixedConv2d.splits``,
+    or one count for equal parts: Res2Net's ``width``): slimming writes the parts' kept counts
+    into it. ``parts``: each part's segments, with
     offsets along the split tensor's channel axis."""
 
     module: str
