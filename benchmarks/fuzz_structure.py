@@ -2,10 +2,12 @@
 
 Each net is drawn from a seeded generator (the seed alone rebuilds it): convolutions with random
 widths, kernels and strides, grouped and depthwise convs, BatchNorm/GroupNorm, residual adds,
-concatenations, squeeze-excite gates, channel splits and chunks, channels-last MLPs (permute,
-Linear over the last axis, permute back), LayerNorm over channels, a conv module called on two
-tensors, element-wise products, ops the tracer does not know (roll, flip, cumsum over channels),
-pooling, and a head that pools or flattens into a Linear (sometimes two heads).
+concatenations, squeeze-excite gates, channel splits and chunks (sizes in the code, or held by a
+module: MixNet's ``splits``, Res2Net's ``width``), GhostNet's ``cat([x1, dw(x1)])``,
+channels-last MLPs (permute, Linear over the last axis, permute back), LayerNorm over channels, a
+conv module called on two tensors, element-wise products, ops the tracer does not know (roll,
+flip, cumsum over channels), pooling, and a head that pools or flattens into a Linear (sometimes
+two heads).
 
 For each net: trace, a random keep-set of every prunable group (norm statistics and affines
 randomised, so a wrongly sliced norm shows), slim, and compare the slimmed model's outputs with
@@ -51,6 +53,38 @@ class _Val:
 
     channels: int
     side: int
+
+
+class _Mixed(nn.Module):
+    """timm's MixedConv2d: split by sizes held in ``self.splits``, a conv per part, concat."""
+
+    def __init__(self, splits: list[int], outs: list[int], depthwise: bool) -> None:
+        super().__init__()
+        self.splits = splits
+        pairs = enumerate(zip(splits, outs, strict=True))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c, c if depthwise else o, 1 + 2 * (i % 2), 1, i % 2,
+                      groups=c if depthwise else 1) for i, (c, o) in pairs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([conv(parts[i]) for i, conv in enumerate(self.convs)], 1)
+
+
+class _Res2(nn.Module):
+    """Res2Net: equal parts of ``self.width`` channels; the first is convolved and added to the
+    second, the rest pass through."""
+
+    def __init__(self, width: int, scale: int) -> None:
+        super().__init__()
+        self.width, self.scale = width, scale
+        self.conv = nn.Conv2d(width, width, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.width, 1)
+        first = self.conv(parts[0])
+        rest = [parts[i] for i in range(2, self.scale)]  # indexed, as timm does: fx traces it
+        return torch.cat([first, first + parts[1], *rest], 1)
 
 
 class RandomNet(nn.Module):
@@ -104,8 +138,9 @@ class RandomNet(nn.Module):
         v = self.vals[i]
         kind = r.choice(["conv", "conv", "conv", "grouped", "dw", "res", "add", "cat", "se",
                          "split", "chunk", "mlp", "ln", "shared", "mul", "unknown", "pool",
-                         "gn"])
-        if kind == "conv" or v.channels < 2 and kind in ("grouped", "dw", "split", "chunk"):
+                         "gn", "ghost", "mixed", "res2"])
+        if kind == "conv" or v.channels < 2 and kind in ("grouped", "dw", "split", "chunk",
+                                                         "mixed", "res2"):
             stride = 2 if v.side >= 4 and r.random() < 0.25 else 1
             self._conv(i, self._width(), r.choice([1, 3]), stride)
         elif kind == "grouped":
@@ -162,6 +197,23 @@ class RandomNet(nn.Module):
         elif kind == "pool":
             if v.side >= 2:
                 self._emit("pool", (i,), _Val(v.channels, v.side // 2))
+        elif kind == "ghost":  # GhostNet: cat([x1, depthwise(x1)]), one space twice
+            x1 = self._conv(i, self._width(), 1)
+            w = self.vals[x1].channels
+            cheap = self._conv(x1, w, 3, 1, groups=w)
+            self._emit("cat", (x1, cheap), _Val(2 * w, self.vals[x1].side))
+        elif kind == "mixed":
+            n = r.randint(2, min(3, v.channels))
+            cuts = sorted(r.sample(range(1, v.channels), n - 1))
+            splits = [b - a for a, b in zip([0, *cuts], [*cuts, v.channels], strict=True)]
+            depthwise = r.random() < 0.6
+            outs = splits if depthwise else [r.randint(1, 8) for _ in splits]
+            self._emit("mod", (i,), _Val(sum(outs), v.side),
+                       self._layer(_Mixed(splits, outs, depthwise)))
+        elif kind == "res2":
+            widths = [d for d in range(1, v.channels // 2 + 1) if v.channels % d == 0]
+            self._emit("mod", (i,), _Val(v.channels, v.side),
+                       self._layer(_Res2(width := r.choice(widths), v.channels // width)))
         elif kind == "gn":
             g = r.choice([d for d in range(1, v.channels + 1) if v.channels % d == 0])
             self._emit("mod", (i,), _Val(v.channels, v.side),
