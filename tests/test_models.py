@@ -308,3 +308,14 @@ def test_describe_models() -> None:
     tv = next(r for r in rows if r[0] == "torchvision")
     assert "model=torchvision model.name=NAME" in tv[2]
     assert all(len(r) == 3 and all(isinstance(x, str) and x for x in r) for r in rows)
+
+
+def test_a_clashing_model_argument_names_who_sets_it() -> None:
+    """``channel_multiplier`` of timm's mixnet_s is fixed by its variant, not by prunecli."""
+    with pytest.raises(ConfigError, match="fixed by the model's own definition.*"
+                                          "remove model.kwargs.channel_multiplier"):
+        build_model({"source": "timm", "name": "mixnet_s",
+                     "kwargs": {"channel_multiplier": 0.5}}, num_classes=10)
+    with pytest.raises(ConfigError, match="'num_classes' is set by prunecli"):
+        build_model({"source": "timm", "name": "resnet18", "kwargs": {"num_classes": 3}},
+                    num_classes=10)

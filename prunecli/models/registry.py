@@ -77,6 +77,11 @@ def construct(what: str, fn: Callable[[], nn.Module]) -> nn.Module:
         raise ConfigError(bad_argument_message(what, exc)) from exc
 
 
+# constructor arguments prunecli passes itself (from the dataset and the config)
+_SET_BY_PRUNECLI = {"num_classes", "in_chans", "pretrained", "weights", "weights_backbone",
+                    "num_channels"}
+
+
 def bad_argument_message(what: str, exc: BaseException) -> str:
     text = one_line(exc)
     match = re.search(r"unexpected keyword argument '(\w+)'", text)
@@ -85,10 +90,12 @@ def bad_argument_message(what: str, exc: BaseException) -> str:
         return f"{what} got an unknown argument '{arg}'; remove model.kwargs.{arg}."
     match = re.search(r"multiple values for (?:keyword )?argument '(\w+)'", text)
     if match:
-        return (
-            f"{what}: '{match.group(1)}' is set by prunecli (from the dataset); "
-            f"remove model.kwargs.{match.group(1)}."
-        )
+        arg = match.group(1)
+        if arg in _SET_BY_PRUNECLI:
+            return f"{what}: '{arg}' is set by prunecli (from the dataset); remove " \
+                   f"model.kwargs.{arg}."
+        return (f"{what}: '{arg}' is fixed by the model's own definition; remove "
+                f"model.kwargs.{arg} (choose a variant of the model instead).")
     return f"{what} rejected its arguments (model.kwargs): {text}"
 
 
