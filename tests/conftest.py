@@ -46,6 +46,31 @@ def run_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return run
 
 
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory: pytest.TempPathFactory):
+    """``shared_run("train", ...)`` -> the run dir of that command, run once per test module:
+    for tests that only read a run (its files, or as a checkpoint for another command) and
+    would otherwise each train the same run again."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from prunecli import cli
+
+    done: dict[tuple[str, ...], Path] = {}
+
+    def run(*args: str) -> Path:
+        if args not in done:
+            out = tmp_path_factory.mktemp("shared_run")
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(sys, "argv", ["prunecli", *args, f"hydra.run.dir={out}"])
+                GlobalHydra.instance().clear()
+                cli.main()
+            torch.set_num_threads(THREADS)
+            done[args] = out
+        return done[args]
+
+    return run
+
+
 def read_results(run_dir: Path) -> dict:
     return json.loads((run_dir / "results.json").read_text())
 

@@ -18,7 +18,8 @@ from prunecli.errors import ConfigError
 
 register_schemas()
 
-SMALL = ["experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
+# 6 optimizer steps an epoch, of 8 images each
+SMALL = ["experiment=smoke", "data.train_size=48", "data.val_size=32", "data.batch_size=8",
          "data.image_size=16", "trainer.progress=false", "trainer.deterministic=true"]
 
 

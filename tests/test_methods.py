@@ -20,11 +20,11 @@ from prunecli.structure import load_slim
 from tests import test_latency
 from tests.conftest import console_script, read_results, torchrun_train
 
-SMALL = ("experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
+SMALL = ("experiment=smoke", "data.train_size=48", "data.val_size=32", "data.batch_size=8",
          "data.image_size=16", "trainer.progress=false", "trainer.epochs=4")
 fake_timing = test_latency.fake_timing  # the fixture: layer timings from a known formula
 
-# 6 optimizer steps per epoch, 24 in all; every schedule ends by step 12
+# 6 optimizer steps (of 8 images) per epoch, 24 in all; every schedule ends by step 12
 SCHEDULE = {
     "taylor": ("method.prune_every=2", "method.remove_per_step=0.1"),
     "slimming": ("method.sparsity=1e-3",),

@@ -26,12 +26,13 @@ from prunecli.structure import (
 )
 from tests.conftest import console_script, read_results, torchrun_train
 
-SMALL = ("experiment=smoke", "data.train_size=96", "data.val_size=32", "data.batch_size=16",
+SMALL = ("experiment=smoke", "data.train_size=48", "data.val_size=32", "data.batch_size=8",
          "data.image_size=16", "trainer.progress=false", "trainer.epochs=4",
          "trainer.deterministic=true", "optim.lr=0.01")
 # The slim model sums fewer zeros, so in float32 the two runs differ by rounding, which a few
 # steps of training on random labels amplify to ~1e-4: the exact check is in float64 below.
-# 6 optimizer steps an epoch; every method's masks are final by step 12 (end of epoch 2)
+# 6 optimizer steps an epoch (of 8 images); every method's masks are final by step 12 (end of
+# epoch 2)
 METHODS = {
     "taylor": ("method=taylor", "cost.ratio=0.5", "method.prune_every=2",
                "method.remove_per_step=0.1"),
@@ -52,10 +53,10 @@ def _slim_weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_fine_tuning_the_slim_model_computes_what_the_masked_one_would(
-        run_cli, tmp_path: Path, method: str) -> None:
+        run_cli, shared_run, tmp_path: Path, method: str) -> None:
     masked = run_cli("train", *SMALL, *METHODS[method], run_dir=tmp_path / "masked")
-    slimmed = run_cli("train", *SMALL, *METHODS[method], "method.slim_when_final=true",
-                      run_dir=tmp_path / "slimmed")
+    # read only: the tests below reuse the taylor and halp runs
+    slimmed = shared_run("train", *SMALL, *METHODS[method], "method.slim_when_final=true")
     a, b = read_results(masked), read_results(slimmed)
     assert b["slimmed_at_step"] is not None and b["slimmed_at_step"] < 24
     assert b["cost_kept"] == a["cost_kept"] and b["macs"] == a["macs"]
@@ -107,9 +108,10 @@ def test_the_swap_is_exact_in_float64() -> None:
         assert torch.allclose(want[k], got[k], atol=1e-10, rtol=0), k
 
 
-def test_a_run_stopped_after_the_swap_resumes_to_the_same_end(run_cli, tmp_path: Path) -> None:
+def test_a_run_stopped_after_the_swap_resumes_to_the_same_end(run_cli, shared_run,
+                                                               tmp_path: Path) -> None:
     common = (*SMALL, *METHODS["taylor"], "method.slim_when_final=true")
-    full = run_cli("train", *common, run_dir=tmp_path / "full")
+    full = shared_run("train", *common)
     part = run_cli("train", *common, "trainer.stop_after_epoch=3", run_dir=tmp_path / "part")
     assert load_checkpoint(part / "last.pt")["slimmed"]  # written after the swap
     res = run_cli("train", *common, f"resume={part}", run_dir=tmp_path / "res")
@@ -119,9 +121,8 @@ def test_a_run_stopped_after_the_swap_resumes_to_the_same_end(run_cli, tmp_path:
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
-def test_tools_read_a_checkpoint_of_a_slimmed_run(run_cli, tmp_path: Path) -> None:
-    run = run_cli("train", *SMALL, *METHODS["halp"], "method.slim_when_final=true",
-                  run_dir=tmp_path / "run")
+def test_tools_read_a_checkpoint_of_a_slimmed_run(run_cli, shared_run, tmp_path: Path) -> None:
+    run = shared_run("train", *SMALL, *METHODS["halp"], "method.slim_when_final=true")
     r = read_results(run)
     out = console_script("eval", f"ckpt={run / 'last.pt'}", "trainer.progress=false",
                          f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
