@@ -102,6 +102,8 @@ MODELS: list[ModelSpec] = [
     *(ModelSpec(n, "torchvision") for n in (
         "convnext_tiny", "regnet_x_400mf", "resnext50_32x4d", "shufflenet_v2_x1_0")),
     *(ModelSpec(n, "torchvision", kind="transformer") for n in ("vit_b_16", "swin_t")),
+    # added with space refinement (outputs made of parts, splits with sizes held by a module)
+    *(ModelSpec(n, "timm") for n in ("res2net50_14w_8s", "ghostnetv2_100")),
 ]
 CNN_TARGET, TRANSFORMER_TARGET = 0.5, 0.3  # share of MACs prunable exactly
 

@@ -23,7 +23,8 @@ def set_deterministic(enabled: bool, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
     else:
-        torch.use_deterministic_algorithms(False)
+        if torch.are_deterministic_algorithms_enabled():  # the call imports torch._dynamo
+            torch.use_deterministic_algorithms(False)     # (1.5 s a process): only if needed
         torch.backends.cudnn.benchmark = device.type == "cuda"
 
 
