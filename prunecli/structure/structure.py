@@ -65,7 +65,8 @@ class ChannelStructure:
                 if g.key == ref:
                     return g
         raise KeepError(f"no channel group {ref!r}; groups are named by their first producer "
-                        "module (see `prunecli inspect`)")
+                        "module, with a channel range where it writes several groups "
+                        "(see `prunecli inspect`)")
 
     def consumers_of_prunable(self) -> list[str]:
         names: list[str] = []

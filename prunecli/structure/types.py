@@ -6,8 +6,9 @@ an offset after a concatenation, or with a spatial factor after a flatten) and e
 that carries it per channel (norms, depthwise convs, per-channel parameters such as layer scale).
 A grouped conv whose groups map ``w`` channels to ``w`` channels is a follower too ("depthwise"
 kind): its input and output are one group, pruned in whole conv groups (``unit = w``).
-Removing channel ``c`` of a group means removing output ``c`` of each producer, the matching
-input columns of each consumer and entry ``c`` of each follower.
+Removing channel ``c`` of a group means removing output ``c`` of each producer (of each part of
+its output that belongs to the group: a GhostNet shortcut conv writes one group twice), the
+matching input columns of each consumer and entry ``c`` of each follower.
 """
 
 from __future__ import annotations
