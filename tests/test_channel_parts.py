@@ -4,6 +4,7 @@ regrowth) prune them from the command line to their budget."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -103,3 +104,42 @@ def test_a_run_prunes_a_real_model_with_output_parts_from_the_cli(run_cli) -> No
     assert r["slim_top1"] == r["top1"] and r["slim_max_diff"] < 1e-4
     small = load_slim(run / "slim.pt")  # rebuilt from the registry and the keep-sets alone
     assert sum(p.numel() for p in small.model.parameters()) == r["params"]
+
+
+def test_chex_prunes_and_regrows_whole_units_of_grouped_convs() -> None:
+    """CHEX on a group pruned in whole conv groups (4 channels a unit): a pruned unit's four
+    rows are zero in every producer and follower, a regrown one gets all four back, and the
+    slim model equals the masked one."""
+    torch.manual_seed(0)
+    model = nets.GroupedConvs()
+    _randomise_norms(model)
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    pruner = Pruner(model, x, "chex", epochs=1, steps_per_epoch=12, sparsity=0.4, d0=0.3,
+                    update_every=0.25, t_max=0.75)
+    method = pruner.method
+    s = method.structure
+    unit_group = next(g for g in s.groups if g.unit == 4)
+    assert unit_group.id in method.groups  # not left whole any more
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    pruner.start(opt)
+    for _ in range(12):
+        nn.functional.cross_entropy(model(x), y).backward()
+        pruner.before_step()
+        opt.step()
+        opt.zero_grad()
+        pruner.after_step()
+        active = method.active()[unit_group.id]
+        rows = torch.as_tensor(np.repeat(~active, 4))
+        for name in unit_group.producers:  # every row of a pruned unit is zero
+            assert not model.get_submodule(name).weight[rows].any()
+        assert not model.get_submodule("conv2.0").weight[rows].any()  # grouped follower
+    assert sum(method.regrown) > 0
+    pruner.end_epoch()
+    small, summary = pruner.finish()
+    # sparsity counts channels (a unit is 4 of them), as the allocation does: 3 of 6 units
+    # are the nearest to keeping 60% of 24 channels
+    assert summary["channels_kept"] == pytest.approx(0.6 * summary["channels_prunable"], abs=4)
+    assert summary["channel_sparsity"] == pytest.approx(
+        1 - summary["channels_kept"] / summary["channels_prunable"], abs=1e-6)
+    assert summary["slim_max_diff"] < 1e-4
+    assert small.conv2[0].groups < model.conv2[0].groups

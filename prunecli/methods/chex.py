@@ -153,7 +153,8 @@ def regrow_probabilities(residuals: torch.Tensor, sampling: str = "softmax",
 @dataclass(frozen=True)
 class _Slot:
     """A per-channel tensor of a group: channel ``c`` is index ``offset + c`` along ``dim`` of
-    ``module.attr`` (the stored weight when it carries a mask)."""
+    ``module.attr`` (the stored weight when it carries a mask); in a group of ``unit``-channel
+    units (grouped convs, GroupNorm groups), unit ``c`` is ``offset + c*unit ... + unit - 1``."""
 
     key: str
     module: str  # module name ("" = the model itself)
@@ -162,6 +163,12 @@ class _Slot:
     offset: int
     zero: bool  # zeroed while the channel is pruned (weights, biases; not running statistics)
     producer: bool = False  # an output filter of a producer: a column block of X
+    unit: int = 1  # entries per channel of the group (a grouped conv's group: ``unit`` rows)
+
+    def index(self, channels: np.ndarray) -> np.ndarray:
+        """Positions along ``dim`` of ``channels`` (every entry of each unit, in order)."""
+        channels = np.asarray(channels, dtype=np.int64)
+        return (channels[:, None] * self.unit + np.arange(self.unit)).ravel() + self.offset
 
 
 _FOLLOWER_ATTRS = {
@@ -225,18 +232,8 @@ class CHEX(PruningMethod):
         if not self.slices:
             raise ConfigError(f"{ctx.config.model.name} has no BN after a prunable layer: CHEX "
                               "allocates channels by BN scales")
-        units = [g for g in self.slices if self.structure.groups[g].unit > 1]
-        if units:  # regrowth re-initialises single channels; a grouped conv's unit is several
-            log.warning("chex: %d group(s) pruned in whole conv groups (grouped convs) stay "
-                        "whole: CHEX regrows single channels", len(units))
-            self.slices = {g: s for g, s in self.slices.items() if g not in units}
-            if not self.slices:
-                raise ConfigError(f"{ctx.config.model.name}: every group with a norm is pruned "
-                                  "in whole conv groups, which CHEX does not do; use another "
-                                  "method")
-        self.groups = sorted(self.slices)
-        whole = [g.key for g in self.structure.prunable_groups
-                 if g.id not in self.slices and g.id not in units]
+        self.groups = sorted(self.slices)  # a unit group (grouped convs) regrows whole units
+        whole = [g.key for g in self.structure.prunable_groups if g.id not in self.slices]
         if whole:
             log.warning("chex: %d group(s) without a norm stay whole: %s", len(whole),
                         ", ".join(whole[:5]))
@@ -254,30 +251,31 @@ class CHEX(PruningMethod):
         slots = []
         for name in g.producers:  # every part of its output that is this group's
             for seg in self.structure.roles[name].out_segments:
-                if seg.group != gid or seg.spatial != 1:
+                if seg.group != gid or seg.spatial != g.unit:
                     continue
                 at = f"@{seg.offset}" if seg.offset else ""
                 slots.append(_Slot(f"{name}.weight{at}", name, "weight", 0, seg.offset, True,
-                                   producer=True))
+                                   producer=True, unit=g.unit))
                 if getattr(modules[name], "bias", None) is not None:
-                    slots.append(_Slot(f"{name}.bias{at}", name, "bias", 0, seg.offset, True))
+                    slots.append(_Slot(f"{name}.bias{at}", name, "bias", 0, seg.offset, True,
+                                       unit=g.unit))
         for name in g.followers:
             role = self.structure.roles[name]
             for seg in role.in_segments:
-                if seg.group != gid or seg.spatial != 1:
+                if seg.group != gid or seg.spatial != g.unit:
                     continue
                 for attr, zero in _FOLLOWER_ATTRS.get(role.kind, ()):
                     if isinstance(getattr(modules[name], attr, None), torch.Tensor):
                         slots.append(_Slot(f"{name}.{attr}@{seg.offset}", name, attr, 0,
-                                           seg.offset, zero))
+                                           seg.offset, zero, unit=g.unit))
         for p in self.structure.params:
             owner = modules[p.module] if p.module else model
             t = getattr(owner, p.attr)
             dim = next(d for d, n in enumerate(t.shape) if n == t.numel())
             for seg in p.segments:
-                if seg.group == gid and seg.spatial == 1:
+                if seg.group == gid and seg.spatial == g.unit:
                     slots.append(_Slot(f"{p.module}.{p.attr}@{seg.offset}", p.module, p.attr,
-                                       dim, seg.offset, True))
+                                       dim, seg.offset, True, unit=g.unit))
         return slots
 
     def _tensor(self, slot: _Slot) -> torch.Tensor:
@@ -307,8 +305,9 @@ class CHEX(PruningMethod):
         if self.started and not self.frozen and ctx.step >= ctx.epochs * ctx.steps_per_epoch:
             self.update(ctx, last=True)  # defensive: the final update was missed
         summary = super().on_train_end(ctx)
-        kept = sum(int(m.sum()) for g, m in self.active().items() if g in self.slices)
-        total = sum(self.structure.groups[g].size for g in self.groups)
+        unit = {g: self.structure.groups[g].unit for g in self.groups}  # channels a unit
+        kept = sum(int(m.sum()) * unit[g] for g, m in self.active().items() if g in self.slices)
+        total = sum(self.structure.groups[g].size * unit[g] for g in self.groups)
         summary.update({
             "chex_updates": self.updates,
             "channels_regrown": int(sum(self.regrown)),
@@ -413,17 +412,20 @@ class CHEX(PruningMethod):
                 continue
             rows = self._last_rows(gid, k, np.arange(size), active).double()
             mask = self.masker.masks.get(slot.module)
-            if mask is not None:
+            if mask is not None:  # on the input axis: after the channel (and unit) axes
                 m = mask.mask.detach().double().cpu()
-                rows = rows * m.view((1, -1) + (1,) * (rows.ndim - 2))
+                lead = 2 if slot.unit > 1 else 1
+                rows = rows * m.view((1,) * lead + (-1,) + (1,) * (rows.ndim - lead - 1))
             parts.append(rows.reshape(size, -1))
         return torch.cat(parts, 1).T.contiguous()
 
     # ------------------------------------------------------------------ rows and snapshots
     def _current_rows(self, slot: _Slot, channels: np.ndarray) -> torch.Tensor:
         t = self._tensor(slot).detach()
-        idx = torch.as_tensor(channels + slot.offset, dtype=torch.int64, device=t.device)
-        return t.index_select(slot.dim, idx).movedim(slot.dim, 0).cpu()
+        idx = torch.as_tensor(slot.index(channels), dtype=torch.int64, device=t.device)
+        rows = t.index_select(slot.dim, idx).movedim(slot.dim, 0).cpu()
+        return rows.reshape(len(channels), slot.unit, *rows.shape[1:]) if slot.unit > 1 \
+            else rows  # a channel's rows together (a unit's entries)
 
     def _last_rows(self, gid: int, k: int, channels: np.ndarray,
                    active: dict[int, np.ndarray]) -> torch.Tensor:
@@ -454,21 +456,23 @@ class CHEX(PruningMethod):
             pruned = np.flatnonzero(~after)
             back = np.flatnonzero(after & ~before[g])
             gone = np.flatnonzero(before[g] & ~after)
-            regrown += len(back)
+            regrown += len(back) * self.structure.groups[g].unit  # in channels
             snapshot[g] = {"index": torch.as_tensor(pruned, dtype=torch.int64),
                            "rows": [self._last_rows(g, k, pruned, before)
                                     for k in range(len(self.slots[g]))]}
             for k, slot in enumerate(self.slots[g]):
                 t = self._tensor(slot)
                 if len(back):
-                    rows = self._last_rows(g, k, back, before).movedim(0, slot.dim)
-                    idx = torch.as_tensor(back + slot.offset, device=t.device)
-                    t.index_copy_(slot.dim, idx, rows.to(t.device, t.dtype))
+                    rows = self._last_rows(g, k, back, before)
+                    if slot.unit > 1:
+                        rows = rows.flatten(0, 1)
+                    idx = torch.as_tensor(slot.index(back), device=t.device)
+                    t.index_copy_(slot.dim, idx, rows.movedim(0, slot.dim).to(t.device, t.dtype))
                 if slot.zero and len(gone):
-                    t.index_fill_(slot.dim, torch.as_tensor(gone + slot.offset, device=t.device),
+                    t.index_fill_(slot.dim, torch.as_tensor(slot.index(gone), device=t.device),
                                   0)
                 if slot.zero and isinstance(t, nn.Parameter):
-                    self._zero_state(ctx, t, slot.dim, np.concatenate([back, gone]) + slot.offset)
+                    self._zero_state(ctx, t, slot.dim, slot.index(np.concatenate([back, gone])))
         self.snapshot = snapshot
         self.apply(ctx, keep, note=note)
         self._refresh_zero_targets()
@@ -493,7 +497,7 @@ class CHEX(PruningMethod):
             for slot in self.slots[g]:
                 if slot.zero:
                     t = self._tensor(slot)
-                    targets.append((t, slot.dim, torch.as_tensor(pruned + slot.offset,
+                    targets.append((t, slot.dim, torch.as_tensor(slot.index(pruned),
                                                                  device=t.device)))
         self._zero_targets = targets
 
