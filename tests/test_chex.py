@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from prunecli.engine.checkpoint import load_checkpoint
-from prunecli.methods.chex import (
+from prunecli.methods.chex_select import (
     css_select,
     exploration_delta,
     leverage_scores,

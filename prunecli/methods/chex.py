@@ -45,8 +45,6 @@ resumed run is the same run.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,123 +58,18 @@ from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import bn_scale, norm_slices
 from prunecli.methods.base import PruningMethod, cfg_get
+from prunecli.methods.chex_select import (
+    SAMPLINGS,
+    css_select,
+    exploration_delta,
+    projection_residuals,
+    regrow_probabilities,
+)
+from prunecli.methods.chex_slots import Slot, group_slots
 from prunecli.methods.schedule import span_steps
 from prunecli.structure.keep import _weight
 
 log = logging.getLogger("prunecli")
-
-SAMPLINGS = ("softmax", "proportional", "uniform")
-
-
-# ---------------------------------------------------------------------- the pieces
-def exploration_delta(t: float, t_max: float, d0: float) -> float:
-    """``d_t = d0 * (1 + cos(pi * t / T_max)) / 2``: ``d0`` at 0, ``d0 / 2`` halfway, 0 from
-    ``T_max`` on."""
-    if t_max <= 0 or t >= t_max:
-        return 0.0
-    return float(d0) * (1.0 + math.cos(math.pi * max(0.0, float(t)) / t_max)) / 2.0
-
-
-def _rank_tol(s: torch.Tensor, shape: tuple[int, ...]) -> float:
-    if s.numel() == 0:
-        return 0.0
-    return float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
-
-
-def leverage_scores(x: torch.Tensor, r: int) -> torch.Tensor | None:
-    """``||V_{:r}[j]||^2`` for every column ``j`` of ``x`` (d x n), ``V`` its right singular
-    vectors in decreasing order of singular value; None when the columns are linearly dependent
-    (rank < n, e.g. d < n), where leverage scores do not single out columns."""
-    x = x.detach().double().cpu()
-    d, n = x.shape
-    if n == 0:
-        return torch.zeros(0, dtype=torch.float64)
-    if d < n:
-        return None
-    if d > n:  # X = QR: R (n x n) has the same right singular vectors, at a fraction of the cost
-        x = torch.linalg.qr(x, mode="r").R
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
-    if int((s > _rank_tol(s, (d, n))).sum()) < n:
-        return None
-    return vh[: max(0, int(r))].square().sum(0)
-
-
-def css_select(x: torch.Tensor, r: int) -> np.ndarray:
-    """Column subset selection: the ``r`` columns of ``x`` with the largest leverage scores
-    (ascending indices); the largest L1 norms when ``x`` is rank-deficient."""
-    n = x.shape[1]
-    r = int(r)
-    if r >= n:
-        return np.arange(n)
-    if r <= 0:
-        return np.zeros(0, dtype=np.int64)
-    score = leverage_scores(x, r)
-    if score is None:
-        score = x.detach().double().cpu().abs().sum(0)
-    order = np.argsort(-score.numpy(), kind="stable")
-    return np.sort(order[:r])
-
-
-def projection_residuals(x: torch.Tensor, kept: Any, cand: Any) -> torch.Tensor:
-    """``||x_j - P x_j||`` for the columns ``cand`` of ``x``, ``P`` the orthogonal projector
-    onto the span of the columns ``kept``."""
-    x = x.detach().double().cpu()
-    kept = torch.as_tensor(np.asarray(kept, dtype=np.int64))
-    xc = x[:, torch.as_tensor(np.asarray(cand, dtype=np.int64))]
-    if kept.numel() == 0:
-        return xc.norm(dim=0)
-    xk = x[:, kept]
-    u, s, _ = torch.linalg.svd(xk, full_matrices=False)
-    u = u[:, s > _rank_tol(s, tuple(xk.shape))]
-    return (xc - u @ (u.T @ xc)).norm(dim=0)
-
-
-def regrow_probabilities(residuals: torch.Tensor, sampling: str = "softmax",
-                         temperature: float = 1.0) -> torch.Tensor:
-    """Sampling probabilities of the pruned channels from their projection residuals:
-    ``softmax(res / temperature)`` (the paper), ``res / sum(res)`` or uniform."""
-    res = residuals.detach().double().cpu()
-    n = res.numel()
-    if n == 0:
-        return res
-    if sampling == "softmax":
-        return torch.softmax(res / float(temperature), 0)
-    if sampling == "proportional" and float(res.sum()) > 0:
-        p = res + 1e-12 * float(res.max())  # every channel stays possible
-        return p / p.sum()
-    if sampling not in SAMPLINGS:
-        raise ConfigError(f"method.regrow_sampling={sampling} is unknown; use one of "
-                          f"{', '.join(SAMPLINGS)}")
-    return torch.full((n,), 1.0 / n, dtype=torch.float64)
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """A per-channel tensor of a group: channel ``c`` is index ``offset + c`` along ``dim`` of
-    ``module.attr`` (the stored weight when it carries a mask); in a group of ``unit``-channel
-    units (grouped convs, GroupNorm groups), unit ``c`` is ``offset + c*unit ... + unit - 1``."""
-
-    key: str
-    module: str  # module name ("" = the model itself)
-    attr: str
-    dim: int
-    offset: int
-    zero: bool  # zeroed while the channel is pruned (weights, biases; not running statistics)
-    producer: bool = False  # an output filter of a producer: a column block of X
-    unit: int = 1  # entries per channel of the group (a grouped conv's group: ``unit`` rows)
-
-    def index(self, channels: np.ndarray) -> np.ndarray:
-        """Positions along ``dim`` of ``channels`` (every entry of each unit, in order)."""
-        channels = np.asarray(channels, dtype=np.int64)
-        return (channels[:, None] * self.unit + np.arange(self.unit)).ravel() + self.offset
-
-
-_FOLLOWER_ATTRS = {
-    "norm": (("weight", True), ("bias", True), ("running_mean", False), ("running_var", False)),
-    "depthwise": (("weight", True), ("bias", True)),
-    "prelu": (("weight", True),),
-}
-
 
 class CHEX(PruningMethod):
     needs_budget = False  # method.sparsity alone is a target
@@ -243,42 +136,10 @@ class CHEX(PruningMethod):
         else:
             self.alloc_cost, self.final = self.cost_model, self.ratio
         self.model = ctx.net
-        self.slots = {g: self._group_slots(ctx.net, g) for g in self.groups}
+        self.slots = {g: group_slots(self.structure, ctx.net, g) for g in self.groups}
         self.generator.manual_seed(_seed(ctx.config))
 
-    def _group_slots(self, model: nn.Module, gid: int) -> list[_Slot]:
-        g, modules = self.structure.groups[gid], dict(model.named_modules())
-        slots = []
-        for name in g.producers:  # every part of its output that is this group's
-            for seg in self.structure.roles[name].out_segments:
-                if seg.group != gid or seg.spatial != g.unit:
-                    continue
-                at = f"@{seg.offset}" if seg.offset else ""
-                slots.append(_Slot(f"{name}.weight{at}", name, "weight", 0, seg.offset, True,
-                                   producer=True, unit=g.unit))
-                if getattr(modules[name], "bias", None) is not None:
-                    slots.append(_Slot(f"{name}.bias{at}", name, "bias", 0, seg.offset, True,
-                                       unit=g.unit))
-        for name in g.followers:
-            role = self.structure.roles[name]
-            for seg in role.in_segments:
-                if seg.group != gid or seg.spatial != g.unit:
-                    continue
-                for attr, zero in _FOLLOWER_ATTRS.get(role.kind, ()):
-                    if isinstance(getattr(modules[name], attr, None), torch.Tensor):
-                        slots.append(_Slot(f"{name}.{attr}@{seg.offset}", name, attr, 0,
-                                           seg.offset, zero, unit=g.unit))
-        for p in self.structure.params:
-            owner = modules[p.module] if p.module else model
-            t = getattr(owner, p.attr)
-            dim = next(d for d, n in enumerate(t.shape) if n == t.numel())
-            for seg in p.segments:
-                if seg.group == gid and seg.spatial == g.unit:
-                    slots.append(_Slot(f"{p.module}.{p.attr}@{seg.offset}", p.module, p.attr,
-                                       dim, seg.offset, True, unit=g.unit))
-        return slots
-
-    def _tensor(self, slot: _Slot) -> torch.Tensor:
+    def _tensor(self, slot: Slot) -> torch.Tensor:
         module = self._named[slot.module] if slot.module else self.model
         return _weight(module) if slot.attr == "weight" else getattr(module, slot.attr)
 
@@ -420,7 +281,7 @@ class CHEX(PruningMethod):
         return torch.cat(parts, 1).T.contiguous()
 
     # ------------------------------------------------------------------ rows and snapshots
-    def _current_rows(self, slot: _Slot, channels: np.ndarray) -> torch.Tensor:
+    def _current_rows(self, slot: Slot, channels: np.ndarray) -> torch.Tensor:
         t = self._tensor(slot).detach()
         idx = torch.as_tensor(slot.index(channels), dtype=torch.int64, device=t.device)
         rows = t.index_select(slot.dim, idx).movedim(slot.dim, 0).cpu()

@@ -13,8 +13,8 @@ from prunecli.models.registry import (
     SOURCES,
     build_model,
     describe_models,
-    load_weights,
 )
+from prunecli.models.weights import load_weights
 
 __all__ = [
     "MODELS",

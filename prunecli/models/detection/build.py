@@ -15,14 +15,8 @@ from typing import Any
 from prunecli.config.schema import ModelConfig
 from prunecli.errors import CheckpointError, ConfigError
 from prunecli.models.detection.base import Detector
-from prunecli.models.registry import (
-    MODELS,
-    _as_config,
-    _build_prunecli,
-    _read,
-    extract_state_dict,
-    load_weights,
-)
+from prunecli.models.registry import MODELS, _as_config, _build_prunecli
+from prunecli.models.weights import _read, extract_state_dict, load_weights
 
 
 def is_detector_config(cfg: ModelConfig) -> bool:

@@ -18,7 +18,8 @@ from torch import Tensor, nn
 
 from prunecli.errors import ConfigError
 from prunecli.models.detection.base import Detector
-from prunecli.models.registry import MODELS, check_compatible, extract_state_dict, load_weights
+from prunecli.models.registry import MODELS
+from prunecli.models.weights import check_compatible, extract_state_dict, load_weights
 
 if TYPE_CHECKING:  # torchvision is imported when a model is built, not when registered
     from prunecli.models.detection.ssd import SSDDetector
@@ -174,7 +175,7 @@ def load_resnet_trunk(det: Detector, weights: str | Path | None) -> None:
     layer1..3; layer4 and fc are ignored), downloaded, or read from the local torchvision
     resnet50 state_dict ``weights``. A file holding this detector's own weights (``net.*``
     keys) is loaded whole instead."""
-    from prunecli.models.registry import _read
+    from prunecli.models.weights import _read
 
     if weights is None:
         state, where = imagenet_resnet50_state_dict(), "torchvision ImageNet ResNet-50 weights"

@@ -263,6 +263,6 @@ def load_pretrained(det: Detector, name: str, weights: str | Path | None) -> Non
     if weights is None:
         load_matching(det, coco_state_dict(name), f"torchvision COCO weights of {name}")
         return
-    from prunecli.models.registry import _read, extract_state_dict
+    from prunecli.models.weights import _read, extract_state_dict
 
     load_matching(det, extract_state_dict(_read(weights), weights), weights)
