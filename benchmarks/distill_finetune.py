@@ -63,10 +63,24 @@ def dense_model(runs: Path, reuse: bool) -> tuple[dict, Path]:
     return r, weights
 
 
+def scaled(schedule: list[str], train_size: int) -> list[str]:
+    """``SCHEDULES`` for ``train_size`` images: step counts grow with the steps per epoch.
+
+    The schedules are written for 5,000 images (40 steps per epoch); with more images each
+    pruning event comes as many times later, so pruning still ends at the same point of the run.
+    """
+    factor = max(1, round(train_size / 5000))
+    out = []
+    for item in schedule:
+        key, value = item.split("=", 1)
+        out.append(f"{key}={int(value) * factor}" if key == "method.prune_every" else item)
+    return out
+
+
 def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              weights: Path) -> dict:
     name = method.replace("_paper", "")
-    schedules = {name: SCHEDULES[method]}
+    schedules = {name: scaled(SCHEDULES[method], args.train_size)}
     runs = args.runs / ("distill" if distill else "plain") / method
     extra = [f"model.weights={weights}", f"optim.lr={args.lr}", "optim.warmup_epochs=0",
              f"data.train_size={args.train_size}",
@@ -108,23 +122,30 @@ def main() -> None:
     ap.add_argument("--train-size", type=int, default=5000)
     ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs_distill"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--name", default="distill_finetune",
+                    help="results file stem in --out (another setting keeps the default table)")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("extra", nargs="*", help="further overrides for every fine-tune run")
     args = ap.parse_args()
     t0 = time.time()
     dense, weights = dense_model(args.runs, args.reuse)
-    rows = []
+    rows: list[dict] = []
     for ratio in args.ratios:
         for method in args.methods:
             for distill in (False, True):
                 rows.append(finetune(method, ratio, distill, args, weights))
+                write(rows, dense, args, t0)
+
+
+def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) -> None:
+    """The table so far (rewritten after every run, so a long call can be read while it runs)."""
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distill_finetune.json").write_text(
+    (args.out / f"{args.name}.json").write_text(
         json.dumps({"dense": dense, "runs": rows}, indent=2) + "\n")
     md = [
         "# Short fine-tunes of a trained model, with and without distillation",
         "",
-        f"`python benchmarks/distill_finetune.py` ({dt.date.today()}, "
+        f"`python benchmarks/distill_finetune.py {' '.join(sys.argv[1:])}` ({dt.date.today()}, "
         f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.time() - t0:.0f} s for this call; the fine-tunes' own wall times sum to "
         f"{sum(r.get('wall_time_s', 0) for r in rows):.0f} s).",
@@ -133,14 +154,16 @@ def main() -> None:
         f"top-1 {dense['top1']:.2f}% on the 4,000 test images) pruned in a {args.epochs}-epoch "
         f"fine-tune on the first {args.train_size} training images at lr {args.lr:g} (cosine, "
         "no warm-up), budgets in MACs; every method's "
-        "pruning is over by half of the fine-tune (`SCHEDULES`), except `smcp_paper` (SMCP's "
+        "pruning is over by half of the fine-tune (`SCHEDULES`, step counts scaled by "
+        f"{max(1, round(args.train_size / 5000))}), except `smcp_paper` (SMCP's "
         "published fractions of a 90-epoch run). Distilled: `distill.enabled=true`, the dense "
-        "model as teacher, alpha 0.5, T 4 (defaults, not tuned).",
+        "model as teacher, alpha 0.5, T 4 (defaults, not tuned). Extra overrides: "
+        f"`{' '.join(args.extra) or 'none'}`.",
         "",
         table(rows, dense),
         "",
     ]
-    (args.out / "distill_finetune.md").write_text("\n".join(md))
+    (args.out / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -419,7 +419,93 @@ class WidthSplit(nn.Module):
         return self.head(self.conv3(torch.cat([first, second, parts[2]], 1)).mean((2, 3)))
 
 
+class HeadAttention(nn.Module):
+    """timm-style multi-head attention on (B, N, dim) tokens: a fused ``qkv`` (or ``q`` and
+    ``kv``) reshaped into heads by ``self.num_heads``, qk-norm over a head's channels, a mask
+    shared by all heads, attention by SDPA or by matmuls, heads merged by ``self.attn_dim``
+    (or ``flatten(2)``) before ``proj``."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int, fused: bool, separate_kv: bool,
+                 tokens: int) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim, self.attn_dim = heads, head_dim, heads * head_dim
+        self.fused, self.separate_kv = fused, separate_kv
+        if separate_kv:
+            self.q = nn.Linear(dim, self.attn_dim)
+            self.kv = nn.Linear(dim, 2 * self.attn_dim)
+        else:
+            self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.q_norm = nn.LayerNorm(head_dim)
+        self.register_buffer("mask", torch.randn(1, 1, tokens, tokens))
+        self.proj = nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        if self.separate_kv:
+            q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
+            k, v = self.kv(x).reshape(b, n, 2, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        q = self.q_norm(q)
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+            return self.proj(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+        attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1) + self.mask
+        return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).flatten(2))
+
+
+class MultiHead(nn.Module):
+    """Two attention blocks (SDPA with a fused qkv, 2 heads of 4; matmuls with q and kv, 3
+    heads of 2) and an MLP on patch tokens: the heads are pruned whole, and slimming rewrites
+    each block's ``num_heads`` and ``attn_dim``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.attn1 = HeadAttention(8, 2, 4, fused=True, separate_kv=False, tokens=16)
+        self.attn2 = HeadAttention(8, 3, 2, fused=False, separate_kv=True, tokens=16)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = x + self.attn1(x)
+        x = x + self.attn2(x)
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x.mean(1))
+
+
+class HeadsLeftWhole(nn.Module):
+    """Attention whose heads cannot follow pruning: a per-head bias table added to the scores
+    (``attn_bias``) and a head count written as a number in the code (``literal``). Their heads
+    stay whole, with the reasons; the rest of the net is still pruned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 8, 2, stride=2)
+        self.bias_qkv = nn.Linear(8, 24)
+        self.attn_bias = nn.Parameter(torch.randn(2, 16, 16))
+        self.bias_proj = nn.Linear(8, 8)
+        self.literal_qkv = nn.Linear(8, 24)
+        self.literal_proj = nn.Linear(8, 8)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        b, n, _ = x.shape
+        q, k, v = self.bias_qkv(x).reshape(b, n, 3, -1, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = (q @ k.transpose(-2, -1) + self.attn_bias).softmax(dim=-1)
+        x = x + self.bias_proj((attn @ v).transpose(1, 2).flatten(2))
+        q, k, v = self.literal_qkv(x).reshape(b, n, 3, 2, 4).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.literal_proj(out.transpose(1, 2).flatten(2))
+        return self.fc2(F.gelu(self.fc1(x)).mean(1))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
               TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs, Ghost, MixedSplits,
-              WidthSplit]
+              WidthSplit, MultiHead, HeadsLeftWhole]

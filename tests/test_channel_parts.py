@@ -62,7 +62,7 @@ METHODS = {  # 12 steps: every schedule prunes by step 9
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-@pytest.mark.parametrize("net", ["Ghost", "MixedSplits", "WidthSplit"])
+@pytest.mark.parametrize("net", ["Ghost", "MixedSplits", "WidthSplit", "MultiHead"])
 def test_every_method_prunes_nets_with_output_parts(net: str, method: str) -> None:
     """The methods' own bookkeeping of a producer's output rows (SMCP's row masks, CHEX's
     regrowth slots at each part's offset, HALP's and Taylor's scores) on producers that write

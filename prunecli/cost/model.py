@@ -173,6 +173,9 @@ def _terms(model: nn.Module, structure: ChannelStructure, what: str) -> _Terms:
             per = sum(1 for p in ("weight", "bias") if getattr(m, p, None) is not None)
             for seg in role.in_segments:
                 lin[seg.group] += per * seg.spatial
+    if what == "macs":  # attention's matmuls, per kept head
+        for gid, macs in structure.op_macs.items():
+            lin[gid] += macs
     if what == "params":
         for p in structure.params:
             for seg in p.segments:

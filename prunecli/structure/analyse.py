@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from prunecli.structure.droppable import mark_droppable
-from prunecli.structure.layouts import _Layout, _meta
+from prunecli.structure.layouts import _Layout, _meta, _Seg
 from prunecli.structure.trace import TraceError, _Analysis, fx_trace
 from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment, SizeAttr
 
@@ -41,9 +41,12 @@ class TraceResult:
     calls: dict[str, int]  # module -> number of calls in one forward
     # module -> output positions per channel and sample, summed over its calls (a head shared
     # by pyramid levels runs at every level's size: calls x one shape would be wrong)
-    positions: dict[str, int]
+    positions: dict[str, float]
     call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]  # (in, out) per call
     size_attrs: list[SizeAttr] = field(default_factory=list)  # split sizes slimming rewrites
+    # group -> MACs per kept unit and sample of ops outside modules (attention's per-head
+    # matmuls), which the MACs cost model adds to the layers' terms
+    op_macs: dict[int, float] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -133,8 +136,12 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         params.append(ps)
         for seg in ps.segments:
             groups[seg.group].params.append(target)
-    size_attrs = [SizeAttr(module, attr, tuple(seg_list(p) for p in parts))
+    size_attrs = [SizeAttr(module, attr, tuple(seg_list(_as_channels(p)) for p in parts),
+                           an.size_units.get((module, attr), 1))
                   for (module, attr), parts in an.size_attrs.items()]
+    op_macs: dict[int, float] = defaultdict(float)
+    for space, macs in an.op_macs.items():
+        op_macs[gid[an.uf.find(space)]] += macs
     for g in groups:
         if g.prunable and not g.consumers:
             g.reasons.append("no layer reads it")
@@ -163,7 +170,14 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         log.warning("channel structure: %d op kind(s) not understood, the channels they touch "
                     "are left unpruned: %s", len(an.unknown_ops), ", ".join(sorted(an.unknown_ops)))
     return TraceResult(groups, roles, params, sorted(an.unknown_ops), shapes, dict(calls),
-                       dict(positions), dict(call_shapes), size_attrs)
+                       dict(positions), dict(call_shapes), size_attrs, dict(op_macs))
+
+
+def _as_channels(x: _Layout) -> _Layout:
+    """A layout by heads as the channels it stands for (each head: ``head_dim`` channels)."""
+    if not x.head_dim:
+        return x
+    return _Layout(tuple(_Seg(s.space, s.length * x.head_dim) for s in x.segs), 0, 1)
 
 
 def _key(g: ChannelGroup, roles: dict[str, ModuleRole]) -> str:

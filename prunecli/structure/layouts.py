@@ -78,13 +78,16 @@ class _Seg:
 class _Layout:
     """Channel spaces along ``axis`` of a tensor of ``ndim`` dims; after a flatten, every
     channel spans ``spatial`` consecutive features. ``guessed``: the tensor came from an op not
-    understood, so which axis holds its channels is a guess (see ``_Analysis.on_axis``)."""
+    understood, so which axis holds its channels is a guess (see ``_Analysis.on_axis``).
+    ``head_dim`` > 0: ``axis`` holds attention heads of that many channels each, and the
+    segments count heads (:mod:`prunecli.structure.heads`)."""
 
     segs: tuple[_Seg, ...]
     axis: int
     ndim: int
     spatial: int = 1
     guessed: bool = False
+    head_dim: int = 0
 
     @property
     def channels(self) -> int:

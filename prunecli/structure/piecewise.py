@@ -85,7 +85,7 @@ def analyse_pieces(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     try:
         with eval_mode(model):  # the pieces' wrappers must not put the model in training mode
             calls = _capture_calls(model, inputs)
-            result = _analyse_children(model, calls, ignore)
+            result = _analyse_children(model, calls, ignore, _batch(inputs))
     except TraceError:
         raise
     except Exception as exc:  # the model does not even run on this input
@@ -95,9 +95,14 @@ def analyse_pieces(model: nn.Module, inputs: tuple[torch.Tensor, ...],
     return result
 
 
-def _analyse_children(model: nn.Module, calls: dict[str, Any], ignore: tuple[str, ...]
-                      ) -> TraceResult:
-    pieces: list[tuple[str, TraceResult, int]] = []
+def _batch(inputs: tuple[Any, ...]) -> int:
+    first = inputs[0] if inputs else None
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.dim() else 1
+
+
+def _analyse_children(model: nn.Module, calls: dict[str, Any], ignore: tuple[str, ...],
+                      batch: int) -> TraceResult:
+    pieces: list[tuple[str, TraceResult, int, float]] = []
     untraceable = [type(model).__name__]
 
     def visit(module: nn.Module, prefix: str) -> None:
@@ -109,7 +114,11 @@ def _analyse_children(model: nn.Module, calls: dict[str, Any], ignore: tuple[str
             wrapper = _WRAPPERS.get(len(args))
             if wrapper and not kwargs and all(isinstance(a, torch.Tensor) for a in args):
                 try:
-                    pieces.append((name, analyse(wrapper(child), tuple(args)), count))
+                    # per model sample: MobileViT's transformer runs on patches folded
+                    # into the batch, so one of its samples is a fraction of an image
+                    per_sample = count * _batch(tuple(args)) / batch
+                    pieces.append((name, analyse(wrapper(child), tuple(args)), count,
+                                   per_sample))
                     continue
                 except TraceError:
                     pass
@@ -124,9 +133,12 @@ def _analyse_children(model: nn.Module, calls: dict[str, Any], ignore: tuple[str
     return result
 
 
-def _merge(pieces: list[tuple[str, TraceResult, int]], untraceable: list[str]) -> TraceResult:
+def _merge(pieces: list[tuple[str, TraceResult, int, float]], untraceable: list[str]
+           ) -> TraceResult:
+    """The pieces' results under full names; a piece called ``count`` times runs its layers
+    that often, and ``per_sample`` of its samples make one sample of the model."""
     out = TraceResult([], {}, [], [], {}, {}, {}, {})
-    for name, res, count in pieces:
+    for name, res, count, per_sample in pieces:
         offset = len(out.groups)
 
         def rename(inner: str, name: str = name) -> str:
@@ -150,8 +162,10 @@ def _merge(pieces: list[tuple[str, TraceResult, int]], untraceable: list[str]) -
                              segments(role.out_segments))
             out.roles[new.name] = new
         out.size_attrs += [SizeAttr(rename(sa.module), sa.attr,
-                                    tuple(segments(part) for part in sa.parts))
+                                    tuple(segments(part) for part in sa.parts), sa.unit)
                            for sa in res.size_attrs]
+        for gid, macs in res.op_macs.items():
+            out.op_macs[gid + offset] = macs * per_sample
         out.params += [ParamSlice(rename(p.module), p.attr, segments(p.segments))
                        for p in res.params]
         out.unknown_ops += [op for op in res.unknown_ops if op not in out.unknown_ops]
@@ -160,7 +174,7 @@ def _merge(pieces: list[tuple[str, TraceResult, int]], untraceable: list[str]) -
         for inner, n in res.calls.items():  # a piece called k times runs its layers k times
             out.calls[rename(inner)] = n * count
         for inner, n in res.positions.items():
-            out.positions[rename(inner)] = n * count
+            out.positions[rename(inner)] = n * per_sample
         for inner, shapes in res.call_shapes.items():
             out.call_shapes[rename(inner)] = list(shapes) * count
     out.unknown_ops.append(f"untraceable by torch.fx: {', '.join(untraceable)} (traced piecewise)")

@@ -140,7 +140,8 @@ class RefineOps:
             self.size_attrs[attr] = parts
         return tuple(parts)
 
-    def _size_attribute(self, node: fx.Node, sizes: list[int] | int) -> tuple[str, str]:
+    def _size_attribute(self, node: fx.Node, sizes: list[int] | int,
+                        what: str = "split with sizes") -> tuple[str, str]:
         """The module attribute holding a split's sizes (MixedConv2d's ``splits``), or its one
         size for equal parts (Res2Net's ``width``): slimming rewrites it. Sizes written as
         numbers in the code would break once channels go."""
@@ -151,7 +152,7 @@ class RefineOps:
                  ] if module is not None else []
         if len(found) != 1:
             owner = type(module).__name__ if module is not None else "its module"
-            raise _Unsupported(f"split with sizes {sizes} not held by one attribute of {owner} "
+            raise _Unsupported(f"{what} {sizes} not held by one attribute of {owner} "
                                "(sizes written in the code cannot follow pruning)")
         return path, found[0]
 

@@ -210,10 +210,10 @@ def _slim_core(model: nn.Module, structure: ChannelStructure, idx: dict[int, tor
         old = getattr(owner, p.attr)
         dim = next(d for d, n in enumerate(old.shape) if n == old.numel())
         _take(owner, p.attr, index, dim, log, p.module)
-    for sa in structure.size_attrs:  # split sizes held by a module (MixedConv2d.splits)
+    for sa in structure.size_attrs:  # split sizes, head counts held by a module
         owner = modules[sa.module] if sa.module else model
         old = getattr(owner, sa.attr)
-        widths = [_kept_width(part, idx) for part in sa.parts]
+        widths = [_kept_width(part, idx) // sa.unit for part in sa.parts]
         setattr(owner, sa.attr, widths[0] if isinstance(old, int) else type(old)(widths))
 
 

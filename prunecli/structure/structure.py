@@ -36,19 +36,22 @@ class ChannelStructure:
     calls: dict[str, int]
     ignore: tuple[str, ...] = ()
     # output positions per channel and sample of each module, summed over its calls
-    positions: dict[str, int] = field(default_factory=dict)
+    positions: dict[str, float] = field(default_factory=dict)
     # (input, output) shapes of each call of each module, in call order
     call_shapes: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = field(
         default_factory=dict)
     # module attributes holding split sizes, rewritten by slimming (MixedConv2d.splits)
     size_attrs: list[SizeAttr] = field(default_factory=list)
+    # MACs per kept unit and sample of ops outside modules (attention's per-head matmuls)
+    op_macs: dict[int, float] = field(default_factory=dict)
 
     @classmethod
     def from_trace(cls, result: TraceResult, input_shape: tuple[int, ...],
                    ignore: tuple[str, ...]) -> ChannelStructure:
         return cls(result.groups, result.roles, result.params, result.unknown_ops,
                    tuple(input_shape), result.shapes, result.calls, tuple(ignore),
-                   result.positions, result.call_shapes, list(result.size_attrs))
+                   result.positions, result.call_shapes, list(result.size_attrs),
+                   dict(result.op_macs))
 
     # ------------------------------------------------------------------ queries
     @property

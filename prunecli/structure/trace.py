@@ -36,6 +36,7 @@ from prunecli.structure.axes import (
     reshaped_layout,
 )
 from prunecli.structure.combine import TensorOps
+from prunecli.structure.heads import HeadOps
 from prunecli.structure.layouts import (
     _BINARY_FUNCTIONS,
     _BINARY_METHODS,
@@ -102,7 +103,7 @@ def fx_trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
-class _Analysis(TensorOps, RefineOps):
+class _Analysis(TensorOps, RefineOps, HeadOps):
     """One pass over the graph; produces groups and module roles. ``cuts``: producer name ->
     positions where its output is cut into separate spaces (found by earlier passes)."""
 
@@ -124,6 +125,11 @@ class _Analysis(TensorOps, RefineOps):
         self.origin: dict[int, tuple[str, int]] = {}  # space -> (producer, first channel)
         self.out_segs: dict[str, tuple[_Seg, ...]] = {}  # producer -> its output's spaces
         self.size_attrs: dict[tuple[str, str], list[_Layout]] = {}  # split sizes to rewrite
+        self.size_units: dict[tuple[str, str], int] = {}  # channels per unit of such a size
+        self.op_macs: dict[int, float] = {}  # space -> MACs per unit of per-head attention ops
+        inputs = [_meta(n) for n in gm.graph.nodes if n.op == "placeholder"]
+        self.batch = int(inputs[0].shape[0]) if inputs and inputs[0] is not None and len(
+            inputs[0].shape) else 1
         self.params: dict[str, tuple[str, str, _Layout]] = {}
         self.unknown_ops: set[str] = set()
         self.units: dict[int, int] = {}  # space -> channels per unit (grouped convs)
@@ -250,6 +256,8 @@ class _Analysis(TensorOps, RefineOps):
             for lay in _flat_layouts([self.layouts.get(a) for a in _node_args(node)]):
                 self.bad(lay, "reaches the model output")
             return None
+        if self.reads_heads(node):
+            return self.visit_heads(node)
         if node.op == "call_module":
             return self.visit_module(node, self.modules[node.target])
         if node.op == "call_function":
@@ -328,6 +336,15 @@ class _Analysis(TensorOps, RefineOps):
         self.record(name, "linear", x)
         return self.producer_layout(name, m.out_features, x.ndim - 1, x.ndim)
 
+    def reshape(self, node: fx.Node, x: _Layout) -> _Layout:
+        """A reshape that keeps channels an axis of their own, or one into attention heads."""
+        try:
+            return reshaped_layout(node, x)
+        except _Unsupported as exc:
+            if "regroups channels" not in str(exc):
+                raise
+            return self.split_heads(node, x)
+
     # ------------------------------------------------------------------ functions
     def visit_function(self, node: fx.Node, fn: Any) -> Any:
         if fn is operator.getitem:
@@ -361,7 +378,7 @@ class _Analysis(TensorOps, RefineOps):
         if fn in _REDUCE_FUNCTIONS:
             return self.reduce(node, inputs[0], fn.__name__)
         if fn in _RESHAPE_FUNCTIONS:
-            return reshaped_layout(node, inputs[0])
+            return self.reshape(node, inputs[0])
         if fn in AXIS_MOVE_FUNCTIONS:
             return moved_layout(node, inputs[0])
         if fn in SPLIT_FUNCTIONS:
@@ -385,7 +402,7 @@ class _Analysis(TensorOps, RefineOps):
         if method in _REDUCE_METHODS:
             return self.reduce(node, inputs[0], method)
         if method in _RESHAPE_METHODS or method in RESHAPE_AS_METHODS:
-            return reshaped_layout(node, inputs[0])
+            return self.reshape(node, inputs[0])
         if method in AXIS_MOVE_METHODS:
             return moved_layout(node, inputs[0])
         if method in SPLIT_METHODS:

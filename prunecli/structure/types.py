@@ -68,13 +68,15 @@ class ChannelGroup:
 @dataclass(frozen=True)
 class SizeAttr:
     """A module attribute holding the channel counts of a split (timm ``MixedConv2d.splits``,
-    or one count for equal parts: Res2Net's ``width``): slimming writes the parts' kept counts
-    into it. ``parts``: each part's segments, with
+    or one count for equal parts: Res2Net's ``width``), or an attention's head count or merged
+    width (``num_heads``, ``attn_dim``): slimming writes the parts' kept counts into it, in
+    units of ``unit`` channels (a head). ``parts``: each part's segments, with
     offsets along the split tensor's channel axis."""
 
     module: str
     attr: str
     parts: tuple[tuple[Segment, ...], ...]
+    unit: int = 1
 
 
 @dataclass
