@@ -87,6 +87,52 @@ class _Res2(nn.Module):
         return torch.cat([first, first + parts[1], *rest], 1)
 
 
+class _Attn(nn.Module):
+    """Multi-head attention over the pixels of a 4-D tensor, timm-style with random variants:
+    fused SDPA or matmuls, heads merged by ``self.attn_dim``, ``flatten`` or -1, optionally a
+    residual, a per-head bias table (heads must stay whole) or a head count written as a
+    number in the code (this module then holds no ``num_heads``: heads must stay whole)."""
+
+    def __init__(self, channels: int, heads: int, head_dim: int, tokens: int, variant: dict
+                 ) -> None:
+        super().__init__()
+        self.variant = variant
+        if variant["literal"]:  # in a tuple: no int attribute holds it, fx bakes it in
+            self.written = (heads,)
+        else:
+            self.num_heads = heads
+        self.dims = (head_dim,)  # not an int attribute: the head count's holder is unique
+        self.attn_dim = heads * head_dim
+        self.qkv = nn.Linear(channels, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, channels)
+        if variant["bias"]:
+            self.bias = nn.Parameter(torch.randn(heads, tokens, tokens))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        n = t.shape[1]
+        count = self.written[0] if self.variant["literal"] else self.num_heads
+        head_dim = self.dims[0]
+        qkv = self.qkv(t).reshape(b, n, 3, count, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.variant["fused"] and not self.variant["bias"]:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            a = (q * head_dim ** -0.5) @ k.transpose(-2, -1)
+            if self.variant["bias"]:
+                a = a + self.bias
+            y = a.softmax(dim=-1) @ v
+        y = y.transpose(1, 2)
+        merge = self.variant["merge"]
+        y = y.reshape(b, n, self.attn_dim) if merge == "attr" else (
+            y.flatten(2) if merge == "flatten" else y.reshape(b, n, -1))
+        y = self.proj(y)
+        if self.variant["residual"]:
+            y = y + t
+        return y.transpose(1, 2).reshape(b, c, h, w)
+
+
 class RandomNet(nn.Module):
     """A random DAG of channel ops, fixed by ``seed``; ``forward`` runs its program."""
 
@@ -138,7 +184,7 @@ class RandomNet(nn.Module):
         v = self.vals[i]
         kind = r.choice(["conv", "conv", "conv", "grouped", "dw", "res", "add", "cat", "se",
                          "split", "chunk", "mlp", "ln", "shared", "mul", "unknown", "pool",
-                         "gn", "ghost", "mixed", "res2"])
+                         "gn", "ghost", "mixed", "res2", "attn"])
         if kind == "conv" or v.channels < 2 and kind in ("grouped", "dw", "split", "chunk",
                                                          "mixed", "res2"):
             stride = 2 if v.side >= 4 and r.random() < 0.25 else 1
@@ -214,6 +260,12 @@ class RandomNet(nn.Module):
             widths = [d for d in range(1, v.channels // 2 + 1) if v.channels % d == 0]
             self._emit("mod", (i,), _Val(v.channels, v.side),
                        self._layer(_Res2(width := r.choice(widths), v.channels // width)))
+        elif kind == "attn":
+            variant = {"fused": r.random() < 0.5, "merge": r.choice(["attr", "flatten", "-1"]),
+                       "residual": r.random() < 0.5, "bias": r.random() < 0.15,
+                       "literal": r.random() < 0.15}
+            self._emit("mod", (i,), _Val(v.channels, v.side), self._layer(
+                _Attn(v.channels, r.randint(1, 4), r.randint(1, 4), v.side * v.side, variant)))
         elif kind == "gn":
             g = r.choice([d for d in range(1, v.channels + 1) if v.channels % d == 0])
             self._emit("mod", (i,), _Val(v.channels, v.side),

@@ -137,3 +137,29 @@ def test_a_model_built_for_another_input_size_is_a_one_line_error(run_cli, capsy
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "+model.kwargs.img_size=32" in err[0]
+
+
+def test_a_size_is_held_only_by_the_attribute_the_code_reads() -> None:
+    """A head count written as 2 in the code, in a module whose ``attn_dim`` happens to be 2:
+    matched by value alone, slimming would rewrite ``attn_dim`` and the slim model's reshape
+    would fail. Re-tracing the module with ``attn_dim`` changed shows the reshape does not read
+    it, so the heads stay whole."""
+
+    class Fooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn_dim = 2
+            self.patch = nn.Conv2d(3, 4, 2, stride=2)
+            self.qkv = nn.Linear(4, 6)
+            self.proj = nn.Linear(2, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            b, n, _ = t.shape
+            q, k, v = self.qkv(t).reshape(b, n, 3, 2, 1).permute(2, 0, 3, 1, 4).unbind(0)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+            return self.proj(y.reshape(b, n, self.attn_dim)).mean(1)
+
+    group = _group_of(trace_structure(Fooled(), X), "qkv")
+    assert not group.prunable
+    assert "attention head count 2 not held by one attribute of Fooled" in group.reason

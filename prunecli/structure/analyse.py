@@ -20,6 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from prunecli.structure.droppable import mark_droppable
+from prunecli.structure.holders import HolderCache
 from prunecli.structure.layouts import _Layout, _meta, _Seg
 from prunecli.structure.trace import TraceError, _Analysis, fx_trace
 from prunecli.structure.types import ChannelGroup, ModuleRole, ParamSlice, Segment, SizeAttr
@@ -75,8 +76,9 @@ def analyse(model: nn.Module, example_inputs: torch.Tensor | tuple[torch.Tensor,
         raise TraceError(f"running the traced {type(model).__name__} on the example input "
                          f"failed: {str(exc).strip().splitlines()[0]}") from exc
     cuts: dict[str, frozenset[int]] = {}
+    holders: HolderCache = {}  # size attributes confirmed (or not) by earlier passes
     for _ in range(_MAX_PASSES):  # cut producers' outputs until no new cut is asked for
-        an = _Analysis(gm, set(ignore), cuts, root=model)
+        an = _Analysis(gm, set(ignore), cuts, root=model, holder_cache=holders)
         an.run()
         grown = {name: frozenset(cuts.get(name, frozenset()) | asked)
                  for name, asked in an.requests.items()}

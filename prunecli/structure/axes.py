@@ -15,6 +15,7 @@ must not be a literal in the code (``x.view(B, -1, 64)`` would break once the 64
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -108,3 +109,21 @@ def _refuse_literal(literal: list[Any] | None, axis: int, s: tuple, o: tuple) ->
 
 def _op_name(node: fx.Node) -> str:
     return node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "op")
+
+
+def shape_origin(size: Any) -> tuple[fx.Node, int] | None:
+    """``(t, dim)`` when ``size`` (a reshape's size, as traced) is read from a tensor's shape:
+    ``t.shape[dim]``, ``t.size(dim)`` or ``t.size()[dim]``; None for anything computed."""
+    if not isinstance(size, fx.Node):
+        return None
+    if size.op == "call_method" and size.target == "size" and len(size.args) == 2 \
+            and isinstance(size.args[1], int):
+        return size.args[0], size.args[1]
+    if size.op == "call_function" and size.target is operator.getitem and \
+            isinstance(size.args[1], int) and isinstance(size.args[0], fx.Node):
+        shape = size.args[0]
+        if (shape.op == "call_function" and shape.target is getattr
+                and shape.args[1:] == ("shape",)) or (
+                shape.op == "call_method" and shape.target == "size" and len(shape.args) == 1):
+            return shape.args[0], size.args[1]
+    return None

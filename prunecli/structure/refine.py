@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from prunecli.structure.holders import HolderCache, size_holder
 from prunecli.structure.layouts import _Layout, _Seg, _Unsupported
 
 SPLIT_FUNCTIONS = {torch.split: "split", torch.chunk: "chunk", torch.tensor_split: "other"}
@@ -50,6 +51,7 @@ class RefineOps:
     out_segs: dict[str, tuple[_Seg, ...]]
     size_attrs: dict[tuple[str, str], list[_Layout]]
     root_modules: dict[str, nn.Module]
+    holder_cache: HolderCache
 
     def new_space(self, size: int, reason: str | None = None) -> int: ...
     def union_layouts(self, a: _Layout, b: _Layout, what: str) -> bool: ...
@@ -143,25 +145,18 @@ class RefineOps:
     def _size_attribute(self, node: fx.Node, sizes: list[int] | int,
                         what: str = "split with sizes") -> tuple[str, str]:
         """The module attribute holding a split's sizes (MixedConv2d's ``splits``), or its one
-        size for equal parts (Res2Net's ``width``): slimming rewrites it. Sizes written as
-        numbers in the code would break once channels go."""
+        size for equal parts (Res2Net's ``width``), or a head count: slimming rewrites it.
+        Sizes written as numbers in the code would break once channels go."""
         stack = list((node.meta.get("nn_module_stack") or {}).values())
         path = (stack[-1][0] if isinstance(stack[-1], tuple) else str(stack[-1])) if stack else ""
         module = self.root_modules.get(path)  # "" is the traced model itself
-        found = [name for name, value in vars(module).items() if _holds(value, sizes)
-                 ] if module is not None else []
+        found = size_holder(node, path, module, sizes, self.holder_cache) \
+            if module is not None else []
         if len(found) != 1:
             owner = type(module).__name__ if module is not None else "its module"
             raise _Unsupported(f"{what} {sizes} not held by one attribute of {owner} "
                                "(sizes written in the code cannot follow pruning)")
         return path, found[0]
-
-
-def _holds(value: Any, sizes: list[int] | int) -> bool:
-    if isinstance(sizes, int):
-        return type(value) is int and value == sizes
-    return isinstance(value, (list, tuple)) and len(value) == len(sizes) and all(
-        type(v) is int for v in value) and list(value) == sizes
 
 
 def getitem_of_parts(value: Any, idx: Any) -> Any:

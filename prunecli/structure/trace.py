@@ -32,11 +32,14 @@ from prunecli.structure.axes import (
     AXIS_MOVE_FUNCTIONS,
     AXIS_MOVE_METHODS,
     RESHAPE_AS_METHODS,
+    _literal_sizes,
     moved_layout,
     reshaped_layout,
+    shape_origin,
 )
 from prunecli.structure.combine import TensorOps
 from prunecli.structure.heads import HeadOps
+from prunecli.structure.holders import HolderCache
 from prunecli.structure.layouts import (
     _BINARY_FUNCTIONS,
     _BINARY_METHODS,
@@ -109,7 +112,8 @@ class _Analysis(TensorOps, RefineOps, HeadOps):
 
     def __init__(self, gm: fx.GraphModule, ignore: set[str],
                  cuts: dict[str, frozenset[int]] | None = None,
-                 root: nn.Module | None = None) -> None:
+                 root: nn.Module | None = None, holder_cache: HolderCache | None = None
+                 ) -> None:
         self.gm = gm
         self.modules = dict(gm.named_modules())
         self.root_modules = dict((root or gm).named_modules())  # gm holds only its leaves
@@ -121,6 +125,7 @@ class _Analysis(TensorOps, RefineOps, HeadOps):
         self.roles: dict[str, ModuleRole] = {}
         self.role_calls: dict[str, list[_Layout]] = defaultdict(list)
         self.cuts = cuts or {}
+        self.holder_cache = holder_cache if holder_cache is not None else {}
         self.requests: dict[str, set[int]] = {}  # cuts asked for by this pass
         self.origin: dict[int, tuple[str, int]] = {}  # space -> (producer, first channel)
         self.out_segs: dict[str, tuple[_Seg, ...]] = {}  # producer -> its output's spaces
@@ -339,11 +344,23 @@ class _Analysis(TensorOps, RefineOps, HeadOps):
     def reshape(self, node: fx.Node, x: _Layout) -> _Layout:
         """A reshape that keeps channels an axis of their own, or one into attention heads."""
         try:
-            return reshaped_layout(node, x)
+            lay = reshaped_layout(node, x)
         except _Unsupported as exc:
             if "regroups channels" not in str(exc):
                 raise
             return self.split_heads(node, x)
+        written = _literal_sizes(node)
+        if written is not None and len(written) == lay.ndim and lay.spatial == 1 and \
+                isinstance(written[lay.axis], fx.Node):  # x.reshape(B, C, H, W), C read ...
+            origin = shape_origin(written[lay.axis])
+            src = self.layouts.get(origin[0]) if origin else None
+            if not isinstance(src, _Layout) or src.head_dim or src.spatial != 1 or \
+                    origin[1] % src.ndim != src.axis:  # ... from no tensor's channels
+                raise _Unsupported("reshape with the channel count computed at run time "
+                                   "(it would not follow pruning); use -1")
+            # ... from another tensor's channels: they must be pruned alike
+            self.union_layouts(src, x, "reshape to the channel count")
+        return lay
 
     # ------------------------------------------------------------------ functions
     def visit_function(self, node: fx.Node, fn: Any) -> Any:
