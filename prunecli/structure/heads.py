@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -83,9 +83,10 @@ class HeadOps:
     op_macs: dict[int, float]
     batch: int
 
-    def request_cuts(self, x: _Layout, bounds: set[int], apply: bool = True) -> bool: ...
-    def _size_attribute(self, node: fx.Node, sizes: list[int] | int,
-                        what: str = "split with sizes") -> tuple[str, str]: ...
+    if TYPE_CHECKING:  # provided by _Analysis and the other mixins
+        def request_cuts(self, x: _Layout, bounds: set[int], apply: bool = True) -> bool: ...
+        def _size_attribute(self, node: fx.Node, sizes: list[int] | int,
+                            what: str = "split with sizes") -> tuple[str, str]: ...
 
     # ------------------------------------------------------------------ split and merge
     def reads_heads(self, node: fx.Node) -> bool:

@@ -23,7 +23,7 @@ A mixin of :class:`prunecli.structure.trace._Analysis`.
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
@@ -53,8 +53,9 @@ class RefineOps:
     root_modules: dict[str, nn.Module]
     holder_cache: HolderCache
 
-    def new_space(self, size: int, reason: str | None = None) -> int: ...
-    def union_layouts(self, a: _Layout, b: _Layout, what: str) -> bool: ...
+    if TYPE_CHECKING:  # provided by _Analysis and the other mixins
+        def new_space(self, size: int, reason: str | None = None) -> int: ...
+        def union_layouts(self, a: _Layout, b: _Layout, what: str) -> bool: ...
 
     # ------------------------------------------------------------------ producers
     def producer_layout(self, name: str, size: int, axis: int, ndim: int) -> _Layout:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 import operator
 from collections import defaultdict
 from typing import Any
@@ -44,14 +43,9 @@ from prunecli.structure.layouts import (
     _BINARY_FUNCTIONS,
     _BINARY_METHODS,
     _CAT_FUNCTIONS,
-    _CONV,
-    _CONV_FORWARDS,
-    _NORM,
-    _NORM_FORWARDS,
     _PASS_FUNCTION_NAMES,
     _PASS_FUNCTIONS,
     _PASS_METHODS,
-    _PASS_MODULES,
     _REDUCE_FUNCTIONS,
     _REDUCE_METHODS,
     _RESHAPE_FUNCTIONS,
@@ -69,6 +63,7 @@ from prunecli.structure.layouts import (
     _UnionFind,
     _Unsupported,
 )
+from prunecli.structure.module_rules import ModuleOps
 from prunecli.structure.refine import SPLIT_FUNCTIONS, SPLIT_METHODS, RefineOps
 from prunecli.structure.types import ModuleRole
 
@@ -106,7 +101,7 @@ def fx_trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph, type(model).__name__)
 
 
-class _Analysis(TensorOps, RefineOps, HeadOps):
+class _Analysis(ModuleOps, TensorOps, RefineOps, HeadOps):
     """One pass over the graph; produces groups and module roles. ``cuts``: producer name ->
     positions where its output is cut into separate spaces (found by earlier passes)."""
 
@@ -270,76 +265,6 @@ class _Analysis(TensorOps, RefineOps, HeadOps):
         if node.op == "call_method":
             return self.visit_method(node, node.target)
         raise _Unsupported(node.op)
-
-    # ------------------------------------------------------------------ modules
-    def visit_module(self, node: fx.Node, m: nn.Module) -> Any:
-        name = str(node.target)
-        inputs = self.tensor_inputs(node)
-        if not inputs:
-            return self.fresh(node)
-        x = inputs[0]
-        cls = type(m).__name__
-        if isinstance(m, _CONV) and (type(m).forward in _CONV_FORWARDS or cls in _SAFE_SUBCLASSES):
-            return self.conv(node, name, m, x)
-        if isinstance(m, nn.Linear) and (type(m) is nn.Linear or cls in _SAFE_SUBCLASSES):
-            return self.linear(node, name, m, x)
-        if isinstance(m, _NORM) and (type(m).forward in _NORM_FORWARDS or cls in _SAFE_SUBCLASSES):
-            x = self.on_axis(node.args[0], x, 1,
-                             f"{cls} on a tensor whose channels are not on axis 1")
-            self.record(name, "norm", x)
-            return x
-        if isinstance(m, nn.GroupNorm) and (type(m) is nn.GroupNorm or cls in _SAFE_SUBCLASSES):
-            width = m.num_channels // m.num_groups
-            if width > 1 and (m.num_groups == 1 or any(s.length % width for s in x.segs)):
-                self.bad(x, f"GroupNorm {name} mixes channels ({m.num_groups} groups)")
-                return x
-            for s in x.segs:  # statistics per GN group: pruned in whole GN groups, exact
-                self.units[s.space] = math.lcm(self.units.get(s.space, 1), width)
-            self.record(name, "norm", x)
-            return x
-        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1:
-            if x.guessed:
-                x = self.on_axis(node.args[0], x, 1 if cls == "LayerNorm2d" else -1, "LayerNorm")
-            on_channels = (cls == "LayerNorm2d" and x.axis == 1) or (
-                x.axis == x.ndim - 1 and cls != "LayerNorm2d")
-            if on_channels and m.normalized_shape[0] == x.channels:
-                self.bad(x, f"LayerNorm {name} normalises over the channels")
-                return x
-            raise _Unsupported(f"{cls} ({name}) not over the channel axis")
-        if isinstance(m, nn.PReLU):
-            if m.num_parameters > 1:
-                self.record(name, "prelu", x)
-            return x
-        if type(m) in _PASS_MODULES:
-            return _same_layout(node, x)
-        if isinstance(m, nn.Flatten):
-            return reshaped_layout(node, x)
-        raise _Unsupported(f"module {cls} ({name})")
-
-    def conv(self, node: fx.Node, name: str, m: nn.Module, x: _Layout) -> _Layout | None:
-        x = self.on_axis(node.args[0], x, 1, f"{type(m).__name__} ({name}) on a reshaped tensor")
-        if m.groups == 1:
-            self.record(name, "conv", x)
-            return self.producer_layout(name, m.out_channels, 1, x.ndim)
-        if m.groups == m.in_channels == m.out_channels:
-            self.record(name, "depthwise", x)
-            return _same_layout(node, x)
-        width = m.in_channels // m.groups
-        if m.out_channels == m.in_channels and all(s.length % width == 0 for s in x.segs):
-            # w -> w channels per conv group: a follower pruned in whole conv groups
-            for s in x.segs:
-                self.units[s.space] = math.lcm(self.units.get(s.space, 1), width)
-            self.record(name, "depthwise", x)
-            return _same_layout(node, x)
-        self.bad(x, f"grouped conv {name} (groups={m.groups}) cannot keep its groups whole")
-        return self.fresh(node, f"output of grouped conv {name} (groups={m.groups})")
-
-    def linear(self, node: fx.Node, name: str, m: nn.Linear, x: _Layout) -> _Layout | None:
-        x = self.on_axis(node.args[0], x, -1,
-                         f"Linear ({name}) on a tensor whose last axis is not channels",
-                         features=True)
-        self.record(name, "linear", x)
-        return self.producer_layout(name, m.out_features, x.ndim - 1, x.ndim)
 
     def reshape(self, node: fx.Node, x: _Layout) -> _Layout:
         """A reshape that keeps channels an axis of their own, or one into attention heads."""
