@@ -108,7 +108,9 @@ NETS = {"resnet20": resnet20, **{cls.__name__: (lambda cls=cls: (cls().eval(),
                                              nets.SqueezeExcite, nets.FlattenLinear,
                                              nets.SharedConsumer, nets.UnknownOp,
                                              nets.PyramidSharedHead, nets.GroupedConvs,
-                                             nets.Ghost, nets.MixedSplits)}}
+                                             nets.Ghost, nets.MixedSplits)},
+        # attention over 4x4 patches of an 8x8 input (its mask is sized for 16 tokens)
+        "MultiHead": lambda: (nets.MultiHead().eval(), torch.randn(1, 3, 8, 8))}
 
 
 def _table_for(name: str, tmp_path: Path, curved: bool, fake_timing, step: int = 8):
@@ -283,7 +285,7 @@ def test_prediction_is_exact_for_a_bilinear_device(name: str, tmp_path: Path,
 
 
 @pytest.mark.parametrize("name", ["resnet20", "Concat", "Depthwise", "FlattenLinear",
-                                  "GroupedConvs", "Ghost", "MixedSplits"])
+                                  "GroupedConvs", "Ghost", "MixedSplits", "MultiHead"])
 @pytest.mark.parametrize("side_weight", [0.0, 0.5, 1.0])
 def test_group_curves_add_up_to_the_cost_at_their_point(name: str, side_weight: float,
                                                         tmp_path: Path, fake_timing) -> None:
