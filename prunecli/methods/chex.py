@@ -49,10 +49,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from prunecli.allocate import kept_count, prune_by_ranking
 from prunecli.cost.channels import ChannelCountCost
 from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
@@ -63,9 +61,11 @@ from prunecli.methods.chex_select import (
     css_select,
     exploration_delta,
     projection_residuals,
+    ranked_counts,
     regrow_probabilities,
+    uniform_fraction_counts,
 )
-from prunecli.methods.chex_slots import Slot, group_slots
+from prunecli.methods.chex_slots import Slot, agree_on_keep, group_slots, zero_optimizer_state
 from prunecli.methods.schedule import span_steps
 from prunecli.structure.keep import _weight
 
@@ -190,7 +190,8 @@ class CHEX(PruningMethod):
             keep[g] = np.sort(np.argsort(-l1, kind="stable")[: counts[g]])
         self.started = True
         self.frozen = self.t_max == 0
-        self._change(ctx, self._agree(keep), f"chex start (uniform L1, {self._text(removed)})")
+        self._change(ctx, agree_on_keep(keep, self._sizes(), self.device),
+                     f"chex start (uniform L1, {self._text(removed)})")
 
     def update(self, ctx: HookContext, last: bool | None = None) -> None:
         """One exploration step: allocate, prune by CSS, regrow (see the module docstring)."""
@@ -218,7 +219,7 @@ class CHEX(PruningMethod):
         self.updates += 1
         phase = "final" if last else f"{self.updates}"
         note = f"chex update {phase} (d_t {d:.4f}, up {self._text(self.final - d)})"
-        regrown = self._change(ctx, self._agree(keep), note)
+        regrown = self._change(ctx, agree_on_keep(keep, self._sizes(), self.device), note)
         self.regrown.append(regrown)
         self.history[-1].update({"delta": round(d, 6), "regrown": regrown})
         if last:
@@ -226,41 +227,24 @@ class CHEX(PruningMethod):
                      ctx.step, sum(self.regrown), self.updates)
 
     def allocate(self, removed: float, scores: dict[int, np.ndarray]) -> dict[int, int]:
-        """Channels per group at removal ratio ``removed``, from one global |gamma| ranking of
-        all channels."""
-        sizes = {g: self.structure.groups[g].size for g in self.groups}
-        if removed <= 0:
-            return sizes
-        result = prune_by_ranking(self.alloc_cost, scores, (1.0 - removed) * self.alloc_cost.dense,
-                                  min_channels=self.min_channels, droppable=self.droppable)
-        if not result.reached:
+        """Channels per group at removal ratio ``removed``, from one global |gamma| ranking."""
+        sizes = self._sizes()
+        counts, reached = ranked_counts(self.alloc_cost, scores, removed, sizes,
+                                        self.min_channels, self.droppable)
+        if not reached:
             log.warning("chex: %s is out of reach with method.min_channels=%d per group",
                         self._text(removed), self.min_channels)
-        return {g: len(result.keep[g]) for g in self.groups}
+        return counts
 
     def uniform_counts(self, removed: float) -> dict[int, int]:
-        """The same kept fraction ``q`` in every group, the largest at which the model is at
-        removal ratio ``removed`` or under it (bisection)."""
-        sizes = {g: self.structure.groups[g].size for g in self.groups}
-        if removed <= 0:
-            return sizes
-        target = (1.0 - removed) * self.alloc_cost.dense
-
-        def counts(q: float) -> dict[int, int]:
-            return {g: kept_count(n, q, min_channels=self.min_channels) for g, n in sizes.items()}
-
-        lo, hi = 0.0, 1.0
-        if self.alloc_cost.cost(counts(lo)) > target:
+        """The same kept fraction in every group (CHEX's start), at ``removed`` or under it."""
+        sizes = self._sizes()
+        counts, reached = uniform_fraction_counts(self.alloc_cost, removed, sizes,
+                                                  self.min_channels)
+        if not reached:
             log.warning("chex: the start at %s is out of reach with method.min_channels=%d",
                         self._text(removed), self.min_channels)
-            return counts(lo)
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            if self.alloc_cost.cost(counts(mid)) <= target:
-                lo = mid
-            else:
-                hi = mid
-        return counts(lo)
+        return counts
 
     @torch.no_grad()
     def matrix(self, gid: int, active: dict[int, np.ndarray]) -> torch.Tensor:
@@ -333,21 +317,13 @@ class CHEX(PruningMethod):
                     t.index_fill_(slot.dim, torch.as_tensor(slot.index(gone), device=t.device),
                                   0)
                 if slot.zero and isinstance(t, nn.Parameter):
-                    self._zero_state(ctx, t, slot.dim, slot.index(np.concatenate([back, gone])))
+                    zero_optimizer_state(ctx.optimizer, t, slot.dim,
+                                         slot.index(np.concatenate([back, gone])))
         self.snapshot = snapshot
         self.apply(ctx, keep, note=note)
         self._refresh_zero_targets()
         self.zero_pruned()
         return regrown
-
-    @staticmethod
-    def _zero_state(ctx: HookContext, p: torch.Tensor, dim: int, index: np.ndarray) -> None:
-        """A pruned or regrown channel's optimizer state (momentum, Adam moments) restarts."""
-        if ctx.optimizer is None or len(index) == 0:
-            return
-        for v in ctx.optimizer.state.get(p, {}).values():
-            if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                v.index_fill_(dim, torch.as_tensor(index, device=v.device), 0)
 
     def _refresh_zero_targets(self) -> None:
         targets = []
@@ -368,22 +344,8 @@ class CHEX(PruningMethod):
         for t, dim, idx in self._zero_targets:
             t.index_fill_(dim, idx, 0)
 
-    def _agree(self, keep: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
-        """Every process takes rank 0's keep-sets (SVDs and sampling agree anyway)."""
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return keep
-        masks = []
-        for g in self.groups:
-            m = torch.zeros(self.structure.groups[g].size, dtype=torch.uint8)
-            m[torch.as_tensor(np.asarray(keep[g], dtype=np.int64))] = 1
-            masks.append(m)
-        flat = torch.cat(masks).to(self.device)
-        dist.broadcast(flat, 0)
-        out, at = {}, 0
-        for g, m in zip(self.groups, masks, strict=True):
-            out[g] = np.flatnonzero(flat[at: at + len(m)].cpu().numpy())
-            at += len(m)
-        return out
+    def _sizes(self) -> dict[int, int]:
+        return {g: self.structure.groups[g].size for g in self.groups}
 
     def _text(self, removed: float) -> str:
         if self.sparsity is not None:

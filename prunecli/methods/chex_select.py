@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prunecli.allocate import kept_count, prune_by_ranking
 from prunecli.errors import ConfigError
 
 SAMPLINGS = ("softmax", "proportional", "uniform")
@@ -96,3 +97,39 @@ def regrow_probabilities(residuals: torch.Tensor, sampling: str = "softmax",
         raise ConfigError(f"method.regrow_sampling={sampling} is unknown; use one of "
                           f"{', '.join(SAMPLINGS)}")
     return torch.full((n,), 1.0 / n, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------- channel counts
+def ranked_counts(cost: Any, scores: dict[int, np.ndarray], removed: float,
+                  sizes: dict[int, int], min_channels: int, droppable: Any
+                  ) -> tuple[dict[int, int], bool]:
+    """Channels per group at removal ratio ``removed`` of ``cost``, from one global ranking of
+    all channels by ``scores``; and whether the target was reached."""
+    if removed <= 0:
+        return dict(sizes), True
+    result = prune_by_ranking(cost, scores, (1.0 - removed) * cost.dense,
+                              min_channels=min_channels, droppable=droppable)
+    return {g: len(result.keep[g]) for g in sizes}, bool(result.reached)
+
+
+def uniform_fraction_counts(cost: Any, removed: float, sizes: dict[int, int], min_channels: int
+                   ) -> tuple[dict[int, int], bool]:
+    """The same kept fraction ``q`` in every group, the largest at which the cost is at removal
+    ratio ``removed`` or under it (bisection); and whether any fraction gets there."""
+    if removed <= 0:
+        return dict(sizes), True
+    target = (1.0 - removed) * cost.dense
+
+    def counts(q: float) -> dict[int, int]:
+        return {g: kept_count(n, q, min_channels=min_channels) for g, n in sizes.items()}
+
+    lo, hi = 0.0, 1.0
+    if cost.cost(counts(lo)) > target:
+        return counts(lo), False
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if cost.cost(counts(mid)) <= target:
+            lo = mid
+        else:
+            hi = mid
+    return counts(lo), True

@@ -5,9 +5,11 @@ snapshots and regrowth act on every copy of a channel (:mod:`prunecli.methods.ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from prunecli.structure import ChannelStructure
@@ -75,3 +77,31 @@ def group_slots(structure: ChannelStructure, model: nn.Module, gid: int) -> list
                 slots.append(Slot(f"{p.module}.{p.attr}@{seg.offset}", p.module, p.attr,
                                   dim, seg.offset, True, unit=g.unit))
     return slots
+
+
+def zero_optimizer_state(optimizer: Any, p: torch.Tensor, dim: int, index: np.ndarray) -> None:
+    """A pruned or regrown channel's optimizer state (momentum, Adam moments) restarts."""
+    if optimizer is None or len(index) == 0:
+        return
+    for v in optimizer.state.get(p, {}).values():
+        if isinstance(v, torch.Tensor) and v.shape == p.shape:
+            v.index_fill_(dim, torch.as_tensor(index, device=v.device), 0)
+
+
+def agree_on_keep(keep: dict[int, np.ndarray], sizes: dict[int, int], device: torch.device
+                  ) -> dict[int, np.ndarray]:
+    """Every process takes rank 0's keep-sets (SVDs and sampling agree anyway)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return keep
+    masks = []
+    for g, size in sizes.items():
+        m = torch.zeros(size, dtype=torch.uint8)
+        m[torch.as_tensor(np.asarray(keep[g], dtype=np.int64))] = 1
+        masks.append(m)
+    flat = torch.cat(masks).to(device)
+    dist.broadcast(flat, 0)
+    out, at = {}, 0
+    for g, m in zip(sizes, masks, strict=True):
+        out[g] = np.flatnonzero(flat[at: at + len(m)].cpu().numpy())
+        at += len(m)
+    return out
