@@ -334,3 +334,20 @@ def test_resumed_run_ends_with_the_same_masks(tmp_path: Path) -> None:
         assert torch.equal(a[k], b[k]), k
     for key in ("cost_kept", "channels_kept", "returns_per_resolve", "smcp_resolves", "top1"):
         assert resumed[key] == full[key], key
+
+
+@pytest.mark.parametrize(("epochs", "steps", "every"), [
+    (4, 40, 3),  # a 160-step fine-tune: the ramp's 97 steps get 32 re-solves (80 gave one)
+    (90, 5000, 80),  # the paper's ImageNet run: its 80
+])
+def test_an_unset_prune_every_resolves_often_enough_in_short_runs(epochs: int, steps: int,
+                                                                   every: int) -> None:
+    from prunecli.methods.pruner import Pruner
+    from tests import structure_nets as nets
+
+    model = nets.Residual().eval()
+    pruner = Pruner(model, torch.randn(2, 3, 8, 8), "smcp", ratio=0.5, epochs=epochs,
+                    steps_per_epoch=steps)
+    schedule = pruner.method.schedule
+    assert schedule.prune_every == every
+    assert (schedule.ramp_end - schedule.warmup) // schedule.prune_every >= 30

@@ -97,7 +97,9 @@ class SMCPConfig(PruningConfig):
     ramp: str = "exponential"  # exponential | linear | power
     ramp_power: float = 3.0  # ramp=power: 1 - (1 - u)^a of the ramp's progress u
     cooldown_epochs: float = 0.28  # masks frozen at the end (paper: 25 of 90 epochs)
-    prune_every: int = 80  # optimizer steps between re-solves (paper: 80 at 256 images a step)
+    # optimizer steps between re-solves; unset: the paper's 80 (at 256 images a step), or
+    # fewer so that the ramp gets at least 30 re-solves (a short fine-tune got 1 with 80)
+    prune_every: Optional[int] = None
     round_to: int = 8  # kept widths are multiples of this when the group is wide enough
     channel_doublesided_weight: float = 1.0  # 1: layer cost on its input side, 0: producer side
 

@@ -27,9 +27,11 @@ With ``u = (step - W) / (R - W)`` the fraction of the dense cost removed is
 
 Every ``f`` is exactly 1 at the end of the ramp, so the target is ``cost.ratio`` itself (the
 original lands near 0.997 of it). Masks are re-solved every ``prune_every`` steps counted from
-``W``, at the end of the ramp and once more when the cool-down starts (at the full ratio), after
-which they stay frozen: the multiple-choice knapsack of :func:`prunecli.allocate.allocate_to_budget`
-keeps the top channels of each group under the exact cost target, within 0.5% of it.
+``W`` (unset: the paper's 80, or fewer so that the ramp gets at least 30 re-solves: a 160-step
+fine-tune with 80 got one), at the end of the ramp and once more when the cool-down starts (at
+the full ratio), after which they stay frozen: the multiple-choice knapsack of
+:func:`prunecli.allocate.allocate_to_budget` keeps the top channels of each group under the
+exact cost target, within 0.5% of it.
 
 Pruned decay: ``pruned_decay * (1 - m) * w`` is added to the gradient of every masked weight, so
 masked channels shrink slowly unless the loss wants them back. The run reports how many channels
@@ -63,6 +65,8 @@ IMPORTANCES = ("magnitude", "taylor_fo", "taylor_so")
 GRAD_SOURCES = ("grad", "momentum")
 ACCUMULATORS = ("latest", "momentum", "average")
 RAMPS = ("exponential", "linear", "power")
+PAPER_PRUNE_EVERY = 80  # steps between re-solves in the paper (256 images a step)
+MIN_RESOLVES = 30  # an unset prune_every re-solves at least this often over the ramp
 
 
 def ramp_fraction(kind: str, u: float, ratio: float, power: float = 3.0) -> float:
@@ -218,7 +222,7 @@ class SMCP(PruningMethod):
             if cfg_get(c, key) not in allowed:
                 raise ConfigError(f"method.{key}={cfg_get(c, key)} is unknown; use one of "
                                   f"{', '.join(allowed)}")
-        if c.prune_every < 1 or c.round_to < 1:
+        if (c.prune_every is not None and c.prune_every < 1) or c.round_to < 1:
             raise ConfigError("method.prune_every and method.round_to must be >= 1")
         if not 0.0 <= c.channel_doublesided_weight <= 1.0:
             raise ConfigError("method.channel_doublesided_weight must be in [0, 1]")
@@ -256,8 +260,10 @@ class SMCP(PruningMethod):
             raise ConfigError(f"SMCP would freeze the masks before the first step (cool-down of "
                               f"{total - freeze} of {total} steps); lower "
                               "method.cooldown_epochs")
-        return SMCPSchedule(warmup, ramp_end, freeze, int(c.prune_every), self.ratio,
-                            c.ramp, float(c.ramp_power))
+        every = int(c.prune_every) if c.prune_every is not None else max(
+            1, min(PAPER_PRUNE_EVERY, (ramp_end - warmup) // MIN_RESOLVES))
+        return SMCPSchedule(warmup, ramp_end, freeze, every, self.ratio, c.ramp,
+                            float(c.ramp_power))
 
     def on_train_start(self, ctx: HookContext) -> None:
         super().on_train_start(ctx)
