@@ -28,6 +28,7 @@ def test_heads_are_pruning_units_and_slimming_rewrites_the_head_count() -> None:
     fused, split = _group_of(structure, "attn1.qkv"), _group_of(structure, "attn2.q")
     assert (fused.size, fused.unit, fused.prunable) == (2, 4, True)  # 2 heads of 4 channels
     assert (split.size, split.unit, split.prunable) == (3, 2, True)  # q and kv: one group
+    assert not fused.droppable and not split.droppable  # some head always stays
     assert split.producers == ["attn2.q", "attn2.kv"] and split.consumers == ["attn2.proj"]
     qkv = structure.roles["attn1.qkv"]
     assert [(s.offset, s.length, s.spatial) for s in qkv.out_segments] == [

@@ -155,6 +155,8 @@ def _collect(an: _Analysis, gm: fx.GraphModule) -> TraceResult:
         for part in sa.parts:
             for seg in part:
                 groups[seg.group].droppable = False
+    for space in an.head_spaces:  # attention with no head left: not every kernel takes it
+        groups[gid[an.uf.find(space)]].droppable = False
     shapes, calls = {}, defaultdict(int)
     positions, call_shapes = defaultdict(int), defaultdict(list)
     for node in gm.graph.nodes:

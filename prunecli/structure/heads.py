@@ -81,6 +81,7 @@ class HeadOps:
     size_attrs: dict[tuple[str, str], list[_Layout]]
     size_units: dict[tuple[str, str], int]
     op_macs: dict[int, float]
+    head_spaces: set[int]
     batch: int
 
     if TYPE_CHECKING:  # provided by _Analysis and the other mixins
@@ -123,6 +124,7 @@ class HeadOps:
             raise _Unsupported("attention heads over channels written in several parts")
         for seg in x.segs:  # q, k and v lose the same heads: one group, a head per unit
             self.uf.union(x.segs[0].space, seg.space)
+            self.head_spaces.add(seg.space)
             self.units[seg.space] = math.lcm(self.units.get(seg.space, 1), dim)
         lay = _Layout((_Seg(x.segs[0].space, heads),), a + k - 2, len(o), head_dim=dim)
         if attr is not None:

@@ -127,6 +127,7 @@ class _Analysis(ModuleOps, TensorOps, RefineOps, HeadOps):
         self.size_attrs: dict[tuple[str, str], list[_Layout]] = {}  # split sizes to rewrite
         self.size_units: dict[tuple[str, str], int] = {}  # channels per unit of such a size
         self.op_macs: dict[int, float] = {}  # space -> MACs per unit of per-head attention ops
+        self.head_spaces: set[int] = set()  # spaces split into attention heads
         inputs = [_meta(n) for n in gm.graph.nodes if n.op == "placeholder"]
         self.batch = int(inputs[0].shape[0]) if inputs and inputs[0] is not None and len(
             inputs[0].shape) else 1
