@@ -87,3 +87,19 @@ def test_typo_inside_a_yaml_file_is_an_error() -> None:
 def test_eval_and_list_configs_compose() -> None:
     check_known_keys(_compose([], name="eval"))
     assert _compose(["what=models"], name="list").what == "models"
+
+
+def test_method_configs_state_the_schema_defaults() -> None:
+    """A method's yaml and its schema are two places for one default: the CLI reads the yaml,
+    the Python API the schema. They drifted once (SMCP's prune_every stayed 80 in the yaml)."""
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from prunecli.methods.schemas import METHOD_SCHEMAS
+
+    for name, (schema, _impl, _doc) in METHOD_SCHEMAS.items():
+        method = OmegaConf.to_container(_compose([f"method={name}"]).method)
+        for f in dataclasses.fields(schema):
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            assert method[f.name] == default, (name, f.name, method[f.name], default)
