@@ -14,7 +14,8 @@ method's pruning over by half of it (``SCHEDULES``). Each method runs twice from
 the same weights: plain, and with ``distill.enabled=true`` (the dense model as teacher,
 ``distill.alpha`` / ``distill.temperature`` at their defaults, 0.5 and 4: not tuned on these
 images). SMCP also runs with the paper's schedule (fractions of a 90-epoch run, re-solves every
-80 steps) to show what a short run does to it.
+80 steps) to show what a short run does to it, and as ``experiments/smcp_finetune.yaml`` sets
+it for short fine-tunes (half the run left to recover, hard masks).
 
 Reports top-1 on the 4,000 test images with and without distillation, the change from dense,
 MACs kept, the teacher's share of the training time and wall time. Writes
@@ -48,6 +49,9 @@ SCHEDULES: dict[str, list[str]] = {
     "smcp": ["method.warmup_epochs=0.05", "method.ramp_epochs=0.45",
              "method.cooldown_epochs=0.5", "method.prune_every=4"],
     "smcp_paper": ["method.prune_every=80"],  # the published fractions and re-solve interval
+    # experiments/smcp_finetune.yaml: half the run left to recover, hard masks
+    "smcp_finetune": ["method.mask=hard", "method.warmup_epochs=0.05", "method.ramp_epochs=0.45",
+                      "method.cooldown_epochs=0.5"],
     "gator": ["method.gate_epochs=0.5"],
     "chex": ["method.update_every=0.1", "method.t_max=0.5"],
 }
@@ -70,7 +74,7 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
     pruning event comes as many times later, so pruning still ends at the same point of the run.
     """
     factor = max(1, round(train_size / 5000))
-    if schedule == SCHEDULES["smcp_paper"]:  # the published interval, whatever the run
+    if schedule is SCHEDULES["smcp_paper"]:  # the published interval, whatever the run
         return list(schedule)
     out = []
     for item in schedule:
@@ -81,7 +85,7 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
 
 def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              weights: Path) -> dict:
-    name = method.replace("_paper", "")
+    name = method.split("_")[0]  # smcp_paper, smcp_finetune: variants of smcp
     schedules = {name: scaled(SCHEDULES[method], args.train_size)}
     runs = args.runs / ("distill" if distill else "plain") / method
     extra = [f"model.weights={weights}", f"optim.lr={args.lr}", "optim.warmup_epochs=0",
@@ -158,7 +162,9 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
         "no warm-up), budgets in MACs; every method's "
         "pruning is over by half of the fine-tune (`SCHEDULES`, step counts scaled by "
         f"{max(1, round(args.train_size / 5000))}), except `smcp_paper` (SMCP's "
-        "published fractions of a 90-epoch run). Distilled: `distill.enabled=true`, the dense "
+        "published fractions of a 90-epoch run, re-solve every 80 steps) and `smcp_finetune` "
+        "(`experiments/smcp_finetune.yaml`: 5% / 45% / 50%, hard masks). Distilled: "
+        "`distill.enabled=true`, the dense "
         "model as teacher, alpha 0.5, T 4 (defaults, not tuned). Extra overrides: "
         f"`{' '.join(args.extra) or 'none'}`.",
         "",
