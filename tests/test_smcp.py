@@ -242,7 +242,7 @@ def test_average_accumulator_works_from_the_first_call() -> None:
     torch.testing.assert_close(acc.value()[0], torch.tensor([1.0, 3.0]))
     acc.update({0: torch.tensor([3.0, 5.0])})
     torch.testing.assert_close(acc.value()[0], torch.tensor([2.0, 4.0]))
-    method, ctx = tiny_method("method.accumulator=average")
+    method, ctx = tiny_method("method.accumulator=average", "method.prune_every=80")
     ctx.step = 1  # the first optimizer step, not a re-solve point
     assert not method.schedule.due(1)
     method.after_optimizer_step(ctx)
