@@ -141,6 +141,7 @@ def main() -> None:
             for distill in (False, True):
                 rows.append(finetune(method, ratio, distill, args, weights))
                 write(rows, dense, args, t0)
+    print((args.out / f"{args.name}.md").read_text())
 
 
 def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) -> None:
@@ -172,7 +173,6 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
         "",
     ]
     (args.out / f"{args.name}.md").write_text("\n".join(md))
-    print("\n".join(md))
 
 
 if __name__ == "__main__":
