@@ -4,10 +4,10 @@ Each net is drawn from a seeded generator (the seed alone rebuilds it): convolut
 widths, kernels and strides, grouped and depthwise convs, BatchNorm/GroupNorm, residual adds,
 concatenations, squeeze-excite gates, channel splits and chunks (sizes in the code, or held by a
 module: MixNet's ``splits``, Res2Net's ``width``), GhostNet's ``cat([x1, dw(x1)])``,
-channels-last MLPs (permute, Linear over the last axis, permute back), LayerNorm over channels, a
-conv module called on two tensors, element-wise products, ops the tracer does not know (roll,
-flip, cumsum over channels), pooling, and a head that pools or flattens into a Linear (sometimes
-two heads).
+channels-last MLPs (permute, Linear over the last axis, permute back), LayerNorm over channels,
+ConvNeXt V2's Global Response Norm (NCHW or channels-last), a conv module called on two
+tensors, element-wise products, ops the tracer does not know (roll, flip, cumsum over channels),
+pooling, and a head that pools or flattens into a Linear (sometimes two heads).
 
 For each net: trace, a random keep-set of every prunable group (norm statistics and affines
 randomised, so a wrongly sliced norm shows), slim, and compare the slimmed model's outputs with
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.layers.grn import GlobalResponseNorm
 from torch import nn
 
 from prunecli.errors import PrunecliError
@@ -184,7 +185,7 @@ class RandomNet(nn.Module):
         v = self.vals[i]
         kind = r.choice(["conv", "conv", "conv", "grouped", "dw", "res", "add", "cat", "se",
                          "split", "chunk", "mlp", "ln", "shared", "mul", "unknown", "pool",
-                         "gn", "ghost", "mixed", "res2", "attn"])
+                         "gn", "ghost", "mixed", "res2", "attn", "grn"])
         if kind == "conv" or v.channels < 2 and kind in ("grouped", "dw", "split", "chunk",
                                                          "mixed", "res2"):
             stride = 2 if v.side >= 4 and r.random() < 0.25 else 1
@@ -266,6 +267,13 @@ class RandomNet(nn.Module):
                        "literal": r.random() < 0.15}
             self._emit("mod", (i,), _Val(v.channels, v.side), self._layer(
                 _Attn(v.channels, r.randint(1, 4), r.randint(1, 4), v.side * v.side, variant)))
+        elif kind == "grn":  # ConvNeXt V2's Global Response Norm, NCHW or channels-last
+            if r.random() < 0.5:
+                self._emit("mod", (i,), _Val(v.channels, v.side),
+                           self._layer(GlobalResponseNorm(v.channels, channels_last=False)))
+            else:
+                self._emit("ln", (i,), _Val(v.channels, v.side),
+                           self._layer(GlobalResponseNorm(v.channels, channels_last=True)))
         elif kind == "gn":
             g = r.choice([d for d in range(1, v.channels + 1) if v.channels % d == 0])
             self._emit("mod", (i,), _Val(v.channels, v.side),
@@ -301,7 +309,7 @@ class RandomNet(nn.Module):
                 y = torch.split(a, [args[0], a.shape[1] - args[0]], dim=1)[args[1]]
             elif op == "chunk":
                 y = a.chunk(2, dim=1)[args[0]]
-            elif op in ("mlp", "ln"):  # a Linear / LayerNorm over channels-last tensors
+            elif op in ("mlp", "ln"):  # a Linear / LayerNorm / GRN over channels-last tensors
                 y = self.layers[args[0]](a.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
             elif op == "unknown":
                 y = {"roll": lambda t: torch.roll(t, 1, dims=1), "flip": lambda t: t.flip(1),
@@ -325,7 +333,7 @@ def randomise_norms(model: nn.Module, seed: int) -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.copy_(torch.randn(m.num_features, generator=g))
             m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-        if isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm):
+        if isinstance(m, nn.BatchNorm2d | nn.GroupNorm | nn.LayerNorm | GlobalResponseNorm):
             m.weight.data.copy_(torch.randn(m.weight.shape, generator=g))
             m.bias.data.copy_(torch.randn(m.bias.shape, generator=g))
 

@@ -505,7 +505,39 @@ class HeadsLeftWhole(nn.Module):
         return self.fc2(F.gelu(self.fc1(x)).mean(1))
 
 
+class ResponseNorm(nn.Module):
+    """ConvNeXt V2's Global Response Norm, which divides every channel by a mean over all of
+    them: channels-last after a Linear (timm's GlobalResponseNormMlp), and NCHW on a
+    concatenation of two conv branches, one with a BatchNorm before it (a removed channel
+    there is not zero at the GRN's input unless masked there). Both widths are prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers.grn import GlobalResponseNorm
+
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.LayerNorm(8)
+        self.fc1 = nn.Linear(8, 12)
+        self.grn_last = GlobalResponseNorm(12, channels_last=True)
+        self.fc2 = nn.Linear(12, 8)
+        self.a = cbr(8, 6, 1)
+        self.b = nn.Conv2d(8, 4, 1)
+        self.grn_first = GlobalResponseNorm(10, channels_last=False)
+        self.head = nn.Conv2d(10, 4, 1)
+        with torch.no_grad():  # timm starts GRN at zero (the identity): make it count
+            for grn in (self.grn_last, self.grn_first):
+                grn.weight.uniform_(0.5, 1.5)
+                grn.bias.uniform_(-0.5, 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.grn_last(F.gelu(self.fc1(self.norm(x.permute(0, 2, 3, 1)))))
+        x = x + self.fc2(y).permute(0, 3, 1, 2)
+        y = self.grn_first(torch.cat([self.a(x), self.b(x)], 1))
+        return self.head(y).mean((2, 3))
+
+
 EXACT_NETS = [Residual, Concat, Split, Depthwise, SqueezeExcite, FlattenLinear, SharedConsumer,
               FeatureOutput, UnknownOp, LayerScaleGroupNorm, ChannelShuffle, ChannelsLastMLP,
               TokenMLP, LiteralReshape, PartlyTraceable, GroupedConvs, Ghost, MixedSplits,
-              WidthSplit, MultiHead, HeadsLeftWhole]
+              WidthSplit, MultiHead, HeadsLeftWhole, ResponseNorm]

@@ -33,6 +33,9 @@ def _models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
         "resnext50_32x4d": (torchvision.models.resnext50_32x4d().eval(),
                             torch.randn(1, 3, 64, 64)),
         "regnet_y_400mf": (torchvision.models.regnet_y_400mf().eval(), torch.randn(1, 3, 64, 64)),
+        # Global Response Norms (weight and bias per channel) on the MLP widths
+        "convnextv2_atto": (timm.create_model("convnextv2_atto").eval(),
+                            torch.randn(1, 3, 64, 64)),
     }
 
 

@@ -54,7 +54,7 @@ def test_method_meets_the_budget_and_saves_a_slim_model(run_cli, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("source", "name", "method"), [
-    ("timm", "convnext_atto", "taylor"),  # MLP widths on channels-last tensors
+    ("timm", "convnextv2_atto", "taylor"),  # MLP widths on channels-last tensors, with GRN
     ("torchvision", "regnet_x_400mf", "smcp"),  # grouped convs pruned in whole conv groups
 ])
 def test_methods_prune_newly_covered_families(run_cli, source: str, name: str,

@@ -369,6 +369,41 @@ def test_masks_are_saved_in_the_state_dict() -> None:
         assert torch.equal(model(X), other(X))
 
 
+def test_grn_input_masks_survive_resume_and_copies_and_unslim_undoes_the_rescaling() -> None:
+    """A Global Response Norm's input mask stays out of the state_dict, is rebuilt on resume
+    from the consumers' masks, travels with deep copies, and a slim state scattered back to
+    dense shapes (``dense_state``) has the slim GRN's rescaled weight undone."""
+    import copy
+
+    from prunecli.structure.unslim import dense_state
+
+    model = _net(nets.ResponseNorm)
+    s = trace_structure(model, X)
+    keep = random_keep(s, 0.5, torch.Generator().manual_seed(2))
+    assert all(len(keep[_group_of(s, k).id]) < _group_of(s, k).size for k in ("fc1", "a.0"))
+    small = slim(model, s, keep)
+    ChannelMasker(model, s).set_keep(keep)
+    assert not any("prunecli" in k for k in model.state_dict())
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(7)  # other weights than ``model``'s
+        return nets.ResponseNorm().eval()
+
+    other = fresh()
+    restored = ChannelMasker(other, s)
+    other.load_state_dict(model.state_dict())
+    restored.sync_from_buffers()
+    back = fresh()
+    back.load_state_dict(dense_state(fresh(), s, keep, small.state_dict()))
+    ChannelMasker(back, s).set_keep(keep)
+    with torch.no_grad():
+        want = small(X)
+        for m in (model, other, copy.deepcopy(model), back):
+            torch.testing.assert_close(m(X), want, rtol=1e-4, atol=1e-5)
+        restored.remove()
+        assert not torch.allclose(other(X), want, rtol=1e-4, atol=1e-5)  # the masks mattered
+
+
 # ------------------------------------------------------------------ save, load, export
 def test_save_and_load_in_a_fresh_process(tmp_path: Path) -> None:
     from prunecli.models import build_model
@@ -514,6 +549,7 @@ def test_masks_cost_nothing_until_a_channel_is_off_and_survive_a_state_dict_load
 
 @pytest.mark.parametrize("name,kwargs", [
     ("convnext_atto", {}),  # permute -> LayerNorm -> Linear MLP -> layer scale -> permute back
+    ("convnextv2_atto", {}),  # the same with a Global Response Norm on the MLP width
     ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8, "depth": 2}),  # token MLPs
     ("levit_128", {}),  # Linear -> BatchNorm1d over flatten(0, 1), at its 224 px
     ("mobilevit_xxs", {}),  # fx cannot trace it: traced piecewise
@@ -528,8 +564,8 @@ def test_real_models_with_moving_channel_axes_slim_exactly(name: str, kwargs: di
         for p in model.parameters():
             if p.ndim == 1:
                 p.uniform_(0.5, 1.5)
-    size = {"convnext_atto": 64, "vit_tiny_patch16_224": 32, "levit_128": 224,
-            "mobilevit_xxs": 64}[name]
+    size = {"convnext_atto": 64, "convnextv2_atto": 64, "vit_tiny_patch16_224": 32,
+            "levit_128": 224, "mobilevit_xxs": 64}[name]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     structure = trace_structure(model, x)
     mlp = [g for g in structure.prunable_groups if any(".fc1" in p or "mlp.ln1" in p

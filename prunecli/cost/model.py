@@ -169,7 +169,7 @@ def _terms(model: nn.Module, structure: ChannelStructure, what: str) -> _Terms:
                 math.prod(m.kernel_size) * width + (1 if m.bias is not None else 0))
             for seg in role.in_segments:  # a group may appear in several segments
                 lin[seg.group] += per * seg.spatial
-        elif what == "params" and kind in ("norm", "prelu"):
+        elif what == "params" and kind in ("norm", "prelu", "grn"):
             per = sum(1 for p in ("weight", "bias") if getattr(m, p, None) is not None)
             for seg in role.in_segments:
                 lin[seg.group] += per * seg.spatial

@@ -40,6 +40,7 @@ _FOLLOWER_ATTRS = {
     "norm": (("weight", True), ("bias", True), ("running_mean", False), ("running_var", False)),
     "depthwise": (("weight", True), ("bias", True)),
     "prelu": (("weight", True),),
+    "grn": (("weight", True), ("bias", True)),
 }
 
 

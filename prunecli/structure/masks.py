@@ -18,7 +18,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from prunecli.structure import zeroed
 from prunecli.structure.structure import ChannelStructure, KeepSpec
+
+# followers that mix channels: their inputs are masked too (removed channels zeroed)
+MIXING_KINDS = ("grn",)
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -88,6 +92,14 @@ class ChannelMasker:
             self.masks[name] = p
         self._channel_masks = {g.id: torch.ones(g.size, dtype=torch.bool)
                                for g in structure.groups if g.prunable}
+        self.zeroed: dict[str, nn.Module] = {}  # mixing followers, their inputs masked
+        for name, role in structure.roles.items():
+            if role.kind in MIXING_KINDS and any(
+                    s.group in self._channel_masks for s in role.in_segments):
+                module = modules[name]
+                width = sum(s.length * s.spatial for s in role.in_segments)
+                zeroed.attach(module, width, getattr(module, "channel_dim", 1))
+                self.zeroed[name] = module
         self.sync_from_buffers()  # masks that came with the model (a resumed run) stay
 
     def set_keep(self, keep: KeepSpec) -> None:
@@ -116,16 +128,25 @@ class ChannelMasker:
     def channel_masks(self) -> dict[int, torch.Tensor]:
         return {gid: m.clone() for gid, m in self._channel_masks.items()}
 
+    def _input_mask(self, name: str, width: int) -> torch.Tensor:
+        """Module ``name``'s kept inputs under the current channel masks."""
+        full = torch.ones(width, dtype=torch.bool)
+        for seg in self.structure.roles[name].in_segments:
+            if seg.group in self._channel_masks:
+                m = self._channel_masks[seg.group].repeat_interleave(seg.spatial)
+                full[seg.offset: seg.offset + seg.length * seg.spatial] = m
+        return full
+
     def _refresh(self) -> None:
         for name, p in self.masks.items():
-            role = self.structure.roles[name]
-            full = torch.ones(p.mask.numel(), dtype=torch.bool)
-            for seg in role.in_segments:
-                if seg.group in self._channel_masks:
-                    m = self._channel_masks[seg.group].repeat_interleave(seg.spatial)
-                    full[seg.offset: seg.offset + seg.length * seg.spatial] = m
+            full = self._input_mask(name, p.mask.numel())
             p.mask.copy_(full.to(p.mask.dtype))
             p.full = bool(full.all())
+        self._refresh_zeroed()
+
+    def _refresh_zeroed(self) -> None:
+        for name, module in self.zeroed.items():
+            zeroed.set_mask(module, self._input_mask(name, zeroed.mask_width(module)))
 
     def sync_from_buffers(self) -> None:
         """Rebuild the channel masks from the consumers' buffers (after ``load_state_dict``)."""
@@ -137,6 +158,7 @@ class ChannelMasker:
             self._channel_masks[gid] = buf.view(seg.length, seg.spatial)[:, 0].bool().cpu()
         for p in self.masks.values():
             p.full = bool(p.mask.bool().all())
+        self._refresh_zeroed()
 
     def remove(self) -> None:
         """Take the masks off, leaving the original (unmasked) weights in place."""
@@ -144,6 +166,9 @@ class ChannelMasker:
         for name in self.masks:
             remove_masks(modules[name])
         self.masks.clear()
+        for module in self.zeroed.values():
+            zeroed.detach(module)
+        self.zeroed.clear()
 
 
 def remove_masks(module: nn.Module) -> None:
@@ -168,3 +193,4 @@ def remove_masks(module: nn.Module) -> None:
 def strip_all_masks(model: nn.Module) -> None:
     for module in model.modules():
         remove_masks(module)
+        zeroed.detach(module)

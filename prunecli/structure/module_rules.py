@@ -11,6 +11,7 @@ GroupNorm in whole GN groups; LayerNorm over the channels leaves them whole. A m
 from __future__ import annotations
 
 import math
+import sys
 from typing import TYPE_CHECKING, Any
 
 from torch import fx, nn
@@ -27,6 +28,14 @@ from prunecli.structure.layouts import (
     _same_layout,
     _Unsupported,
 )
+
+
+def is_grn(m: nn.Module) -> bool:
+    """timm's GlobalResponseNorm (ConvNeXt V2), by its forward: a leaf the tracer reads whole.
+    (Only a model that imported timm can hold one: no timm import here, tracing stays fast.)"""
+    grn = sys.modules.get("timm.layers.grn")
+    cls = getattr(grn, "GlobalResponseNorm", None)
+    return cls is not None and type(m).forward is cls.forward
 
 
 class ModuleOps:
@@ -77,6 +86,8 @@ class ModuleOps:
                 self.bad(x, f"LayerNorm {name} normalises over the channels")
                 return x
             raise _Unsupported(f"{cls} ({name}) not over the channel axis")
+        if is_grn(m):
+            return self.grn(node, name, m, x)
         if isinstance(m, nn.PReLU):
             if m.num_parameters > 1:
                 self.record(name, "prelu", x)
@@ -104,6 +115,19 @@ class ModuleOps:
             return _same_layout(node, x)
         self.bad(x, f"grouped conv {name} (groups={m.groups}) cannot keep its groups whole")
         return self.fresh(node, f"output of grouped conv {name} (groups={m.groups})")
+
+    def grn(self, node: fx.Node, name: str, m: nn.Module, x: _Layout) -> _Layout:
+        """Global Response Norm: per-channel weight and bias, and a mean over the channels of
+        their spatial norms. Exact when pruned with the removed channels zeroed on its input
+        (:mod:`prunecli.structure.zeroed`) and the mean rescaled at slimming."""
+        x = self.on_axis(node.args[0], x, m.channel_dim,
+                         f"GlobalResponseNorm ({name}) on a tensor whose channels are not on "
+                         f"axis {m.channel_dim}")
+        if x.channels != m.weight.numel():
+            raise _Unsupported(f"GlobalResponseNorm ({name}) of {m.weight.numel()} channels "
+                               f"on {x.channels}")
+        self.record(name, "grn", x)
+        return _same_layout(node, x)
 
     def linear(self, node: fx.Node, name: str, m: nn.Linear, x: _Layout) -> _Layout | None:
         x = self.on_axis(node.args[0], x, -1,

@@ -44,8 +44,10 @@ def _kept_width(segments: tuple[Segment, ...], keep: dict[int, torch.Tensor]) ->
                for s in segments)
 
 
-# state-dict name -> the (dim, index) slices that made it from the dense tensor, in order
+# state-dict name -> the (dim, index) slices that made it from the dense tensor, in order; a
+# ``(SCALED, factor)`` entry: the slice was then multiplied by ``factor`` (a GRN's weight)
 SliceLog = dict[str, list[tuple[int, torch.Tensor]]]
+SCALED = -1
 
 
 def _take(module: nn.Module, attr: str, index: torch.Tensor, dim: int,
@@ -99,6 +101,18 @@ def _slim_module(module: nn.Module, kind: str, in_idx: torch.Tensor | None,
     elif kind == "prelu" and in_idx is not None:
         take("weight", in_idx, 0)
         module.num_parameters = len(in_idx)
+    elif kind == "grn" and in_idx is not None:
+        # the mean over C channels (removed ones zeroed) becomes a mean over the kept C':
+        # x_g / (S/C + eps) == (C/C') * x_g / (S/C' + eps * C/C')
+        factor = module.weight.numel() / len(in_idx)
+        take("weight", in_idx, 0)
+        take("bias", in_idx, 0)
+        with torch.no_grad():
+            module.weight.mul_(factor)
+        module.eps = module.eps * factor
+        if log is not None:
+            log[f"{name}.weight" if name else "weight"].append(
+                (SCALED, torch.tensor(factor, dtype=torch.float64)))
 
 
 def _stand_in(module: nn.Module, role: ModuleRole, idx: dict[int, torch.Tensor],

@@ -63,7 +63,7 @@ from prunecli.structure.layouts import (
     _UnionFind,
     _Unsupported,
 )
-from prunecli.structure.module_rules import ModuleOps
+from prunecli.structure.module_rules import ModuleOps, is_grn
 from prunecli.structure.refine import SPLIT_FUNCTIONS, SPLIT_METHODS, RefineOps
 from prunecli.structure.types import ModuleRole
 
@@ -82,7 +82,7 @@ class _LeafTracer(fx.Tracer):
     """Keep the modules prunecli slices as leaves, including known subclasses from timm."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if type(m).__name__ in _SAFE_SUBCLASSES:
+        if type(m).__name__ in _SAFE_SUBCLASSES or is_grn(m):
             return True
         return super().is_leaf_module(m, qualname)
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunecli.structure.masks import strip_all_masks
-from prunecli.structure.slim import SliceLog, slim
+from prunecli.structure.slim import SCALED, SliceLog, slim
 from prunecli.structure.structure import ChannelStructure, KeepSpec
 
 
@@ -30,15 +30,22 @@ def slice_log(model: nn.Module, structure: ChannelStructure, keep: KeepSpec) -> 
 
 
 def slice_tensor(t: torch.Tensor, ops: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    """``t`` sliced like the dense tensor was (for optimizer state of the same shape)."""
+    """``t`` sliced like the dense tensor was (for optimizer state of the same shape; a GRN
+    weight's rescaling is not applied to it: the state stays that of the entries it kept)."""
     for dim, index in ops:
-        t = t.index_select(dim, index.to(t.device))
+        if dim != SCALED:
+            t = t.index_select(dim, index.to(t.device))
     return t
 
 
 def scatter_tensor(dense: torch.Tensor, small: torch.Tensor,
                    ops: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
-    """Zeros of ``dense``'s shape holding ``small`` where the slices took it from."""
+    """Zeros of ``dense``'s shape holding ``small`` where the slices took it from (and with
+    any rescaling undone)."""
+    for dim, factor in ops:
+        if dim == SCALED:
+            small = small / factor.item()
+    ops = [(dim, idx) for dim, idx in ops if dim != SCALED]
     out = torch.zeros_like(dense)
     index: list[torch.Tensor | slice] = [slice(None)] * dense.dim()
     sliced = [d for d, _ in ops]
