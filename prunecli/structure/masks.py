@@ -5,6 +5,9 @@ producer still computes the channel, but nothing downstream uses it, so the mask
 exactly what the slimmed model will. Masks are weight parametrizations holding a ``mask`` buffer,
 so they travel in ``state_dict`` (checkpoints and resume keep them) and work under DDP.
 
+A follower that mixes channels (ConvNeXt V2's Global Response Norm) gets its input masked too,
+the removed channels zeroed there (:mod:`prunecli.structure.zeroed`).
+
 ``soft=True`` is the straight-through mask: the forward pass uses ``w * m`` but the gradient
 reaches ``w`` unchanged, so masked channels keep learning and can come back.
 """
