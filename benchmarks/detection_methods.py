@@ -24,6 +24,7 @@ Writes ``detection_methods.md`` and ``.json`` to ``--out`` (default ``benchmarks
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
 import json
 import os
@@ -125,6 +126,24 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def widths_table(rows: list[dict], ratio: float) -> str:
+    """Kept channels per group of every slimmed detector at one budget (from ``widths`` in each
+    run's results): where each method cut."""
+    runs = [r for r in rows if "error" not in r and r["method"] != "none"
+            and abs(r.get("cost_target", -1) - (1 - ratio)) < 1e-6 and r.get("widths")]
+    if not runs:
+        return ""
+    kept = {r["method"]: {w["group"]: w["kept"] for w in ast.literal_eval(str(r["widths"]))}
+            for r in runs}
+    sizes = {w["group"]: w["size"] for w in ast.literal_eval(str(runs[0]["widths"]))}
+    head = "| group | dense | " + " | ".join(kept) + " |"
+    lines = [head, "|---" + "|---:" * (len(kept) + 1) + "|"]
+    for group, size in sizes.items():
+        lines.append(f"| {group} | {size} | "
+                     + " | ".join(str(k.get(group, "")) for k in kept.values()) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     from prunecli.methods import method_names
 
@@ -135,6 +154,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs_det"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--name", default="detection_methods",
+                    help="results file stem in --out (another setting keeps the default table)")
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
@@ -153,11 +174,11 @@ def main() -> None:
             rows.append({**one(method, ratio), "run_name": f"{method}_{ratio:g}"})
     time_detectors(rows, args.runs, args.repeats, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "detection_methods.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [
         "# Pruning methods side by side on a detector",
         "",
-        f"`python benchmarks/detection_methods.py` ({dt.date.today()}, "
+        f"`python benchmarks/detection_methods.py {' '.join(sys.argv[1:])}` ({dt.date.today()}, "
         f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.time() - t0:.0f} s in all).",
         "",
@@ -174,7 +195,12 @@ def main() -> None:
         table(rows),
         "",
     ]
-    (args.out / "detection_methods.md").write_text("\n".join(md))
+    for ratio in args.ratios:
+        cut = widths_table(rows, ratio)
+        if cut:
+            md += [f"## Where each method cut (kept channels per group, "
+                   f"{100 * (1 - ratio):.0f}% of the MACs)", "", cut, ""]
+    (args.out / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 
