@@ -145,9 +145,9 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="further overrides for every fine-tune run")
     args = ap.parse_args()
     t0 = time.time()
-    if args.holdout:
-        args.extra = ["data.val_split=holdout", *args.extra]
-    dense, weights = dense_model(args.runs, args.reuse, args.extra[:1] if args.holdout else [])
+    holdout = ["data.val_split=holdout"] if args.holdout else []
+    args.extra = [*holdout, *args.extra]
+    dense, weights = dense_model(args.runs, args.reuse, holdout)
     rows: list[dict] = []
     for ratio in args.ratios:
         for method in args.methods:
