@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import run_one  # noqa: E402  (the same one-run-per-process driver)
+from methods import parse_variant, run_one  # noqa: E402  (the same one-run-per-process driver)
 
 # 250 optimizer steps per epoch (8,000 scenes at batch 32), 2,000 in 8 epochs: every method
 # starts after epoch 1 and is done pruning by ~60% of the run (step ~1,200); the rest fine-tunes.
@@ -110,7 +110,7 @@ def table(rows: list[dict]) -> str:
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} {r['ratio']} | failed: {r['error']} |" + " |" * 16)
+            lines.append(f"| {r['variant']} {r['ratio']} | failed: {r['error']} |" + " |" * 16)
             continue
         target = "100%" if r["method"] == "none" else \
             f"{100 * r['cost_kept']:.1f}% ({100 * r['cost_target']:.0f}%)"
@@ -120,7 +120,7 @@ def table(rows: list[dict]) -> str:
         timing = " | ".join(f"{r.get(k, float('nan')):.2f} | {_speedup(dense, r, k)}"
                             for k in keys)
         lines.append(
-            f"| {r['method']} | {target} | {r['map']:.1f} | {d_map} | {r['voc07_map']:.1f} | "
+            f"| {r['variant']} | {target} | {r['map']:.1f} | {d_map} | {r['voc07_map']:.1f} | "
             f"{d_voc} | {r['macs'] / 1e6:.2f} M | {r['params'] / 1e3:.0f} K | {timing} | "
             f"{r.get('prune_events', 0)} | {r['wall_time_s']:.0f} |")
     return "\n".join(lines)
@@ -133,7 +133,7 @@ def widths_table(rows: list[dict], ratio: float) -> str:
             and abs(r.get("cost_target", -1) - (1 - ratio)) < 1e-6 and r.get("widths")]
     if not runs:
         return ""
-    kept = {r["method"]: {w["group"]: w["kept"] for w in ast.literal_eval(str(r["widths"]))}
+    kept = {r["variant"]: {w["group"]: w["kept"] for w in ast.literal_eval(str(r["widths"]))}
             for r in runs}
     sizes = {w["group"]: w["size"] for w in ast.literal_eval(str(runs[0]["widths"]))}
     head = "| group | dense | " + " | ".join(kept) + " |"
@@ -149,7 +149,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", nargs="+",
-                    default=[m for m in method_names() if m != "none"])
+                    default=[m for m in method_names() if m != "none"],
+                    help="method names; NAME+key=value+... changes a setting of NAME")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.7])
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs_det"))
@@ -159,22 +160,32 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--holdout", action="store_true",
+                    help="for choosing settings: every run scores on scenes of the last 10%% of "
+                         "the training items (data.val_split=holdout), never on the test scenes")
     ap.add_argument("extra", nargs="*", help="further overrides for every run")
     args = ap.parse_args()
     t0 = time.time()
-    extra = ["experiment=detect_demo", *args.extra]
+    extra = ["experiment=detect_demo", *(["data.val_split=holdout"] if args.holdout else []),
+             *args.extra]
 
-    def one(method: str, ratio: float) -> dict:
-        return run_one(method, ratio, args.epochs, args.runs, args.reuse, extra,
-                       schedules=SCHEDULES, metric="map")
+    def one(name: str, ratio: float) -> dict:
+        method, schedule, folder = parse_variant(name, SCHEDULES)
+        r = run_one(method, ratio, args.epochs, args.runs, args.reuse, extra,
+                    schedules={method: schedule}, metric="map", label=folder)
+        return {**r, "variant": name, "run_name": "dense" if method == "none"
+                else f"{folder}_{ratio:g}"}
 
-    rows = [{**one("none", 0.0), "run_name": "dense"}]
+    rows = [one("none", 0.0)]
     for ratio in args.ratios:
         for method in args.methods:
-            rows.append({**one(method, ratio), "run_name": f"{method}_{ratio:g}"})
+            rows.append(one(method, ratio))
     time_detectors(rows, args.runs, args.repeats, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    scored_on = ("1,000 held-out scenes (`data.val_split=holdout`: items of the last 10% of "
+                 "the training images, which the training scenes do not use)" if args.holdout
+                 else "the test scenes")
     md = [
         "# Pruning methods side by side on a detector",
         "",
@@ -186,7 +197,7 @@ def main() -> None:
         f"scenes, 1,000 test scenes of unseen Fashion-MNIST items, 96x96), {args.epochs} epochs "
         "for every run, SGD lr 0.1 cosine; budgets in MACs of the core (backbone, extra layers, "
         "heads). mAP = COCO mAP@[.5:.95] (COCOeval), VOC07 = 11-point AP at IoU 0.5, both of "
-        "the slimmed detector on the test scenes. Pruning schedules (`SCHEDULES` in the script) "
+        f"the slimmed detector on {scored_on}. Pruning schedules (`SCHEDULES` in the script) "
         "end by ~60% of training, the rest fine-tunes. Latency: CPU, fp32, eager PyTorch, "
         f"{args.threads} threads, the dense and all slimmed detectors timed interleaved on the "
         "same real test scenes, median of the repeats; core = the network pruning shrinks, "

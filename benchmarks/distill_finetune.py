@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from methods import run_one  # noqa: E402
+from methods import parse_variant, run_one  # noqa: E402
 
 # 40 optimizer steps per epoch (5,000 images at batch 128); 4 epochs = 160 steps; pruning over
 # by half of them.
@@ -74,8 +74,6 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
     pruning event comes as many times later, so pruning still ends at the same point of the run.
     """
     factor = max(1, round(train_size / 5000))
-    if schedule is SCHEDULES["smcp_paper"]:  # the published interval, whatever the run
-        return list(schedule)
     out = []
     for item in schedule:
         key, value = item.split("=", 1)
@@ -85,9 +83,12 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
 
 def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              weights: Path) -> dict:
-    name = method.split("_")[0]  # smcp_paper, smcp_finetune: variants of smcp
-    schedules = {name: scaled(SCHEDULES[method], args.train_size)}
-    runs = args.runs / ("distill" if distill else "plain") / method
+    base, schedule, folder = parse_variant(method, SCHEDULES)
+    name = base.split("_")[0]  # smcp_paper, smcp_finetune: variants of smcp
+    if base != "smcp_paper":  # smcp_paper keeps the published interval
+        schedule = scaled(schedule, args.train_size)
+    schedules = {name: schedule}
+    runs = args.runs / ("distill" if distill else "plain") / folder
     extra = [f"model.weights={weights}", f"optim.lr={args.lr}", "optim.warmup_epochs=0",
              f"data.train_size={args.train_size}",
              *(["distill.enabled=true"] if distill else []), *args.extra]
@@ -127,7 +128,8 @@ def table(rows: list[dict], dense: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=[m for m in SCHEDULES if m != "none"])
+    ap.add_argument("--methods", nargs="+", default=[m for m in SCHEDULES if m != "none"],
+                    help="SCHEDULES names; NAME+key=value+... changes a setting of NAME")
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.7])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.02)

@@ -24,6 +24,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -47,11 +48,28 @@ SCHEDULES: dict[str, list[str]] = {
 }
 
 
+def parse_variant(name: str, schedules: dict[str, list[str]]) -> tuple[str, list[str], str]:
+    """``NAME`` or ``NAME+key=value+...`` (a ``schedules`` entry with some settings changed or
+    added, e.g. ``slimming+method.max_prune_per_group=0.75``): the ``schedules`` key, its
+    overrides, and a folder name Hydra accepts (``+`` and ``=`` break ``hydra.run.dir``)."""
+    base, *changes = name.split("+")
+    if base not in schedules:
+        raise SystemExit(f"unknown method {base!r}: choose from {', '.join(schedules)}")
+    settings = dict(item.split("=", 1) for item in schedules[base])
+    for change in changes:
+        if "=" not in change:
+            raise SystemExit(f"bad variant item {change!r} in {name!r}: write key=value")
+        key, value = change.split("=", 1)
+        settings[key] = value
+    return base, [f"{k}={v}" for k, v in settings.items()], re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
 def run_one(method: str, ratio: float, epochs: int, runs: Path, reuse: bool,
             extra: list[str], schedules: dict[str, list[str]] = SCHEDULES,
-            metric: str = "top1") -> dict:
-    """One ``prunecli train`` process (``method=none``: the dense baseline); its results."""
-    name = "dense" if method == "none" else f"{method}_{ratio:g}"
+            metric: str = "top1", label: str | None = None) -> dict:
+    """One ``prunecli train`` process (``method=none``: the dense baseline); its results.
+    ``label``: the run folder's stem (default: the method)."""
+    name = "dense" if method == "none" else f"{label or method}_{ratio:g}"
     out = runs / name
     if reuse and (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())

@@ -75,3 +75,18 @@ def test_coarse_options_land_closer_to_the_budget_by_filling_the_slack(monkeypat
     assert plain.ratio < filled.ratio <= 0.3 + 1e-12
     assert filled.ratio == pytest.approx(cm.ratio(filled.counts))
     assert all(c == 0 or c % 32 == 0 or c == s.groups[g].size for g, c in filled.counts.items())
+
+
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_per_group_floors_hold_in_the_knapsack_and_halp_options(group_size) -> None:
+    """A floor per group (``max_prune_per_group``'s form): every group keeps at least its own
+    count, under the budget, for SMCP's options and HALP's chunk prefixes alike."""
+    model, x, s, scores = _setup("resnet56")
+    cm = build_cost_model("macs", model, s, x)
+    free = allocate_to_budget(cm, scores, 0.6, group_size=group_size)
+    lowest = min(len(free.keep[g]) / s.groups[g].size for g in free.keep)
+    assert lowest < 0.5  # uncapped, some group goes below half
+    floors = {g: -(-s.groups[g].size // 2) for g in scores}
+    capped = allocate_to_budget(cm, scores, 0.6, group_size=group_size, min_channels=floors)
+    assert capped.cost <= 0.4 * cm.dense
+    assert all(len(capped.keep[g]) >= floors[g] for g in scores)

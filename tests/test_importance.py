@@ -262,3 +262,18 @@ def test_schedules() -> None:
     assert geometric_target(100.0, 25.0, 4, 4) == 25.0
     assert removal_count(0.02, 1000) == 20 and removal_count(100, 1000) == 100
     assert removal_count(0.0001, 10) == 1
+
+
+def test_ranking_and_threshold_take_a_floor_per_group() -> None:
+    from prunecli.allocate import global_threshold
+    from prunecli.allocate.options import group_floor
+
+    model, x, s = _resnet20()
+    cm = build_cost_model("macs", model, s, x)
+    scores = {g.id: np.arange(g.size, dtype=float) for g in s.prunable_groups}
+    floors = {g: 3 + i % 4 for i, g in enumerate(scores)}
+    r = prune_by_ranking(cm, scores, 0.0, min_channels=floors)
+    assert {g: len(k) for g, k in r.keep.items()} == floors
+    keep = global_threshold(scores, 1.0, min_channels=floors)
+    assert {g: len(k) for g, k in keep.items()} == floors
+    assert group_floor(floors, -1, 10) == 1 and group_floor(50, 0, 10) == 10

@@ -6,6 +6,7 @@ returning, Taylor's per-step cap) through the Python API."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,57 @@ def test_taylor_spreads_the_removal_evenly_by_default() -> None:
     assert len(drops) >= 6  # pruned over many steps, not in one final cut
     assert max(drops) <= 2 * min(drops) + 2
     assert 0.48 <= pruner.method.kept_cost_ratio() <= 0.5
+
+
+CAPPED = [("taylor", {"prune_every": 2, "remove_per_step": 0.05, "finish_at": 0.9}),
+          ("halp", {"prune_every": 2, "prune_steps": 5, "group_size": 4}),
+          ("slimming", {"sparsity": 1e-3, "prune_at": 0.5}),
+          ("smcp", {"warmup_epochs": 0.1, "ramp_epochs": 0.4, "cooldown_epochs": 0.5,
+                    "prune_every": 1, "round_to": 1}),
+          ("gator", {"gate_epochs": 0.5}),
+          ("chex", {"update_every": 0.25, "t_max": 0.5})]
+
+
+@pytest.mark.parametrize(("method", "hyper"), CAPPED, ids=[m for m, _ in CAPPED])
+def test_max_prune_per_group_leaves_every_group_its_share(method: str, hyper) -> None:
+    """``max_prune_per_group=0.4``: no group loses more than 40% of its channels, in every
+    method, and the budget (half the MACs, reachable within the cap) is still met."""
+    model, x, pruner, _ = _loop(method, max_prune_per_group=0.4, **hyper)
+    sizes = {g.id: g.size for g in pruner.method.structure.prunable_groups}
+    kept = {g: int(m.sum()) for g, m in pruner.method.masker.channel_masks().items()}
+    assert all(kept[g] >= math.ceil(0.6 * n) for g, n in sizes.items()), (kept, sizes)
+    assert any(kept[g] < n for g, n in sizes.items())  # it did prune
+    small, summary = pruner.finish()
+    assert summary["cost_kept"] <= 0.5 + 1e-9
+    model.eval()
+    torch.testing.assert_close(small(x), model(x), rtol=1e-4, atol=1e-5)
+
+
+def test_an_uncapped_run_empties_a_group_a_capped_one_cannot() -> None:
+    """Without the cap, slimming's global |gamma| ranking cuts the groups with the smallest
+    scales to a few channels; the cap is what stops it (so the test above is not void)."""
+    def run(**cap):
+        torch.manual_seed(0)
+        model = build_model({"name": "resnet20"}, num_classes=10)
+        with torch.no_grad():  # the first stage's scales far below the rest
+            for name, m in model.named_modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.mul_(0.01 if name.startswith("layer1") else 1.0)
+        pruner = Pruner(model, torch.randn(4, 3, 16, 16), "slimming", ratio=0.3, epochs=1,
+                        steps_per_epoch=1, prune_at=0.0, **cap)
+        pruner.start()
+        return pruner.method.structure, pruner.method.masker.channel_masks()
+
+    structure, masks = run()
+    assert min(int(m.sum()) for m in masks.values()) <= 2
+    structure, masks = run(max_prune_per_group=0.5)
+    assert all(int(masks[g.id].sum()) >= g.size // 2 for g in structure.prunable_groups)
+
+
+def test_max_prune_per_group_out_of_range_is_a_one_line_error() -> None:
+    from prunecli.errors import ConfigError
+
+    model = build_model({"name": "resnet20"}, num_classes=10)
+    with pytest.raises(ConfigError, match="max_prune_per_group=0.*must be in"):
+        Pruner(model, torch.randn(2, 3, 16, 16), "taylor", ratio=0.5,
+               max_prune_per_group=0.0).start()

@@ -22,9 +22,11 @@ import numpy as np
 from prunecli.allocate.halp import halp_options
 from prunecli.allocate.knapsack import solve
 from prunecli.allocate.options import (
+    Floors,
     GroupOptions,
     as_array,
     fixed_options,
+    group_floor,
     make_options,
     top_channels,
 )
@@ -66,7 +68,7 @@ def _uniform_point(cost_model: Any, groups: list[int], target: float,
 
 
 def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: float,
-                       min_channels: int = 1, round_to: int = 1, side_weight: float = 1.0,
+                       min_channels: Floors = 1, round_to: int = 1, side_weight: float = 1.0,
                        method: str = "auto", tolerance: float = 0.005,
                        max_iterations: int = 30, active: Mapping[int, Any] | None = None,
                        group_size: int | None = None,
@@ -80,7 +82,8 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
     a subset of them. ``group_size``: HALP's neuron groups -- each group keeps a prefix of its
     importance-sorted chunks of that many channels (at least one chunk) instead of any count.
     ``droppable``: groups that may also keep nothing (layer drop; see
-    ``ChannelGroup.droppable``).
+    ``ChannelGroup.droppable``). ``min_channels``: the least count of every group, or a mapping
+    with one per group (see :func:`prunecli.allocate.options.group_floor`).
     """
     if not 0.0 <= prune_ratio < 1.0:
         raise ConfigError(f"cost.ratio={prune_ratio} must be in [0, 1): the fraction of the dense "
@@ -110,10 +113,12 @@ def allocate_to_budget(cost_model: Any, scores: Mapping[int, Any], prune_ratio: 
         if g not in scores:
             return fixed_options(g, int(point[g]), float(curve[int(point[g])]))
         part = curve[: len(scores[g]) + 1]
+        floor = group_floor(min_channels, g, len(scores[g]))
         if group_size:
             return halp_options(g, scores[g], part, in_units(g, group_size),
-                                force_first=g not in droppable)
-        return make_options(g, scores[g], part, min_channels, in_units(g, round_to),
+                                force_first=g not in droppable,
+                                least=0 if g in droppable else floor)
+        return make_options(g, scores[g], part, floor, in_units(g, round_to),
                             drop=g in droppable)
 
     options = [group_options(g, c) for g, c in curves.items()]

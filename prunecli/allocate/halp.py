@@ -53,14 +53,16 @@ def chunk_counts(n: int, group_size: int, force_first: bool = True) -> np.ndarra
 
 
 def halp_options(group: int, scores: Any, cost_curve: Any, group_size: int = DEFAULT_GROUP_SIZE,
-                 force_first: bool = True) -> GroupOptions:
-    """The MCKP options of one group: one per prefix of its chunks."""
+                 force_first: bool = True, least: int = 0) -> GroupOptions:
+    """The MCKP options of one group: one per prefix of its chunks, keeping at least ``least``
+    channels (the full width is always an option)."""
     values = sorted_cumsum(scores)
     curve = as_array(cost_curve)
     n = len(values) - 1
     if len(curve) != n + 1:
         raise ValueError(f"group {group}: cost_curve needs {n + 1} entries, got {len(curve)}")
     counts = chunk_counts(n, group_size, force_first)
+    counts = counts[(counts >= min(least, n)) | (counts == n)]
     return GroupOptions(group, counts, values[counts], curve[counts])
 
 

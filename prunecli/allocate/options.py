@@ -8,10 +8,15 @@ cost ``C(c)``. The solvers only ever see these curves, never channels.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
+
+# Channels a group keeps at least: one count for every group, or a count per group id (a
+# method's ``min_channels`` raised by ``max_prune_per_group``; groups not named keep >= 1).
+Floors = Union[int, Mapping[int, int]]
 
 
 def as_array(x: Any, dtype: type = np.float64) -> np.ndarray:
@@ -71,6 +76,12 @@ def allowed_counts(n: int, min_channels: int = 1, round_to: int = 1,
             counts = counts[counts % round_to == 0]
     counts = counts[(counts >= lo) & (counts <= n)]
     return np.union1d(counts, [n, 0] if drop else [n]).astype(np.int64)
+
+
+def group_floor(floors: Floors, group: int, size: int) -> int:
+    """The least count ``group`` (of ``size`` channels) may keep under ``floors``, in [0, size]."""
+    value = floors.get(group, 1) if isinstance(floors, Mapping) else floors
+    return min(max(int(value), 0), size)
 
 
 def kept_count(size: int, keep_ratio: float, round_to: int = 1, min_channels: int = 1) -> int:

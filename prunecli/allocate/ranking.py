@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from prunecli.allocate.options import as_array
+from prunecli.allocate.options import Floors, as_array, group_floor
 
 
 @dataclass
@@ -28,13 +28,14 @@ class RankingResult:
 
 def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
                      active: Mapping[int, Any] | None = None, max_remove: int | None = None,
-                     min_channels: int = 1, priority: Mapping[int, Any] | None = None,
+                     min_channels: Floors = 1, priority: Mapping[int, Any] | None = None,
                      droppable: Collection[int] = ()) -> RankingResult:
     """Remove active channels in ascending score order until ``cost <= target``.
 
     ``active``: boolean masks of the channels still present (default: all); removed channels
     stay removed. ``max_remove`` caps how many go in this call (an iterative schedule).
-    Each group keeps its ``min_channels`` best active channels (at least one), except the
+    Each group keeps its ``min_channels`` best active channels (at least one; a mapping gives
+    each group its own count), except the
     ``droppable`` groups, which may lose all (layer drop). ``priority`` (optional, same
     shape as ``scores``): channels with a lower priority go first whatever their score (e.g.
     the channels Optimal Thresholding marks negligible).
@@ -49,7 +50,7 @@ def prune_by_ranking(cost_model: Any, scores: Mapping[int, Any], target: float,
     cand_group, cand_index, cand_score, cand_prio = [], [], [], []
     for g in groups:
         idx = np.flatnonzero(masks[g])
-        floor = 0 if g in droppable else max(min_channels, 1)
+        floor = 0 if g in droppable else max(group_floor(min_channels, g, len(idx)), 1)
         if len(idx) <= floor:
             continue
         s = arrays[g][idx]

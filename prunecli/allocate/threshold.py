@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from prunecli.allocate.options import as_array, kept_count, top_channels
+from prunecli.allocate.options import Floors, as_array, group_floor, kept_count, top_channels
 
 
 def _check_ratio(prune_ratio: float) -> None:
@@ -25,7 +25,7 @@ def _finite(scores: Mapping[int, Any]) -> dict[int, np.ndarray]:
 
 
 def global_threshold(scores: Mapping[int, Any], prune_ratio: float,
-                     min_channels: int = 1, droppable: Collection[int] = ()
+                     min_channels: Floors = 1, droppable: Collection[int] = ()
                      ) -> dict[int, np.ndarray]:
     """Network Slimming: one threshold over the channels of all groups; keep the channels
     scoring strictly above it. Returns the kept channel indices per group, ascending.
@@ -45,7 +45,7 @@ def global_threshold(scores: Mapping[int, Any], prune_ratio: float,
     keep = {}
     for g, s in arrays.items():
         kept = np.flatnonzero(s > threshold)
-        floor = 0 if g in droppable else min(max(min_channels, 0), len(s))
+        floor = 0 if g in droppable else group_floor(min_channels, g, len(s))
         keep[g] = kept if len(kept) >= floor else top_channels(s, floor)
     return keep
 

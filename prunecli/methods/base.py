@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,11 @@ class PruningMethod(TrainingHooks):
         self.masker = ChannelMasker(net, self.structure, soft=self.soft_masks)
         self.device = ctx.example_inputs.device
         self.min_channels = int(cfg_get(self.cfg, "min_channels", 1))
+        self.max_prune_per_group = float(cfg_get(self.cfg, "max_prune_per_group", 1.0))
+        if not 0.0 < self.max_prune_per_group <= 1.0:
+            raise ConfigError(f"method.max_prune_per_group={self.max_prune_per_group} must be in "
+                              "(0, 1]: the largest fraction of one group's channels to remove "
+                              "(1 = no cap)")
         # layer drop: groups the graph lets go whole (a residual branch, a DenseNet layer, an SE
         # bottleneck); the allocators may then keep none of their channels
         self.droppable: frozenset[int] = frozenset(
@@ -129,10 +135,25 @@ class PruningMethod(TrainingHooks):
             self.metric_before_pruning = metrics[key]
 
     # ------------------------------------------------------------------ state
+    @property
+    def floors(self) -> dict[int, int]:
+        """Channels every prunable group keeps at least (see :meth:`floor`), for the
+        allocators."""
+        return {g.id: self.floor(g.id) for g in self.structure.prunable_groups}
+
+    def floor_text(self) -> str:
+        """The settings behind :attr:`floors`, for a warning that a budget is out of reach."""
+        cap = (f" and method.max_prune_per_group={self.max_prune_per_group:g}"
+               if self.max_prune_per_group < 1.0 else "")
+        return f"method.min_channels={self.min_channels}{cap}"
+
     def floor(self, group: int) -> int:
-        """Channels ``group`` keeps at least: ``min_channels``, or 0 where it may be dropped."""
-        return 0 if group in self.droppable else min(self.min_channels,
-                                                     self.structure.groups[group].size)
+        """Channels ``group`` keeps at least: ``min_channels``, raised to keep all but
+        ``max_prune_per_group`` of its channels, or 0 where the group may be dropped."""
+        size = self.structure.groups[group].size
+        least = max(self.min_channels,
+                    math.ceil((1.0 - self.max_prune_per_group) * size - 1e-9))
+        return 0 if group in self.droppable else min(least, size)
 
     def active(self) -> dict[int, np.ndarray]:
         """Boolean masks (True = present) of every prunable group."""

@@ -230,20 +230,20 @@ class CHEX(PruningMethod):
         """Channels per group at removal ratio ``removed``, from one global |gamma| ranking."""
         sizes = self._sizes()
         counts, reached = ranked_counts(self.alloc_cost, scores, removed, sizes,
-                                        self.min_channels, self.droppable)
+                                        self.floors, self.droppable)
         if not reached:
-            log.warning("chex: %s is out of reach with method.min_channels=%d per group",
-                        self._text(removed), self.min_channels)
+            log.warning("chex: %s is out of reach with %s per group",
+                        self._text(removed), self.floor_text())
         return counts
 
     def uniform_counts(self, removed: float) -> dict[int, int]:
         """The same kept fraction in every group (CHEX's start), at ``removed`` or under it."""
         sizes = self._sizes()
         counts, reached = uniform_fraction_counts(self.alloc_cost, removed, sizes,
-                                                  self.min_channels)
+                                                  self.floors)
         if not reached:
-            log.warning("chex: the start at %s is out of reach with method.min_channels=%d",
-                        self._text(removed), self.min_channels)
+            log.warning("chex: the start at %s is out of reach with %s",
+                        self._text(removed), self.floor_text())
         return counts
 
     @torch.no_grad()

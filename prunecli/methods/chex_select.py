@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from prunecli.allocate import kept_count, prune_by_ranking
+from prunecli.allocate.options import Floors, group_floor
 from prunecli.errors import ConfigError
 
 SAMPLINGS = ("softmax", "proportional", "uniform")
@@ -101,7 +102,7 @@ def regrow_probabilities(residuals: torch.Tensor, sampling: str = "softmax",
 
 # ---------------------------------------------------------------------- channel counts
 def ranked_counts(cost: Any, scores: dict[int, np.ndarray], removed: float,
-                  sizes: dict[int, int], min_channels: int, droppable: Any
+                  sizes: dict[int, int], min_channels: Floors, droppable: Any
                   ) -> tuple[dict[int, int], bool]:
     """Channels per group at removal ratio ``removed`` of ``cost``, from one global ranking of
     all channels by ``scores``; and whether the target was reached."""
@@ -112,8 +113,8 @@ def ranked_counts(cost: Any, scores: dict[int, np.ndarray], removed: float,
     return {g: len(result.keep[g]) for g in sizes}, bool(result.reached)
 
 
-def uniform_fraction_counts(cost: Any, removed: float, sizes: dict[int, int], min_channels: int
-                   ) -> tuple[dict[int, int], bool]:
+def uniform_fraction_counts(cost: Any, removed: float, sizes: dict[int, int],
+                            min_channels: Floors) -> tuple[dict[int, int], bool]:
     """The same kept fraction ``q`` in every group, the largest at which the cost is at removal
     ratio ``removed`` or under it (bisection); and whether any fraction gets there."""
     if removed <= 0:
@@ -121,7 +122,8 @@ def uniform_fraction_counts(cost: Any, removed: float, sizes: dict[int, int], mi
     target = (1.0 - removed) * cost.dense
 
     def counts(q: float) -> dict[int, int]:
-        return {g: kept_count(n, q, min_channels=min_channels) for g, n in sizes.items()}
+        return {g: kept_count(n, q, min_channels=group_floor(min_channels, g, n))
+                for g, n in sizes.items()}
 
     lo, hi = 0.0, 1.0
     if cost.cost(counts(lo)) > target:

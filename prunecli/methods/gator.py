@@ -269,13 +269,13 @@ class Gator(GatesOnModel, PruningMethod):
             kept = self.cost_model.cost(counts)
             if final or kept <= self.target_cost:
                 result = prune_by_ranking(self.cost_model, theta, self.target_cost, active=prev,
-                                          min_channels=self.min_channels,
+                                          min_channels=self.floors,
                                           droppable=self.droppable,
                                           priority={g: on[g].astype(np.float64)
                                                     for g in self.groups})
                 if not result.reached:
-                    log.warning("gator: the budget cannot be reached with method.min_channels=%d "
-                                "per group", self.min_channels)
+                    log.warning("gator: the budget cannot be reached with %s per group",
+                                self.floor_text())
                 masks = {g: np.zeros(len(on[g]), dtype=bool) for g in self.groups}
                 for g, idx in result.keep.items():
                     masks[g][idx] = True

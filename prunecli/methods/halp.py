@@ -82,10 +82,12 @@ class HALP(PruningMethod):
             return  # already at or under this step's target
         result = allocate_to_budget(self.cost_model, scores, 1.0 - target / dense,
                                     side_weight=c.side_weight, active=self.active(),
-                                    group_size=c.group_size, droppable=self.droppable)
+                                    group_size=c.group_size, droppable=self.droppable,
+                                    min_channels=self.floors)
         if not result.feasible:
             log.warning("halp: step %d target %.1f%% of dense is out of reach with one neuron "
-                        "group per layer kept", self.done_steps, 100 * target / dense)
+                        "group per layer kept and %s", self.done_steps, 100 * target / dense,
+                        self.floor_text())
         self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{self.steps}")
 
     def masks_final(self) -> bool:

@@ -30,6 +30,10 @@ class PruningConfig(MethodConfig):
 
     ignore: list[str] = field(default_factory=list)  # module globs whose groups stay whole
     min_channels: int = 1  # channels every group keeps at least
+    # the largest fraction of one group's channels the method may remove (1: no cap; 0.8:
+    # every group keeps at least 20%): a guard for importances that are not comparable
+    # across layers, e.g. magnitudes on a detector's head-feeding streams
+    max_prune_per_group: float = 1.0
     layer_drop: bool = False  # groups on a residual branch may lose all channels (the branch goes)
     slim_when_final: bool = False  # once the masks are final, fine-tune the slimmed model (faster)
     save_slim: bool = True  # write slim.pt next to the checkpoint at the end

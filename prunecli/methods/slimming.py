@@ -109,11 +109,11 @@ class NetworkSlimming(PruningMethod):
             self._done(ctx, keep)
             return
         result = prune_by_ranking(cost, scores, target, self.active(),
-                                  min_channels=self.min_channels, priority=priority,
+                                  min_channels=self.floors, priority=priority,
                                   droppable=self.droppable)
         if not result.reached:
-            log.warning("slimming: the target cannot be reached with method.min_channels=%d "
-                        "per group", self.min_channels)
+            log.warning("slimming: the target cannot be reached with %s per group",
+                        self.floor_text())
         self._done(ctx, result.keep)
 
     def _done(self, ctx: HookContext, keep: dict[int, np.ndarray]) -> None:

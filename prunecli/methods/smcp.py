@@ -322,13 +322,13 @@ class SMCP(PruningMethod):
         # (ResNet-20 at 30% MACs flipped between 232 and 368 channels, and lost 15 points)
         gone = {g: m for g, m in before.items() if g in self.droppable and not m.any()}
         result = allocate_to_budget(self.cost_model, scores, ratio,
-                                    min_channels=self.min_channels, round_to=int(self.cfg.round_to),
+                                    min_channels=self.floors, round_to=int(self.cfg.round_to),
                                     side_weight=float(self.cfg.channel_doublesided_weight),
                                     droppable=self.droppable, active=gone or None)
         if not result.feasible:
-            log.warning("smcp: %.1f%% of the dense %s is out of reach with "
-                        "method.min_channels=%d and method.round_to=%d", 100 * (1 - ratio),
-                        self.cost_model.name, self.min_channels, self.cfg.round_to)
+            log.warning("smcp: %.1f%% of the dense %s is out of reach with %s and "
+                        "method.round_to=%d", 100 * (1 - ratio), self.cost_model.name,
+                        self.floor_text(), self.cfg.round_to)
         returned = 0
         for g, idx in result.keep.items():
             now = np.zeros(len(before[g]), dtype=bool)

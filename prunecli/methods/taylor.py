@@ -110,21 +110,20 @@ class TaylorPruning(PruningMethod):
         cap = None if last else self.per_step
         if cap is None and not last:  # spread evenly over the pruning steps left
             needed = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
-                                      min_channels=self.min_channels,
+                                      min_channels=self.floors,
                                       droppable=self.droppable).removed
             steps_left = (self.finish - ctx.step) // self.cfg.prune_every + 1
             cap = -(-needed // max(1, steps_left))
         result = prune_by_ranking(self.cost_model, arrays, self.target_cost, active,
-                                  max_remove=cap, min_channels=self.min_channels,
+                                  max_remove=cap, min_channels=self.floors,
                                   droppable=self.droppable)
         if result.removed:
             self.apply(ctx, result.keep, note="taylor")
         if result.reached or last:
             self.done = True
             if not result.reached:
-                log.warning("taylor: the budget cannot be reached with method.min_channels=%d "
-                            "per group (%.1f%% of dense left)", self.min_channels,
-                            100 * self.kept_cost_ratio())
+                log.warning("taylor: the budget cannot be reached with %s per group (%.1f%% of "
+                            "dense left)", self.floor_text(), 100 * self.kept_cost_ratio())
             if self.hooks is not None:
                 self.hooks.detach()
 
