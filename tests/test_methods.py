@@ -317,3 +317,26 @@ def test_max_prune_per_group_out_of_range_is_a_one_line_error() -> None:
     with pytest.raises(ConfigError, match="max_prune_per_group=0.*must be in"):
         Pruner(model, torch.randn(2, 3, 16, 16), "taylor", ratio=0.5,
                max_prune_per_group=0.0).start()
+
+
+def test_a_cap_that_cannot_meet_the_budget_fails_before_training_and_names_one_that_can() -> None:
+    import re
+
+    from prunecli.errors import ConfigError
+
+    def start(cap: float) -> Pruner:
+        model = build_model({"name": "resnet20"}, num_classes=10)
+        pruner = Pruner(model, torch.randn(2, 3, 16, 16), "slimming", ratio=0.7,
+                        max_prune_per_group=cap)
+        pruner.start()
+        return pruner
+
+    with pytest.raises(ConfigError) as err:
+        start(0.3)  # every group keeps 70% or more: about half the MACs, not 30%
+    message = str(err.value)
+    assert "\n" not in message and "keeps at least" in message
+    fits = float(re.search(r"raise it to ([0-9.]+)", message).group(1))
+    pruner = start(fits)  # the cap it names does fit
+    method = pruner.method
+    floors = {g.id: method.floor(g.id) for g in method.structure.prunable_groups}
+    assert method.cost_model.cost(floors) <= method.target_cost

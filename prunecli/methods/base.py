@@ -103,6 +103,8 @@ class PruningMethod(TrainingHooks):
             self.cfg, "layer_drop", False) else frozenset()
         if self.droppable:
             self.cost_model = DropCascade(self.cost_model, self.structure, self.droppable)
+        if self.max_prune_per_group < 1.0 and self.ratio > 0:
+            self.check_cap_reachable(run.cost.name)
 
     def masks_final(self) -> bool:
         """True once the masks will not change again: the rest of the run fine-tunes, and the
@@ -147,12 +149,32 @@ class PruningMethod(TrainingHooks):
                if self.max_prune_per_group < 1.0 else "")
         return f"method.min_channels={self.min_channels}{cap}"
 
-    def floor(self, group: int) -> int:
+    def check_cap_reachable(self, cost_name: str) -> None:
+        """Fail before training when ``max_prune_per_group``'s floors alone cost more than the
+        budget (every group at its floor is the cheapest the cap allows), naming a cap that
+        fits."""
+        def least_cost(cap: float) -> float:
+            counts = {g.id: self.floor(g.id, cap) for g in self.structure.prunable_groups}
+            return float(self.cost_model.cost(self.cost_model.counts_vector(counts)))
+
+        cap, dense = self.max_prune_per_group, self.cost_model.dense
+        least = least_cost(cap)
+        if least <= self.target_cost * (1 + 1e-9):
+            return
+        fits = next((c for c in np.arange(cap + 0.05, 1.0, 0.05).round(2)
+                     if least_cost(float(c)) <= self.target_cost), 1.0)
+        raise ConfigError(
+            f"method.max_prune_per_group={cap:g} keeps at least {100 * least / dense:.1f}% of the "
+            f"dense {cost_name}, more than the {100 * (1 - self.ratio):.1f}% cost.ratio="
+            f"{self.ratio:g} allows: raise it to {fits:g} or more, or lower cost.ratio")
+
+    def floor(self, group: int, cap: float | None = None) -> int:
         """Channels ``group`` keeps at least: ``min_channels``, raised to keep all but
-        ``max_prune_per_group`` of its channels, or 0 where the group may be dropped."""
+        ``max_prune_per_group`` (or ``cap``) of its channels, or 0 where the group may be
+        dropped."""
         size = self.structure.groups[group].size
-        least = max(self.min_channels,
-                    math.ceil((1.0 - self.max_prune_per_group) * size - 1e-9))
+        cap = self.max_prune_per_group if cap is None else cap
+        least = max(self.min_channels, math.ceil((1.0 - cap) * size - 1e-9))
         return 0 if group in self.droppable else min(least, size)
 
     def active(self) -> dict[int, np.ndarray]:
