@@ -351,3 +351,20 @@ def test_an_unset_prune_every_resolves_often_enough_in_short_runs(epochs: int, s
     schedule = pruner.method.schedule
     assert schedule.prune_every == every
     assert (schedule.ramp_end - schedule.warmup) // schedule.prune_every >= 30
+
+
+def test_a_cap_is_checked_against_the_widths_round_to_allows() -> None:
+    """SMCP keeps multiples of ``round_to``: a cap's floors are raised to them, so a cap that
+    fits at ``round_to=1`` can be out of reach at 8, and that is said before training."""
+    from prunecli.errors import ConfigError
+    from prunecli.methods.pruner import Pruner
+    from prunecli.models import build_model
+
+    def start(round_to: int) -> None:
+        model = build_model({"name": "resnet20"}, num_classes=10)
+        Pruner(model, torch.randn(2, 3, 16, 16), "smcp", ratio=0.8, round_to=round_to,
+               max_prune_per_group=0.6).start()
+
+    start(1)  # 40% of every group: under the 20% budget
+    with pytest.raises(ConfigError, match="max_prune_per_group=0.6 keeps at least"):
+        start(8)  # every group keeps 50% (8 of 16, not 7): over it

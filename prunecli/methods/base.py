@@ -154,7 +154,7 @@ class PruningMethod(TrainingHooks):
         budget (every group at its floor is the cheapest the cap allows), naming a cap that
         fits."""
         def least_cost(cap: float) -> float:
-            counts = {g.id: self.floor(g.id, cap) for g in self.structure.prunable_groups}
+            counts = self.least_counts(cap)
             return float(self.cost_model.cost(self.cost_model.counts_vector(counts)))
 
         cap, dense = self.max_prune_per_group, self.cost_model.dense
@@ -167,6 +167,10 @@ class PruningMethod(TrainingHooks):
             f"method.max_prune_per_group={cap:g} keeps at least {100 * least / dense:.1f}% of the "
             f"dense {cost_name}, more than the {100 * (1 - self.ratio):.1f}% cost.ratio="
             f"{self.ratio:g} allows: raise it to {fits:g} or more, or lower cost.ratio")
+
+    def least_counts(self, cap: float) -> dict[int, int]:
+        """The narrowest widths a per-group cap ``cap`` allows: every group at its floor."""
+        return {g.id: self.floor(g.id, cap) for g in self.structure.prunable_groups}
 
     def floor(self, group: int, cap: float | None = None) -> int:
         """Channels ``group`` keeps at least: ``min_channels``, raised to keep all but

@@ -42,6 +42,7 @@ came back (masked before a re-solve, kept after it): ``channels_returned`` and
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from prunecli.allocate import allocate_to_budget
+from prunecli.allocate import allocate_to_budget, allowed_counts
 from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import Accumulator
@@ -239,6 +240,17 @@ class SMCP(PruningMethod):
         modules = dict(ctx.net.named_modules())
         self.decayed = [(_weight(modules[name]), p) for name, p in self.masker.masks.items()]
         self._masked: list[tuple[torch.Tensor, Any]] = []
+
+    def least_counts(self, cap: float) -> dict[int, int]:
+        """As for every method, each floor raised to the next width ``round_to`` offers (a
+        floor of 13 channels is 16 at ``round_to=8``)."""
+        round_to = max(int(self.cfg.round_to), 1)  # setup rejects < 1 just after
+        out = {}
+        for gid, least in super().least_counts(cap).items():
+            group = self.structure.groups[gid]
+            step = round_to // math.gcd(round_to, group.unit)
+            out[gid] = int(allowed_counts(group.size, least, step)[0])
+        return out
 
     def make_schedule(self, ctx: HookContext) -> SMCPSchedule:
         c = self.cfg
