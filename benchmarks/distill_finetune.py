@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_folder import write_digits  # noqa: E402
 from methods import parse_variant, run_one  # noqa: E402
 
 # 40 optimizer steps per epoch (5,000 images at batch 128); 4 epochs = 160 steps; pruning over
@@ -52,14 +53,17 @@ SCHEDULES: dict[str, list[str]] = {
     # experiments/smcp_finetune.yaml: half the run left to recover, hard masks
     "smcp_finetune": ["method.mask=hard", "method.warmup_epochs=0.05", "method.ramp_epochs=0.45",
                       "method.cooldown_epochs=0.5"],
+    # experiments/slimming_finetune.yaml: no group below half its width, the cut at a quarter
+    "slimming_finetune": ["method.sparsity=1e-4", "method.prune_at=0.25",
+                          "method.max_prune_per_group=0.5"],
     "gator": ["method.gate_epochs=0.5"],
     "chex": ["method.update_every=0.1", "method.t_max=0.5"],
 }
 
 
-def dense_model(runs: Path, reuse: bool, extra: list[str]) -> tuple[dict, Path]:
+def dense_model(runs: Path, reuse: bool, extra: list[str], epochs: int = 5) -> tuple[dict, Path]:
     """The trained dense demo model (as ``benchmarks/methods.py`` trains it) and its weights."""
-    r = run_one("none", 0.0, 5, runs, reuse, extra)
+    r = run_one("none", 0.0, epochs, runs, reuse, extra)
     weights = runs / "dense" / "dense_weights.pt"
     if not weights.is_file():
         state = torch.load(runs / "dense" / "last.pt", map_location="cpu", weights_only=True)
@@ -84,7 +88,7 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
 def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              weights: Path) -> dict:
     base, schedule, folder = parse_variant(method, SCHEDULES)
-    name = base.split("_")[0]  # smcp_paper, smcp_finetune: variants of smcp
+    name = base.split("_")[0]  # smcp_paper, smcp_finetune, slimming_finetune: variants
     if base != "smcp_paper":  # smcp_paper keeps the published interval
         schedule = scaled(schedule, args.train_size)
     schedules = {name: schedule}
@@ -133,7 +137,14 @@ def main() -> None:
     ap.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.7])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--lr", type=float, default=0.02)
-    ap.add_argument("--train-size", type=int, default=5000)
+    ap.add_argument("--train-size", type=int, default=None,
+                    help="fine-tune images (default: 5000 on fashion, all 1000 on digits)")
+    ap.add_argument("--dataset", choices=["fashion", "digits"], default="fashion",
+                    help="fashion: the embedded Fashion-MNIST subset; digits: scikit-learn's "
+                         "8x8 digits (1,000 train / 797 test images, benchmarks/digits_folder.py),"
+                         " a dataset the settings were not chosen on")
+    ap.add_argument("--dense-epochs", type=int, default=None,
+                    help="epochs of the dense model (default: 5 on fashion, 30 on digits)")
     ap.add_argument("--runs", type=Path, default=Path("benchmarks/runs_distill"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--name", default="distill_finetune",
@@ -147,9 +158,15 @@ def main() -> None:
     ap.add_argument("extra", nargs="*", help="further overrides for every fine-tune run")
     args = ap.parse_args()
     t0 = time.time()
-    holdout = ["data.val_split=holdout"] if args.holdout else []
-    args.extra = [*holdout, *args.extra]
-    dense, weights = dense_model(args.runs, args.reuse, holdout)
+    data = ["data.val_split=holdout"] if args.holdout else []
+    if args.dataset == "digits":
+        if args.holdout:
+            raise SystemExit("--holdout is for choosing settings on fashion; digits only checks")
+        data = write_digits(args.runs / "digits_data")
+    args.train_size = args.train_size or (1000 if args.dataset == "digits" else 5000)
+    args.dense_epochs = args.dense_epochs or (30 if args.dataset == "digits" else 5)
+    args.extra = [*data, *args.extra]
+    dense, weights = dense_model(args.runs, args.reuse, data, args.dense_epochs)
     rows: list[dict] = []
     for ratio in args.ratios:
         for method in args.methods:
@@ -164,7 +181,11 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(
         json.dumps({"dense": dense, "runs": rows}, indent=2) + "\n")
-    scored_on = ("the 2,000 held-out training images, `data.val_split=holdout`; the dense "
+    trained_on = ("scikit-learn's 8x8 digits (`benchmarks/digits_folder.py`, 1,000 training "
+                  "images, batch 25, read as `data=imagefolder`)" if args.dataset == "digits"
+                  else "the embedded Fashion-MNIST subset")
+    scored_on = ("the 797 test digits" if args.dataset == "digits" else
+                 "the 2,000 held-out training images, `data.val_split=holdout`; the dense "
                  "model trains on the other 18,000" if args.holdout else "the 4,000 test images")
     md = [
         "# Short fine-tunes of a trained model, with and without distillation",
@@ -174,7 +195,7 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
         f"{time.time() - t0:.0f} s for this call; the fine-tunes' own wall times sum to "
         f"{sum(r.get('wall_time_s', 0) for r in rows):.0f} s).",
         "",
-        f"The dense demo model (ResNet-20, 5 epochs on the embedded Fashion-MNIST subset, "
+        f"The dense model (ResNet-20, {args.dense_epochs} epochs on {trained_on}, "
         f"top-1 {dense['top1']:.2f}% on {scored_on}) pruned in a {args.epochs}-epoch "
         f"fine-tune on the first {args.train_size} training images at lr {args.lr:g} (cosine, "
         "no warm-up), budgets in MACs; every method's "
