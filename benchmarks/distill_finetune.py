@@ -4,7 +4,7 @@ Run on demand (not a test; about 1.5 minutes per run on this project's 2-core CP
 
     python benchmarks/distill_finetune.py [--methods taylor smcp] [--ratios 0.5 0.7]
                                           [--epochs 4] [--lr 0.02] [--train-size 5000]
-                                          [--reuse]
+                                          [--dataset fashion|digits] [--holdout] [--reuse]
 
 The setting most users are in: a model already trained (the dense demo model of
 ``benchmarks/methods.py``: ResNet-20, 5 epochs on the 20,000 training images of the embedded
@@ -15,7 +15,13 @@ the same weights: plain, and with ``distill.enabled=true`` (the dense model as t
 ``distill.alpha`` / ``distill.temperature`` at their defaults, 0.5 and 4: not tuned on these
 images). SMCP also runs with the paper's schedule (fractions of a 90-epoch run, re-solves every
 80 steps) to show what a short run does to it, and as ``experiments/smcp_finetune.yaml`` sets
-it for short fine-tunes (half the run left to recover, hard masks).
+it for short fine-tunes (half the run left to recover, hard masks); Network Slimming likewise as
+``slimming_finetune`` (``experiments/slimming_finetune.yaml``: no group below half its width,
+the cut at a quarter of the run).
+
+``--dataset digits`` runs the same comparison on scikit-learn's 8x8 digits (a dense ResNet-20
+trained 30 epochs on 1,000 of them, 797 for testing; ``digits_folder.py``), a dataset none of
+these settings was chosen on.
 
 Reports top-1 on the 4,000 test images with and without distillation, the change from dense,
 MACs kept, the teacher's share of the training time and wall time. Writes
@@ -202,7 +208,9 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
         "pruning is over by half of the fine-tune (`SCHEDULES`, step counts scaled by "
         f"{max(1, round(args.train_size / 5000))}), except `smcp_paper` (SMCP's "
         "published fractions of a 90-epoch run, re-solve every 80 steps) and `smcp_finetune` "
-        "(`experiments/smcp_finetune.yaml`: 5% / 45% / 50%, hard masks). Distilled: "
+        "(`experiments/smcp_finetune.yaml`: 5% / 45% / 50%, hard masks) and "
+        "`slimming_finetune` (`experiments/slimming_finetune.yaml`: cap 0.5, cut at 25%). "
+        "Distilled: "
         "`distill.enabled=true`, the dense "
         "model as teacher, alpha 0.5, T 4 (defaults, not tuned). Extra overrides: "
         f"`{' '.join(args.extra) or 'none'}`.",
