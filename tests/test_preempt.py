@@ -143,6 +143,23 @@ def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp
     _same_weights(tmp_path / "ref", run)
 
 
+def test_a_run_with_persistent_data_workers_exits(tmp_path: Path) -> None:
+    """The workers ignore SIGTERM (above), and multiprocessing's exit handler stops daemonic
+    children with SIGTERM and joins them: before WorkerLoader, every run with persistent
+    workers (data.num_workers > 0, not deterministic) hung after writing its results."""
+    args = ["train", "experiment=smoke", "trainer.epochs=2", "data.train_size=64",
+            "data.val_size=32", "data.image_size=16", "data.num_workers=2",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    try:
+        done = subprocess.run([str(Path(sys.executable).parent / "prunecli"), *args],
+                              cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=180)
+    except subprocess.TimeoutExpired:
+        finished = (tmp_path / "run" / "results.json").is_file()
+        pytest.fail(f"prunecli train did not exit in 180 s (results written: {finished})")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- SLURM
 def test_a_multi_task_slurm_step_sets_what_torchrun_would() -> None:
     env = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_LOCALID": "1",

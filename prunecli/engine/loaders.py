@@ -3,6 +3,8 @@ epoch part-way (a run preempted mid-epoch resumes at the next batch, not at the 
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +35,46 @@ class ResumableSampler(DistributedSampler):
         return iter(indices[skip:])
 
 
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+_EXIT_HOOKED = False
+
+
+class WorkerLoader(DataLoader):
+    """A DataLoader whose worker processes are shut down before the interpreter exits.
+
+    The workers ignore SIGTERM (:func:`ignore_preemption_signals`: a preempted run must write its
+    checkpoint first), and multiprocessing's exit handler stops daemonic children with SIGTERM,
+    then joins them. A process that still holds a multi-process iterator at exit (the persistent
+    training workers) would wait for them forever: every run with ``data.num_workers > 0``
+    (not ``trainer.deterministic``) hung after writing its results, found by the first GPU
+    check. Each such iterator is recorded here and shut down the normal way (what its own
+    ``__del__`` does) by an exit handler registered after multiprocessing's, so it runs first.
+    """
+
+    def __iter__(self) -> Any:
+        it = super().__iter__()
+        if self.num_workers > 0:
+            _track(it)
+        return it
+
+
+def _track(iterator: Any) -> None:
+    global _EXIT_HOOKED
+    _LIVE_ITERATORS.add(iterator)
+    if not _EXIT_HOOKED:  # the workers have started, so multiprocessing's handler is registered
+        atexit.register(shutdown_workers)
+        _EXIT_HOOKED = True
+
+
+def shutdown_workers() -> None:
+    """Stop the workers of every live :class:`WorkerLoader` iterator (idempotent)."""
+    for iterator in list(_LIVE_ITERATORS):
+        stop = getattr(iterator, "_shutdown_workers", None)
+        if stop is not None:
+            stop()
+    _LIVE_ITERATORS.clear()
+
+
 @dataclass
 class Loaders:
     sampler: ResumableSampler
@@ -50,14 +92,14 @@ def build_loaders(data: Any, cfg: Any, dist: DistEnv, device: torch.device,
                                shuffle=True, seed=cfg.seed)
     shard = len(sampler)
     workers = dcfg.num_workers
-    train = DataLoader(
+    train = WorkerLoader(
         data.train, batch_size=dcfg.batch_size, sampler=sampler, num_workers=workers,
         pin_memory=pin, drop_last=shard > dcfg.batch_size,
         # persistent workers draw their seeds once, which a resumed run cannot replay
         persistent_workers=workers > 0 and not cfg.trainer.deterministic,
         worker_init_fn=ignore_preemption_signals if workers > 0 else None,
         collate_fn=collate_fn)
-    val = DataLoader(
+    val = WorkerLoader(
         data.val, batch_size=dcfg.eval_batch_size or 2 * dcfg.batch_size,
         sampler=ShardSampler(len(data.val), dist.rank, dist.world_size), num_workers=workers,
         pin_memory=pin, worker_init_fn=ignore_preemption_signals if workers > 0 else None,
