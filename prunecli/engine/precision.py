@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -27,6 +28,14 @@ class Precision:
         self.dtype = _DTYPES[name]
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type, enabled=name == "fp16")
+        if name == "fp16":
+            # The scaler skips the optimizer steps whose gradients overflowed (the first ones,
+            # while it finds its scale) and the LR schedule still advances: it counts steps, as
+            # resume and the methods' schedules do. PyTorch then warns, in every fp16 run, that
+            # the first LR value was skipped (seen in the first GPU check); nothing is wrong.
+            warnings.filterwarnings(
+                "ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before "
+                r"`optimizer\.step\(\)`", category=UserWarning)
 
     @property
     def enabled(self) -> bool:
