@@ -170,9 +170,10 @@ class Runner:
         lines = [ln.strip() for ln in (out + "\n" + err).splitlines()]
         run.warnings = list(dict.fromkeys(ln[:300] for ln in lines if "WARNING" in ln
                                           or "Warning:" in ln))[:3]
-        if run.rc != 0:
-            tail = [ln.strip() for ln in (err.strip() or out.strip()).splitlines() if ln.strip()]
-            run.error = (run.error or f"exit {run.rc} | ") + " | ".join(tail[-6:])
+        if run.rc != 0:  # the end of both streams: a warning on stderr can hide where it stopped
+            tails = [[ln.strip() for ln in text.splitlines() if ln.strip()][-3:]
+                     for text in (out, err)]
+            run.error = (run.error or f"exit {run.rc} | ") + " | ".join(tails[0] + tails[1])
         path = run_dir / (result_file or "results.json")
         if run.rc == 0 and path.is_file():
             run.results = json.loads(path.read_text())
