@@ -17,7 +17,8 @@ images). SMCP also runs with the paper's schedule (fractions of a 90-epoch run, 
 80 steps) to show what a short run does to it, and as ``experiments/smcp_finetune.yaml`` sets
 it for short fine-tunes (half the run left to recover, hard masks); Network Slimming likewise as
 ``slimming_finetune`` (``experiments/slimming_finetune.yaml``: no group below half its width,
-the cut at a quarter of the run).
+the cut at a quarter of the run) and CHEX as ``chex_finetune`` (``experiments/chex_finetune.yaml``:
+no group below half its width).
 
 ``--dataset digits`` runs the same comparison on scikit-learn's 8x8 digits (a dense ResNet-20
 trained 30 epochs on 1,000 of them, 797 for testing; ``digits_folder.py``), a dataset none of
@@ -64,6 +65,9 @@ SCHEDULES: dict[str, list[str]] = {
                           "method.max_prune_per_group=0.5"],
     "gator": ["method.gate_epochs=0.5"],
     "chex": ["method.update_every=0.1", "method.t_max=0.5"],
+    # experiments/chex_finetune.yaml: the same, no group below half its width
+    "chex_finetune": ["method.update_every=0.1", "method.t_max=0.5",
+                      "method.max_prune_per_group=0.5"],
 }
 
 
@@ -94,7 +98,7 @@ def scaled(schedule: list[str], train_size: int) -> list[str]:
 def finetune(method: str, ratio: float, distill: bool, args: argparse.Namespace,
              weights: Path) -> dict:
     base, schedule, folder = parse_variant(method, SCHEDULES)
-    name = base.split("_")[0]  # smcp_paper, smcp_finetune, slimming_finetune: variants
+    name = base.split("_")[0]  # smcp_paper and the *_finetune entries: variants
     if base != "smcp_paper":  # smcp_paper keeps the published interval
         schedule = scaled(schedule, args.train_size)
     schedules = {name: schedule}
@@ -209,7 +213,8 @@ def write(rows: list[dict], dense: dict, args: argparse.Namespace, t0: float) ->
         f"{max(1, round(args.train_size / 5000))}), except `smcp_paper` (SMCP's "
         "published fractions of a 90-epoch run, re-solve every 80 steps) and `smcp_finetune` "
         "(`experiments/smcp_finetune.yaml`: 5% / 45% / 50%, hard masks) and "
-        "`slimming_finetune` (`experiments/slimming_finetune.yaml`: cap 0.5, cut at 25%). "
+        "`slimming_finetune` (`experiments/slimming_finetune.yaml`: cap 0.5, cut at 25%); "
+        "`chex_finetune` is CHEX's schedule with a cap of 0.5 (`experiments/chex_finetune.yaml`). "
         "Distilled: "
         "`distill.enabled=true`, the dense "
         "model as teacher, alpha 0.5, T 4 (defaults, not tuned). Extra overrides: "
