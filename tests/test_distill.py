@@ -229,6 +229,41 @@ def test_faster_rcnn_distils_the_rpn_objectness() -> None:
     torch.testing.assert_close(logits.reshape(-1, 1), objectness)
 
 
+@pytest.mark.parametrize("name", ["ssd_tiny", "fasterrcnn_mobilenet_v3_large_320_fpn"])
+def test_detector_distillation_shares_only_the_class_loss_weight(name: str) -> None:
+    """For a detector ``1 - alpha`` scales only the loss of the distilled scores (SSD's
+    classification, Faster R-CNN's RPN objectness); box losses and the ROI heads keep their full
+    weight, since distillation gives them no other signal."""
+    from prunecli.engine.distill import Distiller
+    from prunecli.models import build_model
+    from prunecli.tasks.detection import DetectionTask
+
+    cfg = {"name": name} if name == "ssd_tiny" else {"source": "torchvision_det", "name": name}
+    torch.manual_seed(0)
+    student = build_model(cfg, num_classes=3, in_chans=3).train()
+    teacher = build_model(cfg, num_classes=3, in_chans=3).eval()
+    size = student.input_size if name == "ssd_tiny" else 320
+    with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
+        data = compose("train", overrides=["data=fashion_det"]).data
+    task = DetectionTask(data, num_classes=3)
+    distiller = Distiller(teacher, task, alpha=0.3, temperature=2.0, device=torch.device("cpu"),
+                          memory_format=torch.contiguous_format)
+    distiller.attach(student)
+    images = torch.rand(2, 3, size, size)
+    targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.tensor([[10.0, 8.0, 30.0, 44.0]]), "labels": torch.tensor([2])}]
+    loss, parts = task.loss(student, images, targets)
+    with torch.no_grad():
+        s_logits, kind = student.class_logits(distiller._captured)
+        t_logits, _ = teacher.class_logits(teacher.core(teacher.normalise(images)))
+    objective = distiller.mix(loss, images, parts)
+    key = student.class_loss_keys[0]
+    assert key in parts and len(parts) >= 2
+    rest = sum(v for k, v in parts.items() if k != key)
+    expected = 0.7 * parts[key] + 0.3 * kd_loss(s_logits, t_logits, 2.0, kind) + rest
+    torch.testing.assert_close(objective, expected)
+
+
 def test_detector_distillation_trains(tmp_path: Path) -> None:
     """A detector distils from a trained detector (distill.teacher): the KD term is finite and
     positive, and the run ends with its mAP."""

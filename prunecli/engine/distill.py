@@ -5,7 +5,9 @@ Why in the loop and not in a method: all six methods prune the same student in t
 so one loss term serves them all (soft masks, gates and regrowth act on the student only).
 
 The objective of a micro-batch is ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher/T ||
-student/T)`` (Hinton et al. 2015) on the task's class logits:
+student/T)`` (Hinton et al. 2015) on the task's class logits; for a detector the ``task loss``
+scaled by ``1 - alpha`` is only the loss of the distilled scores (``Task.split_loss``), and the
+box losses keep their full weight:
 
 - classification: the logits, softmax over the classes, averaged over the images;
 - detection: the per-box class scores of the detector's core (SSD: softmax over K + 1 with
@@ -138,9 +140,11 @@ class Distiller:
         self._student = student
         self._handle = self._core_of(student).register_forward_hook(_CaptureHook(self))
 
-    def mix(self, task_loss: Tensor, images: Tensor) -> Tensor:
-        """``(1 - alpha) * task_loss + alpha * KD`` for the forward that just produced
-        ``task_loss`` from ``images`` (call inside the run's autocast)."""
+    def mix(self, task_loss: Tensor, images: Tensor, outputs: Any = None) -> Tensor:
+        """``(1 - alpha) * supervised + alpha * KD + rest`` for the forward that just produced
+        ``task_loss`` and ``outputs`` from ``images`` (call inside the run's autocast);
+        ``supervised`` / ``rest``: the task's :meth:`split_loss` (classification: the whole
+        loss and nothing)."""
         if self._captured is None or self._student is None:
             raise RuntimeError("Distiller.mix needs a training forward of the attached student")
         student_out, self._captured = self._captured, None
@@ -155,7 +159,9 @@ class Distiller:
                               f"student by {kind}; use a teacher of the same detector family")
         kd = kd_loss(logits, teacher_logits, self.temperature, kind)
         self._sums += torch.stack([kd.detach().double(), kd.new_ones((), dtype=torch.float64)])
-        return (1.0 - self.alpha) * task_loss.float() + self.alpha * kd
+        supervised, rest = self.task.split_loss(self._student, task_loss, outputs)
+        objective = (1.0 - self.alpha) * supervised.float() + self.alpha * kd
+        return objective if rest is None else objective + rest
 
     def epoch_stats(self) -> dict[str, float]:
         """The epoch's mean distillation loss and the teacher's time per micro-batch (ms); resets

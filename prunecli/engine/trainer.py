@@ -322,8 +322,8 @@ class Trainer(TrainerState):
             with sync:
                 with self.precision.autocast():
                     loss, outputs = self.task.loss(self.train_model, inputs, targets)
-                    objective = loss if self.distiller is None else self.distiller.mix(loss,
-                                                                                        inputs)
+                    objective = loss if self.distiller is None else self.distiller.mix(
+                        loss, inputs, outputs)
                 extra = self.hooks.extra_loss(ctx, outputs, targets)
                 total = objective if extra is None else objective + extra.float()
                 scaler.scale(total / accum).backward()

@@ -90,6 +90,13 @@ class Task(ABC):
         they become probabilities (``"softmax"`` over the last axis or ``"sigmoid"`` per
         column): what distillation matches between teacher and student."""
 
+    def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
+                   ) -> tuple[Tensor, Tensor | None]:
+        """``(supervised, rest)``: the part of ``loss`` that supervises the class scores
+        distillation matches, which shares its weight with the distillation term, and the rest,
+        which keeps its full weight (``None``: nothing else). Default: the whole loss."""
+        return loss, None
+
     @abstractmethod
     def train_meter(self, device: torch.device) -> Meter:
         """A fresh meter for one training epoch."""

@@ -104,6 +104,19 @@ class DetectionTask(Task):
         distilled (see :mod:`prunecli.engine.distill`)."""
         return model.class_logits(core_output)
 
+    def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
+                   ) -> tuple[Tensor, Tensor | None]:
+        """The losses of the distilled scores (the detector's ``class_loss_keys``) and the rest
+        (box regression, centerness, the ROI heads), which distillation leaves at full weight."""
+        keys = set(model.class_loss_keys)
+        if not keys <= outputs.keys():
+            raise ConfigError(f"distillation: the detector's losses {sorted(outputs)} lack "
+                              f"{sorted(keys - outputs.keys())}; its adapter names the wrong "
+                              "class_loss_keys")
+        supervised = torch.stack([v.float() for k, v in outputs.items() if k in keys]).sum()
+        others = [v.float() for k, v in outputs.items() if k not in keys]
+        return supervised, torch.stack(others).sum() if others else None
+
     def train_meter(self, device: torch.device) -> Meter:
         return _LossMeter(device)
 

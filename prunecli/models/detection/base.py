@@ -87,6 +87,10 @@ class Detector(nn.Module, ABC):
     since ``slim(det.core, ...)`` without ``inplace`` returns a core detached from any ``net``.
     """
 
+    #: the training losses (keys of torchvision's loss dict) that supervise the scores
+    #: ``class_logits`` returns: distillation shares their weight and leaves the others whole
+    class_loss_keys: tuple[str, ...] = ("classification",)
+
     #: spatial sizes must be a multiple of this (torchvision pads FPN models' batches to 32,
     #: so anchors strides come out whole; we never pad, so we require it instead)
     size_divisible: int = 1

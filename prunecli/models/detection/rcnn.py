@@ -73,6 +73,7 @@ class FasterRCNNDetector(Detector):
 
     net: FasterRCNN
     size_divisible = 32
+    class_loss_keys = ("loss_objectness",)  # the RPN's: what class_logits returns
 
     def build_core(self, net: nn.Module) -> FasterRCNNCore:
         if type(net) is not FasterRCNN:  # Mask/Keypoint R-CNN have heads the adapter skips
