@@ -140,7 +140,7 @@ class Distiller:
         self._student = student
         self._handle = self._core_of(student).register_forward_hook(_CaptureHook(self))
 
-    def mix(self, task_loss: Tensor, images: Tensor, outputs: Any = None) -> Tensor:
+    def mix(self, task_loss: Tensor, images: Tensor, outputs: Any) -> Tensor:
         """``(1 - alpha) * supervised + alpha * KD + rest`` for the forward that just produced
         ``task_loss`` and ``outputs`` from ``images`` (call inside the run's autocast);
         ``supervised`` / ``rest``: the task's :meth:`split_loss` (classification: the whole
