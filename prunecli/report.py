@@ -96,7 +96,8 @@ def run_table(results: dict[str, Any], title: str) -> Table:
         table.add_row("groups dropped whole", str(len(results["groups_dropped"])))
     if results.get("distill"):
         kd = results["distill"]
-        table.add_row(f"distilled (alpha {kd['alpha']:g}, T {kd['temperature']:g})",
+        boxes = f", boxes {kd['box_weight']:g}" if kd.get("box_weight") else ""
+        table.add_row(f"distilled (alpha {kd['alpha']:g}, T {kd['temperature']:g}{boxes})",
                       f"teacher {kd['teacher_ms_per_batch']:.1f} ms/batch, "
                       f"{100 * kd['teacher_share_of_train_time']:.0f} % of training")
     metric = results.get("metric", "top1")

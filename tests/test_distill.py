@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from torch import nn
 
 from prunecli.config.store import register_schemas
-from prunecli.engine.distill import kd_loss
+from prunecli.engine.distill import box_kd_loss, foreground_probability, kd_loss
 from prunecli.engine.trainer import Trainer
 from prunecli.errors import ConfigError
 
@@ -193,8 +193,8 @@ def _jsonl(run_dir: Path) -> list[dict]:
 # ---------------------------------------------------------------- detectors
 @pytest.mark.parametrize("name", ["ssd_tiny", "retinanet_resnet50_fpn", "fcos_resnet50_fpn"])
 def test_detector_class_logits_are_torchvisions_head_outputs(name: str) -> None:
-    """The logits distillation matches are exactly what torchvision's head computes (its
-    ``cls_logits``, in its (N, boxes, columns) layout)."""
+    """The logits and boxes distillation matches are exactly what torchvision's head computes
+    (its ``cls_logits`` and ``bbox_regression``, in its (N, boxes, columns) layout)."""
     from prunecli.models import build_model
 
     cfg = {"name": name} if name == "ssd_tiny" else {"source": "torchvision_det", "name": name}
@@ -203,12 +203,15 @@ def test_detector_class_logits_are_torchvisions_head_outputs(name: str) -> None:
     size = det.input_size if name == "ssd_tiny" else 128
     x = det.normalise(torch.rand(2, 3, size, size))
     with torch.no_grad():
-        logits, kind = det.class_logits(det.core(x))
+        maps = det.core(x)
+        logits, kind = det.class_logits(maps)
+        boxes = det.box_regressions(maps)
         feats = det.net.backbone(x)
         feats = list(feats.values()) if isinstance(feats, dict) else [feats]
-        expected = det.net.head(feats)["cls_logits"]
+        expected = det.net.head(feats)
     assert kind == ("softmax" if name == "ssd_tiny" else "sigmoid")
-    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(logits, expected["cls_logits"])
+    torch.testing.assert_close(boxes, expected["bbox_regression"])
 
 
 def test_faster_rcnn_distils_the_rpn_objectness() -> None:
@@ -223,11 +226,29 @@ def test_faster_rcnn_distils_the_rpn_objectness() -> None:
     with torch.no_grad():
         maps = det.core(x)
         logits, kind = det.class_logits(maps)
+        boxes = det.box_regressions(maps)
         levels = len(det.core.feature_names)
-        objectness, _ = concat_box_prediction_layers(list(maps[levels:2 * levels]),
-                                                     list(maps[2 * levels:]))
+        objectness, deltas = concat_box_prediction_layers(list(maps[levels:2 * levels]),
+                                                          list(maps[2 * levels:]))
     assert kind == "sigmoid"
     torch.testing.assert_close(logits.reshape(-1, 1), objectness)
+    torch.testing.assert_close(boxes.reshape(-1, 4), deltas)
+
+
+def test_box_distillation_against_a_hand_computation() -> None:
+    """Smooth L1 summed over the coordinates, averaged over the boxes the teacher holds for
+    objects only; the foreground probability of softmax (background first) and sigmoid heads."""
+    student = torch.tensor([[[0.0, 0, 0, 0], [1.0, 0, 0, 0], [3.0, 0, 0, 0], [0.2, 0, 0, 0]]])
+    teacher = torch.zeros_like(student)
+    # per box: 0, 0.5 (quadratic part), 2.5 (linear part), 0.02; boxes 0, 1 and 3 are objects
+    fg = torch.tensor([[0.9, 0.6, 0.1, 0.5]])
+    assert box_kd_loss(student, teacher, fg, 0.5).item() == pytest.approx((0 + 0.5 + 0.02) / 3)
+    assert box_kd_loss(student, teacher, fg, 0.95).item() == 0.0  # no object: no term
+    softmax = torch.tensor([[[0.0, math.log(3.0), -50.0]]])  # background 1/4
+    assert foreground_probability(softmax, "softmax").item() == pytest.approx(0.75)
+    sigmoid = torch.tensor([[[0.0, 2.0, -1.0]]])
+    assert foreground_probability(sigmoid, "sigmoid").item() == pytest.approx(
+        1 / (1 + math.exp(-2.0)))
 
 
 @pytest.mark.parametrize("name", ["ssd_tiny", "fasterrcnn_mobilenet_v3_large_320_fpn"])
@@ -243,6 +264,9 @@ def test_detector_distillation_shares_only_the_class_loss_weight(name: str) -> N
     torch.manual_seed(0)
     student = build_model(cfg, num_classes=3, in_chans=3).train()
     teacher = build_model(cfg, num_classes=3, in_chans=3).eval()
+    with torch.no_grad():  # away from the initialisation (the RPN's scores start all equal)
+        for p in teacher.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     size = student.input_size if name == "ssd_tiny" else 320
     with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
         data = compose("train", overrides=["data=fashion_det"]).data
@@ -264,10 +288,32 @@ def test_detector_distillation_shares_only_the_class_loss_weight(name: str) -> N
     expected = 0.7 * parts[key] + 0.3 * kd_loss(s_logits, t_logits, 2.0, kind) + rest
     torch.testing.assert_close(objective, expected)
 
+    # the box term is added on top with its own weight, on the teacher's object boxes (a
+    # threshold at the median of its foreground probabilities: half the boxes)
+    with torch.no_grad():
+        t_maps = teacher.core(teacher.normalise(images))
+        fg = foreground_probability(teacher.class_logits(t_maps)[0], kind)
+    threshold = float(fg.median())
+    boxed = Distiller(teacher, task, alpha=0.3, temperature=2.0, box_weight=4.0,
+                      box_threshold=threshold, device=torch.device("cpu"),
+                      memory_format=torch.contiguous_format)
+    boxed.attach(student)
+    loss, parts = task.loss(student, images, targets)
+    with torch.no_grad():
+        s_boxes = student.box_regressions(boxed._captured)
+        box_term = box_kd_loss(s_boxes, teacher.box_regressions(t_maps), fg, threshold)
+        everywhere = box_kd_loss(s_boxes, teacher.box_regressions(t_maps), fg, 1e-9)
+    assert 0 < (fg >= threshold).sum() < fg.numel()
+    assert not torch.isclose(box_term, everywhere)  # the selection matters
+    class_part = 0.7 * parts[key] + 0.3 * kd_loss(student.class_logits(boxed._captured)[0],
+                                                  t_logits, 2.0, kind)
+    expected = class_part + sum(v for k, v in parts.items() if k != key) + 4.0 * box_term
+    torch.testing.assert_close(boxed.mix(loss, images, parts), expected)
+
 
 def test_detector_distillation_trains(tmp_path: Path) -> None:
-    """A detector distils from a trained detector (distill.teacher): the KD term is finite and
-    positive, and the run ends with its mAP."""
+    """A detector distils from a trained detector (distill.teacher): the class and box KD terms
+    are finite and positive, and the run ends with its mAP."""
     det = ("model=ssd_tiny", "data=fashion_det", "data.train_size=32", "data.val_size=8",
            "data.batch_size=8", "trainer.progress=false", "trainer.epochs=1", "optim.lr=0.01")
     with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
@@ -276,8 +322,12 @@ def test_detector_distillation_trains(tmp_path: Path) -> None:
         cfg = compose("train", overrides=[*det, "distill.enabled=true",
                                           f"distill.teacher={tmp_path / 'teacher'}",
                                           "method=taylor", "cost.ratio=0.3",
-                                          "method.prune_every=1"])
+                                          "method.prune_every=1",
+                                          "distill.box_threshold=0.05"])
     results = Trainer(cfg, tmp_path / "student").fit()
     epoch = [r for r in _jsonl(tmp_path / "student") if r.get("kind") == "epoch"][-1]
     assert epoch["train_kd"] > 0 and math.isfinite(epoch["train_kd"])
+    assert epoch["train_kd_box"] > 0 and math.isfinite(epoch["train_kd_box"])
+    # the detection defaults: the box term on, the class-score term off (still measured)
+    assert results["distill"]["box_weight"] == 5.0 and results["distill"]["alpha"] == 0.0
     assert "map" in results and results["distill"]["teacher_ms_per_batch"] > 0

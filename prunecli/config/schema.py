@@ -108,14 +108,21 @@ class CostConfig:
 @dataclass
 class DistillConfig:
     """Knowledge distillation from a frozen teacher while pruning and fine-tuning: the loss is
-    ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher/T || student/T)`` on class logits."""
+    ``(1 - alpha) * task loss + alpha * T^2 * KL(teacher/T || student/T)`` on class logits, plus
+    ``box_weight * box KD`` on a detector (see :mod:`prunecli.engine.distill`)."""
 
     enabled: bool = False
     # a checkpoint, run directory or slim file; None: the model the run starts from
     # (model.weights / model.pretrained), frozen before any pruning
     teacher: Optional[str] = None
-    alpha: float = 0.5  # weight of the distillation term
+    # weight of the class-score distillation term; None: the task's (classification 0.5;
+    # detection 0, where it cost mAP and the box term is what helps)
+    alpha: Optional[float] = None
     temperature: float = 4.0  # softens both distributions; the T^2 factor keeps gradients' scale
+    # detectors: weight of the box term (smooth L1 to the teacher's box regressions on the boxes
+    # it holds for objects), added to the objective; 0 turns it off; ignored by classifiers
+    box_weight: float = 5.0
+    box_threshold: float = 0.5  # the teacher's foreground probability that selects those boxes
 
 
 @dataclass

@@ -12,9 +12,15 @@ box losses keep their full weight:
 - classification: the logits, softmax over the classes, averaged over the images;
 - detection: the per-box class scores of the detector's core (SSD: softmax over K + 1 with
   background; RetinaNet and FCOS: one sigmoid per class, a binary KL per column; Faster R-CNN:
-  the RPN's objectness), summed over columns and averaged over every box of every image. Box
-  regressions are not distilled: the teacher's box offsets are only meaningful on the boxes
-  matched to objects, and the student learns those from the ground truth already.
+  the RPN's objectness), summed over columns and averaged over every box of every image. It
+  is off unless ``distill.alpha`` is set (the detection task's alpha is 0): on the detection
+  demo it cost mAP at every alpha and temperature tried;
+- detection boxes, a separate term ``box_weight * smooth-L1(student boxes, teacher boxes)``
+  added to the objective: the box regressions (as the detector's box coder encodes them) summed
+  over the four coordinates and averaged over the boxes the teacher holds for objects (its
+  foreground probability at least ``box_threshold``), since its offsets mean nothing elsewhere.
+  Measured on the detection demo, this term is what helps a pruned detector:
+  ``benchmarks/results/detection_distill_boxes.md``.
 
 The student's logits are read from its core's output by a forward hook, so neither the task's
 forward nor DDP's changes and no second student forward runs. The teacher runs its core on the
@@ -64,6 +70,31 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float, kind: str) -> 
     return t * t * kl.mean()
 
 
+def foreground_probability(logits: Tensor, kind: str) -> Tensor:
+    """``(..., boxes, columns)`` class logits -> ``(..., boxes)``: the probability that a box
+    holds an object. Softmax heads (SSD): one minus the background's, column 0 as in
+    torchvision; sigmoid heads (RetinaNet, FCOS, the RPN): the most probable class's."""
+    if kind == "softmax":
+        return 1.0 - F.softmax(logits.float(), dim=-1)[..., 0]
+    if kind == "sigmoid":
+        return torch.sigmoid(logits.float()).amax(dim=-1)
+    raise ValueError(f"unknown class-score kind {kind!r} (softmax or sigmoid)")
+
+
+def box_kd_loss(student: Tensor, teacher: Tensor, foreground: Tensor,
+                threshold: float) -> Tensor:
+    """Smooth L1 (beta 1, as SSD's box loss) between the student's and the teacher's
+    ``(..., boxes, 4)`` box regressions, summed over the coordinates and averaged over the boxes
+    whose ``foreground`` probability is at least ``threshold`` (0 where none is); float32."""
+    if student.shape != teacher.shape:
+        raise ConfigError(f"distillation: the teacher's box regressions have shape "
+                          f"{tuple(teacher.shape)}, the student's {tuple(student.shape)}; use "
+                          "a teacher of the same detector, anchors and input size")
+    per_box = F.smooth_l1_loss(student.float(), teacher.float(), reduction="none").sum(-1)
+    keep = (foreground >= threshold).to(per_box.dtype)
+    return (per_box * keep).sum() / keep.sum().clamp(min=1.0)
+
+
 def build_teacher(cfg: Any, student: nn.Module) -> tuple[nn.Module, str]:
     """The teacher of a run and a description of where it came from: the file named by
     ``distill.teacher`` (a training checkpoint or run directory, masks applied, or a slim
@@ -96,12 +127,16 @@ def build_distiller(cfg: Any, student: nn.Module, task: Any, device: torch.devic
         return None
     teacher, source = build_teacher(cfg, student)
     task.check_model(teacher, f"distill teacher {source}", cfg.data.name)
-    distiller = Distiller(teacher, task, alpha=cfg.distill.alpha,
-                          temperature=cfg.distill.temperature, device=device,
+    alpha = cfg.distill.alpha if cfg.distill.alpha is not None else task.kd_alpha
+    box_weight = OmegaConf.select(cfg, "distill.box_weight", default=0.0)  # older configs: none
+    box_threshold = OmegaConf.select(cfg, "distill.box_threshold", default=0.5)
+    distiller = Distiller(teacher, task, alpha=alpha,
+                          temperature=cfg.distill.temperature, box_weight=box_weight,
+                          box_threshold=box_threshold, device=device,
                           memory_format=memory_format)
     distiller.source = source
-    log.info("distilling from %s (alpha %g, T %g)", source, cfg.distill.alpha,
-             cfg.distill.temperature)
+    log.info("distilling from %s (alpha %g, T %g, box weight %g)", source, alpha,
+             cfg.distill.temperature, box_weight)
     return distiller
 
 
@@ -110,24 +145,38 @@ class Distiller:
     distillation objective. ``task`` names the class logits (:meth:`Task.class_logits`)."""
 
     def __init__(self, teacher: nn.Module, task: Any, *, alpha: float, temperature: float,
-                 device: torch.device, memory_format: torch.memory_format) -> None:
+                 device: torch.device, memory_format: torch.memory_format,
+                 box_weight: float = 0.0, box_threshold: float = 0.5) -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"distill.alpha={alpha} must be in [0, 1] (the weight of the "
                               "distillation term; 0 trains on the task loss alone)")
         if temperature <= 0:
             raise ConfigError(f"distill.temperature={temperature} must be > 0 (1 = the "
                               "teacher's own probabilities; 2-8 soften them)")
+        if box_weight < 0:
+            raise ConfigError(f"distill.box_weight={box_weight} must be >= 0 (the weight of the "
+                              "box distillation term of a detector; 0 turns it off)")
+        if not 0.0 < box_threshold <= 1.0:
+            raise ConfigError(f"distill.box_threshold={box_threshold} must be in (0, 1] (the "
+                              "teacher's foreground probability above which a box's regression "
+                              "is distilled)")
         from prunecli.models.detection import core_input, core_of
 
         self.teacher = teacher.to(device, memory_format=memory_format).eval()
         self.teacher.requires_grad_(False)
         self._core_input, self._core_of = core_input, core_of
         self.task, self.alpha, self.temperature = task, float(alpha), float(temperature)
+        self.box_weight, self.box_threshold = float(box_weight), float(box_threshold)
+        self._boxes = bool(task.has_boxes) and self.box_weight > 0  # the box term is on
+        if self.alpha == 0 and not self._boxes:
+            log.warning("distillation with distill.alpha=0 and no box term teaches nothing (the "
+                        "teacher only costs time); set distill.alpha > 0%s",
+                        " or distill.box_weight > 0" if task.has_boxes else "")
         self.device = device
         self._handle: RemovableHandle | None = None
         self._student: nn.Module | None = None
         self._captured: Any = None
-        self._sums = torch.zeros(2, dtype=torch.float64, device=device)  # kd, micro-batches
+        self._sums = torch.zeros(3, dtype=torch.float64, device=device)  # kd, box kd, batches
         self._timer = _DeviceTimer(device)
         self.source = ""  # where the teacher came from (for the results)
         self.teacher_seconds, self.teacher_batches = 0.0, 0  # this session's, for the results
@@ -141,10 +190,11 @@ class Distiller:
         self._handle = self._core_of(student).register_forward_hook(_CaptureHook(self))
 
     def mix(self, task_loss: Tensor, images: Tensor, outputs: Any) -> Tensor:
-        """``(1 - alpha) * supervised + alpha * KD + rest`` for the forward that just produced
-        ``task_loss`` and ``outputs`` from ``images`` (call inside the run's autocast);
-        ``supervised`` / ``rest``: the task's :meth:`split_loss` (classification: the whole
-        loss and nothing)."""
+        """``(1 - alpha) * supervised + alpha * KD + rest + box_weight * box KD`` for the
+        forward that just produced ``task_loss`` and ``outputs`` from ``images`` (call inside
+        the run's autocast); ``supervised`` / ``rest``: the task's :meth:`split_loss`
+        (classification: the whole loss and nothing); the box term only where the task has
+        boxes (:meth:`Task.box_regressions`)."""
         if self._captured is None or self._student is None:
             raise RuntimeError("Distiller.mix needs a training forward of the attached student")
         student_out, self._captured = self._captured, None
@@ -158,25 +208,37 @@ class Distiller:
             raise ConfigError(f"distillation: the teacher scores classes by {teacher_kind}, the "
                               f"student by {kind}; use a teacher of the same detector family")
         kd = kd_loss(logits, teacher_logits, self.temperature, kind)
-        self._sums += torch.stack([kd.detach().double(), kd.new_ones((), dtype=torch.float64)])
         supervised, rest = self.task.split_loss(self._student, task_loss, outputs)
         objective = (1.0 - self.alpha) * supervised.float() + self.alpha * kd
-        return objective if rest is None else objective + rest
+        if rest is not None:
+            objective = objective + rest
+        box_kd = kd.new_zeros(())
+        if self._boxes:
+            box_kd = box_kd_loss(self.task.box_regressions(self._student, student_out),
+                                 self.task.box_regressions(self.teacher, teacher_out),
+                                 foreground_probability(teacher_logits, kind), self.box_threshold)
+            objective = objective + self.box_weight * box_kd
+        self._sums += torch.stack([kd.detach().double(), box_kd.detach().double(),
+                                   kd.new_ones((), dtype=torch.float64)])
+        return objective
 
     def epoch_stats(self) -> dict[str, float]:
         """The epoch's mean distillation loss and the teacher's time per micro-batch (ms); resets
         both (every rank must call: the loss is averaged over ranks)."""
-        kd, n = all_reduce_sum(self._sums).tolist()
+        kd, box_kd, n = all_reduce_sum(self._sums).tolist()
         self._sums.zero_()
         seconds, batches = self._timer.take()
         self.teacher_seconds += seconds
         self.teacher_batches += batches
-        return {"kd": kd / max(n, 1.0),
-                "teacher_ms": 1000.0 * seconds / max(batches, 1)}
+        stats = {"kd": kd / max(n, 1.0), "teacher_ms": 1000.0 * seconds / max(batches, 1)}
+        if self._boxes:
+            stats["kd_box"] = box_kd / max(n, 1.0)
+        return stats
 
     def summary(self, train_seconds: float) -> dict[str, Any]:
         """What the results record: the settings and the teacher's cost in this session."""
         return {"teacher": self.source, "alpha": self.alpha, "temperature": self.temperature,
+                "box_weight": self.box_weight if self._boxes else None,
                 "teacher_ms_per_batch": round(1000.0 * self.teacher_seconds
                                               / max(self.teacher_batches, 1), 3),
                 "teacher_share_of_train_time": round(self.teacher_seconds

@@ -90,6 +90,18 @@ class Task(ABC):
         they become probabilities (``"softmax"`` over the last axis or ``"sigmoid"`` per
         column): what distillation matches between teacher and student."""
 
+    #: whether :meth:`box_regressions` gives boxes to distil (detection)
+    has_boxes: bool = False
+
+    def box_regressions(self, model: nn.Module, core_output: Any) -> Tensor:
+        """The box regressions in ``core_of(model)``'s output as ``(..., boxes, 4)`` in the order
+        of :meth:`class_logits`' boxes (only where :attr:`has_boxes`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no boxes")
+
+    #: ``distill.alpha`` when the config leaves it unset: the share of the supervised loss that
+    #: the class-score distillation term takes
+    kd_alpha: float = 0.5
+
     def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
                    ) -> tuple[Tensor, Tensor | None]:
         """``(supervised, rest)``: the part of ``loss`` that supervises the class scores

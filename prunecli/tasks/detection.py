@@ -104,6 +104,15 @@ class DetectionTask(Task):
         distilled (see :mod:`prunecli.engine.distill`)."""
         return model.class_logits(core_output)
 
+    #: class-score distillation is off unless asked for: on the detection demo it cost mAP at
+    #: every alpha tried, while box distillation helped
+    #: (``benchmarks/results/detection_distill_boxes.md``)
+    kd_alpha = 0.0
+    has_boxes = True
+
+    def box_regressions(self, model: nn.Module, core_output: Any) -> Tensor:
+        return model.box_regressions(core_output)
+
     def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
                    ) -> tuple[Tensor, Tensor | None]:
         """The losses of the distilled scores (the detector's ``class_loss_keys``) and the rest

@@ -131,6 +131,13 @@ class Detector(nn.Module, ABC):
         What distillation matches between a teacher and a student."""
         ...
 
+    @abstractmethod
+    def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """The box regressions among the core's outputs as ``(N, boxes, 4)``, in the order of
+        :meth:`class_logits`' boxes and encoded as the detector's box coder encodes its
+        targets: what box distillation matches on the boxes the teacher holds for objects."""
+        ...
+
     # ------------------------------------------------------------------ common
     @property
     def core(self) -> DetectorCore:

@@ -91,6 +91,9 @@ class RetinaNetDetector(Detector):
         columns = self.net.head.classification_head.num_classes  # one sigmoid per class
         return flatten_levels(maps[: len(maps) // 2], columns), "sigmoid"
 
+    def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
+        return flatten_levels(maps[len(maps) // 2 :], 4)
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:
@@ -152,6 +155,11 @@ class FCOSDetector(Detector):
     def class_logits(self, maps: tuple[Tensor, ...]) -> tuple[Tensor, str]:
         columns = self.net.head.classification_head.num_classes  # one sigmoid per class
         return flatten_levels(maps[: len(maps) // 3], columns), "sigmoid"
+
+    def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """FCOS's (l, t, r, b) distances; centerness is not distilled."""
+        levels = len(maps) // 3
+        return flatten_levels(maps[levels : 2 * levels], 4)
 
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None

@@ -89,6 +89,11 @@ class FasterRCNNDetector(Detector):
         levels = len(self.core.feature_names)
         return flatten_levels(maps[levels : 2 * levels], 1), "sigmoid"
 
+    def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """The RPN's box deltas (the ROI head's lie outside the core)."""
+        levels = len(self.core.feature_names)
+        return flatten_levels(maps[2 * levels :], 4)
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:

@@ -73,6 +73,9 @@ class SSDDetector(Detector):
         columns = self.net.head.classification_head.num_columns  # K + 1, background first
         return flatten_levels(maps[: len(maps) // 2], columns), "softmax"
 
+    def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
+        return flatten_levels(maps[len(maps) // 2 :], 4)
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:
