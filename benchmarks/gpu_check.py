@@ -21,10 +21,13 @@ except the mask-overhead timing, which uses the library API in this process:
 4. ``prunecli lut`` on a coarse grid with ``check=true``: the table's error on slimmed models;
 5. ``prunecli bench`` dense vs a 50%-MACs slim.pt from check 1 (fp16, bf16, channels_last, one
    ``compile=true``): measured speed-up against MACs speed-up;
-6. peak memory and step time of masked vs plain training (the cost of the channel masks).
+6. peak memory and step time of masked vs plain training (the cost of the channel masks);
+7. the detection demo's ssd_tiny pruned by Taylor to 50% with distillation (boxes and class
+   scores' KD measured; an untrained teacher), in the run's precision and channels_last: budget
+   met, slim exact, mAP and the distillation terms finite.
 
 A failing check never stops the others: its error (the end of stderr) is recorded. The training
-runs of checks 1-3 run ``--jobs`` at a time (they share the GPU, so their wall times are not
+runs of checks 1-3 and 7 run ``--jobs`` at a time (they share the GPU, so their wall times are not
 single-run figures); lut, bench and the mask timing run alone. A command that would start
 after ``--budget`` seconds fails as "not run", and one still running then is stopped. Writes
 ``gpu.md`` and ``gpu.json`` to ``--out``; the exit status is 1 if any check failed.
@@ -149,7 +152,8 @@ def main() -> int:
     guarded((6,), "channel masks", lambda: mask_check(profile, args.device))
     if args.device == "cuda":  # hand the memory to the training subprocesses, even after a fail
         torch.cuda.empty_cache()
-    guarded((1, 2, 3), "training runs (checks 1-3)", lambda: training_checks(profile, args, run))
+    guarded((1, 2, 3, 7), "training runs (checks 1-3, 7)",
+            lambda: training_checks(profile, args, run))
     slim_pt = None
     main_prec = "fp16" if args.device == "cuda" else "bf16"
     c1 = next((c for c in checks if c.num == 1 and c.rows), None)

@@ -1,11 +1,12 @@
-"""The checks of benchmarks/gpu_check.py: training runs (checks 1-3), lut (4), bench (5)
-and the channel masks' overhead (6)."""
+"""The checks of benchmarks/gpu_check.py: training runs (checks 1-3 and the detector, 7), lut
+(4), bench (5) and the channel masks' overhead (6)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import copy
+import json
 import math
 import statistics
 import sys
@@ -52,6 +53,12 @@ def training_checks(p: Profile, args: argparse.Namespace, run: Runner) -> list[C
     jobs["swf"] = (py + train_cmd(p, args.device, [
         "method=taylor", f"trainer.precision={main_prec}", "method.slim_when_final=true",
         "distill.enabled=true", f"model.weights={teacher}", *schedule("taylor", total)], d), d)
+    d = args.runs / "detector"
+    det_teacher = save_teacher(p, args.runs / "det_teacher.pt", detector=True)
+    jobs["det"] = (py + train_cmd(p, args.device, [
+        "method=taylor", f"trainer.precision={main_prec}", "distill.enabled=true",
+        f"model.weights={det_teacher}", *schedule("taylor", p.detect_steps)], d,
+        setup=["experiment=detect_demo", *p.detect], epochs=2), d)
     gpus = torch.cuda.device_count() if args.device == "cuda" else 0
     nprocs = [1, 2] if args.device == "cpu" or gpus >= 2 else [1]
     torchrun = Path(sys.executable).parent / "torchrun"
@@ -135,7 +142,40 @@ def training_checks(p: Profile, args: argparse.Namespace, run: Runner) -> list[C
                     "GPUs (one GPU cannot host two nccl ranks).")
     if args.device == "cuda" and gpus < 2:
         c3.notes.append(f"{gpus} GPU(s) here: the 2-process nccl run was not possible.")
-    return [c1.finish(), c2.finish(), c3.finish()]
+    return [c1.finish(), c2.finish(), c3.finish(),
+            detector_check(runs["det"], jobs["det"][1], main_prec)]
+
+
+def detector_check(r: Any, run_dir: Path, precision: str) -> Check:
+    """Check 7: the detection demo's ssd_tiny pruned by Taylor to 50% of the core's MACs with
+    box and class-score distillation, in the run's precision and channels_last: budget met,
+    slim exact, mAP and both distillation terms finite."""
+    c = Check(7, "Detector (ssd_tiny, detection demo): taylor 50%, distilled, channels_last", [
+        ("precision", "precision", ""), ("status", "status", ""),
+        ("cost kept", "cost_kept", ".4f"), ("slim_max_diff", "slim_max_diff", ".2e"),
+        ("mAP", "map", ".2f"), ("slim mAP", "slim_map", ".2f"), ("kd", "kd", ".4f"),
+        ("box kd", "kd_box", ".4f"), ("teacher ms/batch", "teacher_ms", ".1f"),
+        ("wall s", "wall_time_s", ".1f")])
+    res = r.results or {}
+    epochs = []
+    with contextlib.suppress(OSError):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        epochs = [e for e in map(json.loads, lines) if e.get("kind") == "epoch"]
+    last = epochs[-1] if epochs else {}
+    row = {"name": "ssd_tiny", "precision": precision,
+           **{k: res.get(k) for k in ("cost_kept", "slim_max_diff", "map", "slim_map",
+                                      "wall_time_s")},
+           "kd": last.get("train_kd"), "kd_box": last.get("train_kd_box"),
+           "teacher_ms": (res.get("distill") or {}).get("teacher_ms_per_batch")}
+    finite = all(isinstance(row[k], float) and math.isfinite(row[k])
+                 for k in ("map", "kd", "kd_box"))
+    c.add(r, row, bool(res) and budget_ok(res) and finite and row["kd_box"] > 0
+          and res.get("slim_max_diff") is not None and res["slim_max_diff"] < 1e-3,
+          f"detector {precision}")
+    c.notes.append("The teacher is an untrained ssd_tiny (model.weights): this checks the "
+                   "detection path (torchvision's losses, box distillation, slimming) in the "
+                   "run's precision, not accuracy.")
+    return c.finish()
 
 
 def lut_check(p: Profile, args: argparse.Namespace, run: Runner) -> Check:

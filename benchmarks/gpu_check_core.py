@@ -35,6 +35,8 @@ class Profile:
     bench_extra: list[str]
     compile_batches: list[int] | None  # None: the compile check is skipped
     mask: dict[str, Any]
+    detect: list[str]  # check 7's data sizes: the embedded detection demo (ssd_tiny, 2 epochs)
+    detect_steps: int  # its optimizer steps (train_size / batch_size * 2 epochs)
 
 
 GPU = Profile(
@@ -46,7 +48,8 @@ GPU = Profile(
          "warmup=2", "repeats=5", "rounds=1", "check_repeats=10"],
     bench_batches=[1, 64, 256], bench_extra=[], compile_batches=[64],
     mask={"name": "resnet50", "source": "torchvision", "classes": 1000, "size": 224, "batch": 64,
-          "steps": 30, "warmup": 3, "precision": "bf16"})
+          "steps": 30, "warmup": 3, "precision": "bf16"},
+    detect=["data.train_size=2048", "data.val_size=256", "data.batch_size=64"], detect_steps=64)
 TINY = Profile(
     model=["model=resnet20"],
     data=["data=fake", "data.image_size=32", "data.num_classes=10", "data.train_size=32",
@@ -58,7 +61,8 @@ TINY = Profile(
     bench_batches=[1, 8], bench_extra=["warmup=3", "repeats=10", "threads=1"],
     compile_batches=None,
     mask={"name": "resnet20", "source": "prunecli", "classes": 10, "size": 32, "batch": 16,
-          "steps": 5, "warmup": 1, "precision": "fp32"})
+          "steps": 5, "warmup": 1, "precision": "fp32"},
+    detect=["data.train_size=32", "data.val_size=16", "data.batch_size=8"], detect_steps=8)
 
 
 def schedule(method: str, total: int) -> list[str]:
@@ -182,23 +186,31 @@ class Runner:
         return run
 
 
-def train_cmd(p: Profile, device: str, extra: list[str], run_dir: Path) -> list[str]:
+def train_cmd(p: Profile, device: str, extra: list[str], run_dir: Path,
+              setup: list[str] | None = None, epochs: int | None = None) -> list[str]:
+    """``setup`` replaces the profile's model and data (check 7's detector)."""
     workers = 0 if device == "cpu" else max(2, (os.cpu_count() or 8) // 4 - 1)
-    return [*p.model, *p.data, f"data.num_workers={workers}", f"trainer.device={device}",
-            f"trainer.epochs={p.epochs}", "trainer.channels_last=true", "trainer.progress=false",
+    return [*(setup if setup is not None else [*p.model, *p.data]),
+            f"data.num_workers={workers}", f"trainer.device={device}",
+            f"trainer.epochs={epochs or p.epochs}", "trainer.channels_last=true",
+            "trainer.progress=false",
             f"trainer.threads={1 if device == 'cpu' else 2}", "optim.lr=0.01", "cost.ratio=0.5",
             *extra, f"hydra.run.dir={run_dir}"]
 
 
-def save_teacher(p: Profile, path: Path) -> Path:
-    """A freshly built model of the profile, saved as a state_dict to serve as ``model.weights``
-    (and so as the distillation teacher) of the slim_when_final run."""
+def save_teacher(p: Profile, path: Path, detector: bool = False) -> Path:
+    """A freshly built model of the profile (``detector``: the demo's ssd_tiny for its 10
+    classes), saved as a state_dict to serve as ``model.weights`` (and so as the distillation
+    teacher) of the slim_when_final run or of check 7."""
     from prunecli.models import build_model
 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    model = build_model({"name": p.mask["name"], "source": p.mask["source"]},
-                        num_classes=p.mask["classes"], in_chans=3)
+    if detector:
+        model = build_model({"name": "ssd_tiny"}, num_classes=10, in_chans=3)
+    else:
+        model = build_model({"name": p.mask["name"], "source": p.mask["source"]},
+                            num_classes=p.mask["classes"], in_chans=3)
     torch.save(model.state_dict(), path)
     return path
 

@@ -329,5 +329,5 @@ def test_detector_distillation_trains(tmp_path: Path) -> None:
     assert epoch["train_kd"] > 0 and math.isfinite(epoch["train_kd"])
     assert epoch["train_kd_box"] > 0 and math.isfinite(epoch["train_kd_box"])
     # the detection defaults: the box term on, the class-score term off (still measured)
-    assert results["distill"]["box_weight"] == 5.0 and results["distill"]["alpha"] == 0.0
+    assert results["distill"]["box_weight"] == 2.0 and results["distill"]["alpha"] == 0.0
     assert "map" in results and results["distill"]["teacher_ms_per_batch"] > 0

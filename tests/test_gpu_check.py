@@ -27,7 +27,7 @@ def test_tiny_cpu_run_passes_every_check(tmp_path: Path) -> None:
     assert (out / "gpu.md").is_file() and (out / "gpu.json").is_file()
     report = json.loads((out / "gpu.json").read_text())
     checks = {c["num"]: c for c in report["checks"]}
-    assert sorted(checks) == [1, 2, 3, 4, 5, 6] and report["passed"]
+    assert sorted(checks) == [1, 2, 3, 4, 5, 6, 7] and report["passed"]
     for c in checks.values():
         assert c["status"] in ("pass", "skipped"), (c["num"], c["errors"])
         assert all(r["status"] in ("pass", "skipped") for r in c["rows"]), c["num"]
@@ -40,5 +40,6 @@ def test_tiny_cpu_run_passes_every_check(tmp_path: Path) -> None:
     assert {r["world_size"] for r in checks[3]["rows"]} == {1, 2}
     assert any(r["name"] != "dense" for r in checks[4]["rows"])  # lut check on slimmed models
     assert any(r.get("model") == "slim" for r in checks[5]["rows"])
+    assert checks[7]["rows"][0]["kd_box"] > 0  # the detector distilled its boxes
     md = (out / "gpu.md").read_text()
-    assert all(f"| {m} |" in md for m in METHODS) and "6/6 checks passed" in md
+    assert all(f"| {m} |" in md for m in METHODS) and "7/7 checks passed" in md
