@@ -261,10 +261,22 @@ def test_slim_command_on_a_pruned_detector_checkpoint(run_cli, tmp_path: Path) -
             torch.testing.assert_close(a, b)
 
 
-def test_pruning_a_detector_resumes_exactly(run_cli, tmp_path: Path) -> None:
-    """Masks live on the core's modules, which the detector's checkpoint carries (net.*)."""
+@pytest.mark.parametrize("distilled", [False, True])
+def test_pruning_a_detector_resumes_exactly(run_cli, tmp_path: Path, distilled: bool) -> None:
+    """Masks live on the core's modules, which the detector's checkpoint carries (net.*). With
+    distillation (box term on) the resumed run rebuilds its teacher and ends the same."""
+    extra: tuple[str, ...] = ()
+    if distilled:
+        from prunecli.models import build_model
+
+        torch.manual_seed(0)
+        weights = tmp_path / "start.pt"  # the start and the teacher (a fresh detector)
+        torch.save(build_model({"name": "ssd_tiny"}, num_classes=10, in_chans=3).state_dict(),
+                   weights)
+        extra = ("distill.enabled=true", f"model.weights={weights}")
     common = (*SMALL_DEMO, "data.train_size=64", "data.batch_size=8", "data.val_size=16",
-              "trainer.epochs=3", "trainer.deterministic=true", "method=taylor", "cost.ratio=0.5")
+              "trainer.epochs=3", "trainer.deterministic=true", "method=taylor", "cost.ratio=0.5",
+              *extra)
     whole = run_cli("train", *common, run_dir=tmp_path / "whole")
     part = run_cli("train", *common, "trainer.stop_after_epoch=2", run_dir=tmp_path / "part")
     resumed = run_cli("train", *common, f"resume={part}", run_dir=tmp_path / "resumed")
@@ -274,6 +286,8 @@ def test_pruning_a_detector_resumes_exactly(run_cli, tmp_path: Path) -> None:
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert read_results(resumed)["cost_kept"] == read_results(whole)["cost_kept"]
+    if distilled:
+        assert read_results(resumed)["distill"]["box_weight"] == 2.0
 
 
 def test_slim_when_final_on_a_detector(run_cli, tmp_path: Path) -> None:
