@@ -207,7 +207,8 @@ class Distiller:
         if kind != teacher_kind:
             raise ConfigError(f"distillation: the teacher scores classes by {teacher_kind}, the "
                               f"student by {kind}; use a teacher of the same detector family")
-        kd = kd_loss(logits, teacher_logits, self.temperature, kind)
+        with torch.set_grad_enabled(self.alpha > 0):  # at alpha 0 only measured: no graph
+            kd = kd_loss(logits, teacher_logits, self.temperature, kind)
         supervised, rest = self.task.split_loss(self._student, task_loss, outputs)
         objective = (1.0 - self.alpha) * supervised.float() + self.alpha * kd
         if rest is not None:

@@ -93,10 +93,10 @@ class Task(ABC):
     #: whether :meth:`box_regressions` gives boxes to distil (detection)
     has_boxes: bool = False
 
-    def box_regressions(self, model: nn.Module, core_output: Any) -> Tensor:
+    def box_regressions(self, model: nn.Module, core_output: Any) -> Tensor | None:
         """The box regressions in ``core_of(model)``'s output as ``(..., boxes, 4)`` in the order
-        of :meth:`class_logits`' boxes (only where :attr:`has_boxes`)."""
-        raise NotImplementedError(f"{type(self).__name__} has no boxes")
+        of :meth:`class_logits`' boxes; None for a task without boxes (classification)."""
+        return None
 
     #: ``distill.alpha`` when the config leaves it unset: the share of the supervised loss that
     #: the class-score distillation term takes
