@@ -221,15 +221,18 @@ def test_ssd_recipe_lr_schedule_and_bias_groups() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize("method", ["taylor", "halp", "smcp", "slimming", "gator", "chex"])
+@pytest.mark.parametrize("method", ["taylor", "halp", "smcp", "slimming", "gator", "chex",
+                                    "smcp+method.importance=taylor_fo+method.mask=hard"])
 def test_every_method_prunes_a_detector_to_its_budget(run_cli, method: str) -> None:
     """Each method on the detection losses: the run lands on half the core's MACs, the slimmed
-    detector equals the masked one, scores the same mAP, and its slim.pt rebuilds it."""
+    detector equals the masked one, scores the same mAP, and its slim.pt rebuilds it. The last
+    case is the SMCP form the README recommends for detectors."""
     from prunecli.cost import count_macs
     from prunecli.models.detection import Detector
     from prunecli.structure import load_slim
 
-    extra = ["method.prune_steps=4", "method.prune_every=4"] if method == "halp" else []
+    method, *extra = method.split("+")
+    extra += ["method.prune_steps=4", "method.prune_every=4"] if method == "halp" else []
     # 16 steps an epoch (each method's schedule in steps as with 256 scenes in 16s), 8 scenes
     run = run_cli("train", *SMALL_DEMO, "data.train_size=128", "data.batch_size=8",
                   "data.val_size=32", "trainer.epochs=3", f"method={method}", "cost.ratio=0.5",
