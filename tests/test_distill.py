@@ -212,6 +212,12 @@ def test_detector_class_logits_are_torchvisions_head_outputs(name: str) -> None:
     assert kind == ("softmax" if name == "ssd_tiny" else "sigmoid")
     torch.testing.assert_close(logits, expected["cls_logits"])
     torch.testing.assert_close(boxes, expected["bbox_regression"])
+    # distilled in SSD's (10, 10, 5, 5) offset units: RetinaNet's (1, 1, 1, 1) offsets scaled
+    # up to them, SSD's already in them, FCOS's distances (no weights) left as they are
+    scale = {"retinanet_resnet50_fpn": torch.tensor([10.0, 10.0, 5.0, 5.0])}.get(name)
+    assert (det.box_scale() is None) == (scale is None)
+    torch.testing.assert_close(detection_task().box_regressions(det, maps),
+                               boxes if scale is None else boxes * scale)
 
 
 def test_faster_rcnn_distils_the_rpn_objectness() -> None:
@@ -233,6 +239,16 @@ def test_faster_rcnn_distils_the_rpn_objectness() -> None:
     assert kind == "sigmoid"
     torch.testing.assert_close(logits.reshape(-1, 1), objectness)
     torch.testing.assert_close(boxes.reshape(-1, 4), deltas)
+    scaled = detection_task().box_regressions(det, maps)  # the RPN codes with (1, 1, 1, 1)
+    torch.testing.assert_close(scaled, boxes * torch.tensor([10.0, 10.0, 5.0, 5.0]))
+
+
+def detection_task():
+    from prunecli.tasks.detection import DetectionTask
+
+    with initialize_config_module(version_base="1.3", config_module="prunecli.conf"):
+        data = compose("train", overrides=["data=fashion_det"]).data
+    return DetectionTask(data, num_classes=3)
 
 
 def test_box_distillation_against_a_hand_computation() -> None:
@@ -300,9 +316,10 @@ def test_detector_distillation_shares_only_the_class_loss_weight(name: str) -> N
     boxed.attach(student)
     loss, parts = task.loss(student, images, targets)
     with torch.no_grad():
-        s_boxes = student.box_regressions(boxed._captured)
-        box_term = box_kd_loss(s_boxes, teacher.box_regressions(t_maps), fg, threshold)
-        everywhere = box_kd_loss(s_boxes, teacher.box_regressions(t_maps), fg, 1e-9)
+        s_boxes = task.box_regressions(student, boxed._captured)  # scaled: tested above
+        t_boxes = task.box_regressions(teacher, t_maps)
+        box_term = box_kd_loss(s_boxes, t_boxes, fg, threshold)
+        everywhere = box_kd_loss(s_boxes, t_boxes, fg, 1e-9)
     assert 0 < (fg >= threshold).sum() < fg.numel()
     assert not torch.isclose(box_term, everywhere)  # the selection matters
     class_part = 0.7 * parts[key] + 0.3 * kd_loss(student.class_logits(boxed._captured)[0],

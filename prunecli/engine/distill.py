@@ -16,9 +16,12 @@ box losses keep their full weight:
   is off unless ``distill.alpha`` is set (the detection task's alpha is 0): on the detection
   demo it cost mAP at every alpha and temperature tried;
 - detection boxes, a separate term ``box_weight * smooth-L1(student boxes, teacher boxes)``
-  added to the objective: the box regressions (as the detector's box coder encodes them) summed
-  over the four coordinates and averaged over the boxes the teacher holds for objects (its
-  foreground probability at least ``box_threshold``), since its offsets mean nothing elsewhere.
+  added to the objective: the box regressions (as the detector's box coder encodes them, in the
+  units of SSD's (10, 10, 5, 5) coder weights whatever the detector's own: RetinaNet's and the
+  RPN's offsets are scaled up to them; FCOS's anchor-relative distances are used as they are)
+  summed over the four coordinates and averaged over the boxes the teacher holds for objects
+  (its foreground probability at least ``box_threshold``), since its offsets mean nothing
+  elsewhere.
   Measured on the detection demo, this term is what helps a pruned detector:
   ``benchmarks/results/detection_distill_boxes.md``.
 

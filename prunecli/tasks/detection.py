@@ -100,8 +100,7 @@ class DetectionTask(Task):
 
     def class_logits(self, model: nn.Module, core_output: Any) -> tuple[Tensor, str]:
         """Per-box class scores (SSD: softmax over K + 1 with background; RetinaNet, FCOS:
-        sigmoid per class; Faster R-CNN: the RPN's objectness). Box regressions are not
-        distilled (see :mod:`prunecli.engine.distill`)."""
+        sigmoid per class; Faster R-CNN: the RPN's objectness)."""
         return model.class_logits(core_output)
 
     #: class-score distillation is off unless asked for: on the detection demo it cost mAP at
@@ -111,7 +110,12 @@ class DetectionTask(Task):
     has_boxes = True
 
     def box_regressions(self, model: nn.Module, core_output: Any) -> Tensor:
-        return model.box_regressions(core_output)
+        """The detector's encoded box regressions in the standard offset units
+        (:meth:`Detector.box_scale`): RetinaNet's and the RPN's (1, 1, 1, 1) encodings times
+        (10, 10, 5, 5), SSD's as they are, FCOS's distances as they are."""
+        boxes = model.box_regressions(core_output)
+        scale = model.box_scale()
+        return boxes if scale is None else boxes * scale.to(boxes.device, boxes.dtype)
 
     def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
                    ) -> tuple[Tensor, Tensor | None]:

@@ -37,6 +37,10 @@ if TYPE_CHECKING:  # torchvision's import costs ~1.5 s: only when a detector run
 Target = dict[str, Tensor]
 Detections = list[dict[str, Tensor]]
 
+#: The units box distillation compares regressions in: centre offsets in tenths and log-sizes in
+#: fifths of the anchor, the (10, 10, 5, 5) weights of SSD's and the ROI heads' box coders.
+STANDARD_BOX_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+
 
 class DetectorCore(nn.Module, ABC):
     """Normalised images -> flat tuple of per-level head maps (see the module docstring).
@@ -137,6 +141,22 @@ class Detector(nn.Module, ABC):
         :meth:`class_logits`' boxes and encoded as the detector's box coder encodes its
         targets: what box distillation matches on the boxes the teacher holds for objects."""
         ...
+
+    def box_coder(self) -> Any:
+        """The torchvision box coder that encodes :meth:`box_regressions` (None: unknown)."""
+        return None
+
+    def box_scale(self) -> Tensor | None:
+        """Per-coordinate factors from this detector's box encoding to
+        :data:`STANDARD_BOX_WEIGHTS`' units (None: already in them, or not a weighted
+        ``BoxCoder``, as FCOS's distances). RetinaNet and the RPN encode with weights (1, 1, 1, 1),
+        so their offsets are 5-10x smaller than SSD's for the same boxes; scaled, one
+        ``distill.box_weight`` means the same for every detector."""
+        weights = getattr(self.box_coder(), "weights", None)
+        if weights is None:
+            return None
+        scale = torch.tensor(STANDARD_BOX_WEIGHTS) / torch.tensor(weights, dtype=torch.float32)
+        return None if bool((scale == 1).all()) else scale
 
     # ------------------------------------------------------------------ common
     @property

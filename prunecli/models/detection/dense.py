@@ -7,6 +7,8 @@ tracer sees as one module called several times (their channels couple across lev
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.fcos import FCOS
@@ -94,6 +96,9 @@ class RetinaNetDetector(Detector):
     def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
         return flatten_levels(maps[len(maps) // 2 :], 4)
 
+    def box_coder(self) -> Any:
+        return self.net.box_coder
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:
@@ -160,6 +165,9 @@ class FCOSDetector(Detector):
         """FCOS's (l, t, r, b) distances; centerness is not distilled."""
         levels = len(maps) // 3
         return flatten_levels(maps[levels : 2 * levels], 4)
+
+    def box_coder(self) -> Any:
+        return self.net.box_coder  # distances over the anchor size: no weights
 
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None

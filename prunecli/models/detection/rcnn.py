@@ -12,6 +12,7 @@ replaced by the core's outputs: torchvision's anchors, box coder, ``filter_propo
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -93,6 +94,9 @@ class FasterRCNNDetector(Detector):
         """The RPN's box deltas (the ROI head's lie outside the core)."""
         levels = len(self.core.feature_names)
         return flatten_levels(maps[2 * levels :], 4)
+
+    def box_coder(self) -> Any:
+        return self.net.rpn.box_coder
 
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None

@@ -76,6 +76,9 @@ class SSDDetector(Detector):
     def box_regressions(self, maps: tuple[Tensor, ...]) -> Tensor:
         return flatten_levels(maps[len(maps) // 2 :], 4)
 
+    def box_coder(self) -> Any:
+        return self.net.box_coder
+
     def detect(
         self, image_list: ImageList, maps: tuple[Tensor, ...], targets: list[Target] | None
     ) -> dict[str, Tensor] | Detections:
