@@ -1,6 +1,7 @@
 """The six pruning methods on a detector, side by side: same data, detector, epochs, budgets.
 
-Run on demand (not a test; about 5 minutes per run on this project's 2-core CPU, ~1 hour)::
+Run on demand (not a test; about 5 minutes per run on this project's 2-core CPU: 15 runs,
+~75 minutes)::
 
     python benchmarks/detection_methods.py [--methods taylor halp] [--ratios 0.5 0.7]
                                            [--epochs 8] [--runs benchmarks/runs_det] [--reuse]
