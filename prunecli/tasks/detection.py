@@ -114,8 +114,8 @@ class DetectionTask(Task):
         (:meth:`Detector.box_scale`): RetinaNet's and the RPN's (1, 1, 1, 1) encodings times
         (10, 10, 5, 5), SSD's as they are, FCOS's distances as they are."""
         boxes = model.box_regressions(core_output)
-        scale = model.box_scale()
-        return boxes if scale is None else boxes * scale.to(boxes.device, boxes.dtype)
+        scale = model.box_scale(boxes.device, boxes.dtype)
+        return boxes if scale is None else boxes * scale
 
     def split_loss(self, model: nn.Module, loss: Tensor, outputs: Any
                    ) -> tuple[Tensor, Tensor | None]:

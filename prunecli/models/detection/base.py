@@ -146,17 +146,23 @@ class Detector(nn.Module, ABC):
         """The torchvision box coder that encodes :meth:`box_regressions` (None: unknown)."""
         return None
 
-    def box_scale(self) -> Tensor | None:
+    def box_scale(self, device: torch.device | str = "cpu",
+                  dtype: torch.dtype = torch.float32) -> Tensor | None:
         """Per-coordinate factors from this detector's box encoding to
         :data:`STANDARD_BOX_WEIGHTS`' units (None: already in them, or not a weighted
         ``BoxCoder``, as FCOS's distances). RetinaNet and the RPN encode with weights (1, 1, 1, 1),
         so their offsets are 5-10x smaller than SSD's for the same boxes; scaled, one
-        ``distill.box_weight`` means the same for every detector."""
-        weights = getattr(self.box_coder(), "weights", None)
-        if weights is None:
-            return None
-        scale = torch.tensor(STANDARD_BOX_WEIGHTS) / torch.tensor(weights, dtype=torch.float32)
-        return None if bool((scale == 1).all()) else scale
+        ``distill.box_weight`` means the same for every detector. Kept per device and dtype, so
+        the distiller's every step copies nothing to the accelerator."""
+        cache = self.__dict__.setdefault("_box_scales", {})
+        key = (str(device), dtype)
+        if key not in cache:
+            weights = getattr(self.box_coder(), "weights", None)
+            scale = None if weights is None else (
+                torch.tensor(STANDARD_BOX_WEIGHTS) / torch.tensor(weights, dtype=torch.float32))
+            cache[key] = None if scale is None or bool((scale == 1).all()) else \
+                scale.to(device, dtype)
+        return cache[key]
 
     # ------------------------------------------------------------------ common
     @property
