@@ -5,6 +5,7 @@ Run on demand (not a test; about 5 minutes per run on this project's 2-core CPU:
 
     python benchmarks/detection_methods.py [--methods taylor halp] [--ratios 0.5 0.7]
                                            [--epochs 8] [--runs benchmarks/runs_det] [--reuse]
+                                           [--dataset digits_voc] [--no-dense] [OVERRIDES]
 
 Trains the dense detector (``method=none``) and each method at each ``cost.ratio`` (the
 fraction of the core's MACs removed: 0.5 -> 50% kept, 0.7 -> 30%) on the embedded detection
@@ -17,11 +18,19 @@ test-set evaluation of the slimmed detector (COCO mAP@[.5:.95] with COCOeval, VO
 mAP).
 
 Then the dense and every slimmed detector are timed on the CPU, interleaved in one loop so they
-see the same machine load, on real test scenes at batch 1 and 8: the core (backbone and heads,
+see the same machine load, on real test images at batch 1 and 8: the core (backbone and heads,
 what pruning shrinks) and the whole detector (plus anchors, box decoding and NMS). Medians.
 
+``--dataset digits_voc`` runs the same on a dataset none of this was designed on, read as a
+user's VOC folder is (``digits_voc.py``: handwritten digits on photographs, written under
+``--runs``); its table (``detection_methods_digits_voc.md``) used ``data.augment=false``, chosen
+on its held-out split (``--holdout``; ``detection_digits_voc_holdout.md``).
+
 Writes ``detection_methods.md`` and ``.json`` to ``--out`` (default ``benchmarks/results``).
-``--reuse`` skips runs whose ``results.json`` exists (re-time or re-tabulate only).
+``--reuse`` skips runs whose ``results.json`` exists (re-time or re-tabulate only). Overrides
+for every run (``trainer.threads=1``) go before ``--methods``, which would take them as
+methods. Two processes can share the work: the second with ``--no-dense``, then one ``--reuse``
+pass with every method tabulates and times them on a quiet machine.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from digits_voc import write_digits_voc  # noqa: E402
 from methods import parse_variant, run_one  # noqa: E402  (the same one-run-per-process driver)
 
 # 250 optimizer steps per epoch (8,000 scenes at batch 32), 2,000 in 8 epochs: every method
@@ -61,17 +71,42 @@ SMCP_FOR_DETECTORS = "smcp+method.importance=taylor_fo+method.mask=hard"
 BATCHES = (1, 8)
 
 
-def test_images(count: int) -> torch.Tensor:
-    """The first ``count`` test scenes, as the detectors see them (images in [0, 1])."""
+# what each --dataset trains and scores on, for the results file
+DATASETS = {
+    "fashion_det": "the embedded detection demo (`experiment=detect_demo`: 8,000 training scenes, "
+                   "1,000 test scenes of unseen Fashion-MNIST items, 96x96)",
+    "digits_voc": "a VOC-format folder none of the other benchmarks use (`digits_voc.py`: 8,000 "
+                  "training and 1,000 test photographs of 112-176 x 88-144 px with 1-4 "
+                  "handwritten digits each, test digits unseen, read by `data=voc` and resized "
+                  "to 96x96); the demo's recipe, with the overrides in the command above",
+}
+
+
+def data_overrides(dataset: str, runs: Path, holdout: bool) -> list[str]:
+    """The ``prunecli train`` overrides that select ``dataset``'s training and scoring splits."""
+    if dataset == "fashion_det":
+        return ["data.val_split=holdout"] if holdout else []
+    folder = write_digits_voc(runs / "digits_voc")
+    return [o.replace("data.val_split=test", "data.val_split=val") if holdout else o
+            for o in folder]
+
+
+def test_images(count: int, overrides: list[str]) -> torch.Tensor:
+    """The first ``count`` scoring images, as the detectors see them (in [0, 1])."""
     from prunecli.data import build_datasets
 
-    val = build_datasets({"name": "fashion_det"}).val
+    cfg = {"name": "fashion_det", "image_size": 96}
+    for o in overrides:
+        key, value = o.split("=", 1)
+        cfg["name" if key == "data" else key.removeprefix("data.")] = value
+    val = build_datasets(cfg).val
     return torch.stack([val[i][0] for i in range(count)])
 
 
-def time_detectors(rows: list[dict], runs: Path, repeats: int, threads: int) -> None:
+def time_detectors(rows: list[dict], runs: Path, repeats: int, threads: int,
+                   data: list[str]) -> None:
     """Median CPU latency of the dense and every slimmed detector, core and whole, interleaved
-    on the same real test scenes."""
+    on the same real test images."""
     from prunecli.bench.timing import prepare, time_interleaved
     from prunecli.structure import load_slim, strip_all_masks
     from prunecli.structure.from_checkpoint import load_masked_model
@@ -90,7 +125,7 @@ def time_detectors(rows: list[dict], runs: Path, repeats: int, threads: int) -> 
             models[r["run_name"]] = load_slim(r["slim_model"]).model
     if not models:
         return
-    images = test_images(max(BATCHES))
+    images = test_images(max(BATCHES), data)
     normalised = next(iter(models.values())).normalise(images)
     for part, inputs in (("core", normalised), ("full", images)):
         fns = {k: prepare(m.core if part == "core" else m, cpu, "fp32", False, False)
@@ -170,11 +205,16 @@ def main() -> None:
     ap.add_argument("--holdout", action="store_true",
                     help="for choosing settings: every run scores on scenes of the last 10%% of "
                          "the training items (data.val_split=holdout), never on the test scenes")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion_det",
+                    help="digits_voc: the same runs on a VOC-format folder written under --runs")
+    ap.add_argument("--no-dense", action="store_true",
+                    help="leave the dense run to another process running beside this one (same "
+                         "--runs); a later --reuse pass tabulates and times them all")
     ap.add_argument("extra", nargs="*", help="further overrides for every run")
     args = ap.parse_args()
     t0 = time.time()
-    extra = ["experiment=detect_demo", *(["data.val_split=holdout"] if args.holdout else []),
-             *args.extra]
+    data = data_overrides(args.dataset, args.runs, args.holdout)
+    extra = ["experiment=detect_demo", *data, *args.extra]
 
     def one(name: str, ratio: float) -> dict:
         method, schedule, folder = parse_variant(name, SCHEDULES)
@@ -183,16 +223,15 @@ def main() -> None:
         return {**r, "variant": name, "run_name": "dense" if method == "none"
                 else f"{folder}_{ratio:g}"}
 
-    rows = [one("none", 0.0)]
+    rows = [] if args.no_dense else [one("none", 0.0)]
     for ratio in args.ratios:
         for method in args.methods:
             rows.append(one(method, ratio))
-    time_detectors(rows, args.runs, args.repeats, args.threads)
+    time_detectors(rows, args.runs, args.repeats, args.threads, data)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
-    scored_on = ("1,000 held-out scenes (`data.val_split=holdout`: items of the last 10% of "
-                 "the training images, which the training scenes do not use)" if args.holdout
-                 else "the test scenes")
+    scored_on = ("1,000 held-out images (items or digits the training images do not use)"
+                 if args.holdout else "the test images")
     md = [
         "# Pruning methods side by side on a detector",
         "",
@@ -200,14 +239,13 @@ def main() -> None:
         f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{time.time() - t0:.0f} s in all).",
         "",
-        f"ssd_tiny on the embedded detection demo (`experiment=detect_demo`: 8,000 training "
-        f"scenes, 1,000 test scenes of unseen Fashion-MNIST items, 96x96), {args.epochs} epochs "
+        f"ssd_tiny on {DATASETS[args.dataset]}, {args.epochs} epochs "
         "for every run, SGD lr 0.1 cosine; budgets in MACs of the core (backbone, extra layers, "
         "heads). mAP = COCO mAP@[.5:.95] (COCOeval), VOC07 = 11-point AP at IoU 0.5, both of "
         f"the slimmed detector on {scored_on}. Pruning schedules (`SCHEDULES` in the script) "
         "end by ~60% of training, the rest fine-tunes. Latency: CPU, fp32, eager PyTorch, "
         f"{args.threads} threads, the dense and all slimmed detectors timed interleaved on the "
-        "same real test scenes, median of the repeats; core = the network pruning shrinks, "
+        "same real test images, median of the repeats; core = the network pruning shrinks, "
         "whole = plus anchors, box decoding and NMS.",
         "",
         table(rows),
