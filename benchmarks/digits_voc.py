@@ -23,10 +23,13 @@ Everything follows from fixed seeds; the folder is written once (a few seconds) 
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.det_fixtures import voc_xml  # noqa: E402  (the tests' VOC annotation writer)
 
 TRAIN_DIGITS_PER_CLASS, VAL_DIGITS_PER_CLASS = 90, 10  # 1,000 training digits, as digits_folder
 SCENES = {"train": 8000, "val": 1000, "test": 1000}
@@ -102,25 +105,6 @@ def _scene(rng: np.random.Generator, photos: list[np.ndarray], digits: np.ndarra
     return np.clip(image, 0, 255).astype(np.uint8), objects
 
 
-def _xml(image_id: str, size: tuple[int, int], objects: list[tuple]) -> bytes:
-    root = ET.Element("annotation")
-    ET.SubElement(root, "folder").text = "digits_voc"
-    ET.SubElement(root, "filename").text = f"{image_id}.jpg"
-    size_el = ET.SubElement(root, "size")
-    for tag, value in zip(("width", "height", "depth"), (*size, 3), strict=True):
-        ET.SubElement(size_el, tag).text = str(value)
-    for name, x1, y1, x2, y2, difficult in objects:
-        obj = ET.SubElement(root, "object")
-        ET.SubElement(obj, "name").text = name
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = "0"
-        ET.SubElement(obj, "difficult").text = str(int(difficult))
-        box = ET.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), (x1, y1, x2, y2), strict=True):
-            ET.SubElement(box, tag).text = str(value)
-    return ET.tostring(root)
-
-
 def write_digits_voc(root: Path, scenes: dict[str, int] | None = None) -> list[str]:
     """Write the VOC folder at ``root`` (unless already there) and return the ``prunecli train``
     overrides that read it; ``scenes`` changes the number of images per split (tests)."""
@@ -147,8 +131,8 @@ def write_digits_voc(root: Path, scenes: dict[str, int] | None = None) -> list[s
                 image, objects = _scene(rng, photos, digits.images, digits.target, split[name])
                 Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
                 size = (image.shape[1], image.shape[0])
-                (root / "Annotations" / f"{image_id}.xml").write_bytes(
-                    _xml(image_id, size, objects))
+                (root / "Annotations" / f"{image_id}.xml").write_text(
+                    voc_xml(image_id, size, objects))
                 ids.append(image_id)
                 objects_seen += len(objects)
             (root / "ImageSets/Main" / f"{name}.txt").write_text("\n".join(ids) + "\n")
@@ -159,8 +143,6 @@ def write_digits_voc(root: Path, scenes: dict[str, int] | None = None) -> list[s
 
 
 if __name__ == "__main__":
-    import sys
-
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/runs_det_digits/digits_voc")
     print(" ".join(write_digits_voc(out)))
     print((out / "digits_voc.json").read_text())
