@@ -33,7 +33,7 @@ class SafeRandomIoUCrop(v2.RandomIoUCrop):
     by one in Python, and on images whose objects are small next to the image (most of VOC and
     COCO) the strict options fail all 40, so a sample cost ~9 ms, three quarters of SSD's whole
     augmentation. Here an option's trials are drawn and checked as one array: the first passing
-    trial of the same independent draws has the same distribution, at ~0.5 ms a sample
+    trial of the same independent draws has the same distribution, at ~0.2 ms a sample
     (``tests/test_det_data.py`` compares the two).
 
     An image without (non-ignored) boxes is left as it is at once; torchvision's version loops
