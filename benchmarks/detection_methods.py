@@ -24,13 +24,13 @@ what pruning shrinks) and the whole detector (plus anchors, box decoding and NMS
 ``--dataset digits_voc`` runs the same on a dataset none of this was designed on, read as a
 user's VOC folder is (``digits_voc.py``: handwritten digits on photographs, written under
 ``--runs``); its table (``detection_methods_digits_voc.md``) used ``data.augment=false``, chosen
-on its held-out split (``--holdout``; ``detection_digits_voc_holdout.md``).
+on its held-out ``val`` split (``detection_digits_voc_holdout.md``; ``--holdout`` scores there).
 
 Writes ``detection_methods.md`` and ``.json`` to ``--out`` (default ``benchmarks/results``).
 ``--reuse`` skips runs whose ``results.json`` exists (re-time or re-tabulate only). Overrides
-for every run (``trainer.threads=1``) go before ``--methods``, which would take them as
-methods. Two processes can share the work: the second with ``--no-dense``, then one ``--reuse``
-pass with every method tabulates and times them on a quiet machine.
+for every run (``trainer.threads=1``) go before ``--ratios`` and ``--methods``, which would take
+them as their own values. Two processes can share the work: the second with ``--no-dense``,
+then one ``--reuse`` pass with every method tabulates and times them on a quiet machine.
 """
 
 from __future__ import annotations
