@@ -46,6 +46,11 @@ def test_slim_inspect_and_eval_of_a_masked_run(run_cli, tmp_path: Path, capsys) 
     table = capsys.readouterr().out
     some = next(iter(keep.values()))
     assert f"{len(some)}/" in table  # kept/size shown for pruned groups
+    run_cli("inspect", f"ckpt={masked_ckpt.parent / 'slim.pt'}", run_dir=tmp_path / "inspect2")
+    slim_table = capsys.readouterr().out
+    assert slim_table.split("channel groups of")[1].split("\n", 1)[1] == \
+        table.split("channel groups of")[1].split("\n", 1)[1]  # same rows, same kept MACs
+    assert "M kept (" in " ".join(slim_table.split())
 
     ev_masked = read_results(run_cli("eval", f"ckpt={masked_ckpt}", run_dir=tmp_path / "e1"))
     ev_slim = read_results(run_cli("eval", f"ckpt={masked_ckpt.parent / 'slim.pt'}",
@@ -88,3 +93,19 @@ def test_inspect_names_the_droppable_groups(run_cli, capsys) -> None:
     run_cli("inspect", "model=resnet20", "input_size=[3,32,32]", "num_classes=10")
     out = capsys.readouterr().out
     assert "9 droppable whole" in out and out.count("droppable") >= 10
+
+
+def test_a_run_reloads_without_its_starting_weights(run_cli, tmp_path: Path) -> None:
+    """A run started from model.weights (a path relative to where it trained, or a download
+    for model.pretrained) reloads from its checkpoint alone: eval, slim, inspect, export and
+    bench read the run elsewhere, or after the starting file is gone."""
+    run = run_cli("train", *SMOKE)
+    ckpt = load_checkpoint(run / "last.pt")
+    ckpt["config"]["model"]["weights"] = "gone/dense_weights.pt"  # as if trained elsewhere
+    save_atomic(ckpt, run / "last.pt")
+    loaded = load_masked_model(run)
+    state = loaded.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in ckpt["model"].items())
+    assert loaded.model_config["weights"] == "gone/dense_weights.pt"  # reported as trained
+    results = read_results(run_cli("eval", f"ckpt={run}", run_dir=tmp_path / "eval"))
+    assert results["top1"] >= 0.0

@@ -1,4 +1,5 @@
-"""``prunecli inspect model=NAME``: a table of the model's channel groups."""
+"""``prunecli inspect model=NAME``: a table of the model's channel groups (``ckpt=RUN`` or
+``ckpt=slim.pt``: with the kept/size of every pruned group)."""
 
 from __future__ import annotations
 
@@ -23,22 +24,33 @@ def _names(items: list[str], limit: int = 2) -> str:
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from prunecli.cost import count_macs, group_macs
+    from prunecli.cost import build_cost_model, count_macs, group_macs
     from prunecli.models import build_model
     from prunecli.models.detection import core_of, is_detector
     from prunecli.structure import trace_structure
     from prunecli.structure.from_checkpoint import load_masked_model
+    from prunecli.structure.io import is_slim_file, load_slim
 
     if cfg.show not in ("all", "prunable", "unprunable"):
         raise ConfigError(f"show={cfg.show} is not one of all, prunable, unprunable")
     keep: dict = {}
-    if cfg.ckpt:
+    if cfg.ckpt and is_slim_file(cfg.ckpt):  # a slim file: its dense architecture, kept/size
+        small = load_slim(cfg.ckpt)
+        model = build_model({**small.model_config, "pretrained": False, "weights": None},
+                            num_classes=small.num_classes, in_chans=small.in_chans).eval()
+        structure, keep = small.structure, small.keep
+        x = torch.zeros(structure.input_shape)
+        title = f"{small.model_config['name']} from {cfg.ckpt}"
+        seconds = None  # traced while loading
+    elif cfg.ckpt:
         loaded = load_masked_model(cfg.ckpt)
         model, structure, keep, x = loaded.model, loaded.structure, loaded.keep, loaded.example
         title = f"{loaded.model_config['name']} from {cfg.ckpt}"
-        t0 = time.perf_counter()
+        seconds = None
         if cfg.ignore:
+            t0 = time.perf_counter()
             structure = trace_structure(core_of(model), x, ignore=list(cfg.ignore))
+            seconds = time.perf_counter() - t0
     else:
         shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
         model = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
@@ -46,12 +58,19 @@ def main(cfg: DictConfig) -> None:
         x = torch.randn(1, *shape)
         t0 = time.perf_counter()
         structure = trace_structure(core_of(model), x, ignore=list(cfg.ignore))
+        seconds = time.perf_counter() - t0
         title = f"{cfg.model.name} at {'x'.join(map(str, shape))}"
         if is_detector(model):
             title += " (the detector's core: backbone, neck and heads)"
-    seconds = time.perf_counter() - t0
     model = core_of(model)  # a detector's costs and groups are its core's
     total = count_macs(model, x)
+    macs_text = f"{total / 1e6:.1f} M MACs"
+    if keep:  # what the pruned channels leave of the dense cost
+        kept = build_cost_model("macs", model, structure, x).cost(
+            {g: len(idx) for g, idx in keep.items()})
+        macs_text = (f"{total / 1e6:.1f} M MACs dense, {kept / 1e6:.1f} M kept "
+                     f"({100 * kept / max(1, total):.1f}%)")
+    traced = "" if seconds is None else f"; traced in {seconds:.2f} s"
     per_group = group_macs(model, structure)
 
     table = Table(title=f"channel groups of {title}", title_justify="left")
@@ -78,8 +97,8 @@ def main(cfg: DictConfig) -> None:
     console.print(
         f"{len(structure.groups)} groups, {len(structure.prunable_groups)} prunable "
         f"({len(structure.droppable_groups)} droppable whole: method.layer_drop=true) holding "
-        f"{100 * prunable:.1f}% of the channels; {total / 1e6:.1f} M MACs; traced in "
-        f"{seconds:.2f} s. MACs % = share of the model's MACs in layers whose cost scales with "
+        f"{100 * prunable:.1f}% of the channels; {macs_text}{traced}. MACs % = share of the "
+        "model's MACs in layers whose cost scales with "
         "the group's width; size xN: pruned in units of N channels (a grouped conv's groups).")
     if structure.unknown_ops:
         console.print(f"ops not understood (their channels stay whole): "

@@ -39,7 +39,10 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
         raise CheckpointError(f"{path} is not a `prunecli train` checkpoint (needs model, config "
                               "and data_info); pass a run directory or its last.pt")
     cfg, info = ckpt["config"], ckpt["data_info"]
-    model = build_model(cfg["model"], num_classes=info["num_classes"], in_chans=info["channels"])
+    # the checkpoint holds every weight: the run's starting weights (model.weights, a relative
+    # path from the training directory, or a download for model.pretrained) are not read again
+    architecture = {**cfg["model"], "pretrained": False, "weights": None}
+    model = build_model(architecture, num_classes=info["num_classes"], in_chans=info["channels"])
     example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
                           generator=torch.Generator().manual_seed(0))
     from prunecli.models.detection import core_of, names_in_core
