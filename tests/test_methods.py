@@ -340,3 +340,44 @@ def test_a_cap_that_cannot_meet_the_budget_fails_before_training_and_names_one_t
     method = pruner.method
     floors = {g.id: method.floor(g.id) for g in method.structure.prunable_groups}
     assert method.cost_model.cost(floors) <= method.target_cost
+
+
+class _TwoNarrowLayers(nn.Module):
+    """Two 16-channel groups; MACs per pixel ``3a + ab + 10b``: with neuron groups of 8 the
+    widths are 8 or 16, so a 50% budget (232 of 464) is met only by (8, 8) at 36%."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(16, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.out = nn.Conv2d(16, 10, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.b(self.a(x))).mean((2, 3))
+
+
+@pytest.mark.parametrize(("group_size", "warned"), [(8, True), (1, False)])
+def test_halp_says_when_its_neuron_groups_undershoot_the_budget(caplog, group_size: int,
+                                                                 warned: bool) -> None:
+    import logging
+
+    torch.manual_seed(0)
+    model = _TwoNarrowLayers()
+    x, y = torch.randn(8, 3, 4, 4), torch.randint(0, 10, (8,))
+    pruner = Pruner(model, x, "halp", ratio=0.5, epochs=1, steps_per_epoch=6, prune_every=1,
+                    prune_steps=3, group_size=group_size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    pruner.start(opt)
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        for _ in range(6):
+            nn.functional.cross_entropy(model(x), y).backward()
+            pruner.before_step()
+            opt.step()
+            opt.zero_grad()
+            pruner.after_step()
+    kept = pruner.method.kept_cost_ratio()
+    assert kept <= 0.5 + 1e-9
+    if warned:
+        assert kept == pytest.approx(168 / 464) and "method.group_size=4 or lower" in caplog.text
+    else:
+        assert kept >= 0.48 and "lands nearer the budget" not in caplog.text

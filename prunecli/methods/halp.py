@@ -29,6 +29,9 @@ from prunecli.methods.schedule import geometric_target, spread_steps
 
 log = logging.getLogger("prunecli")
 
+#: a final cost this far (a fraction of dense) under the budget gets a warning
+UNDERSHOOT = 0.02
+
 
 class HALP(PruningMethod):
     def setup(self, ctx: HookContext) -> None:
@@ -79,6 +82,7 @@ class HALP(PruningMethod):
         dense = self.cost_model.dense
         target = geometric_target(dense, self.target_cost, self.done_steps, self.steps)
         if self.cost_model.cost(self.counts()) <= target:
+            self._check_landing()
             return  # already at or under this step's target
         result = allocate_to_budget(self.cost_model, scores, 1.0 - target / dense,
                                     side_weight=c.side_weight, active=self.active(),
@@ -89,6 +93,22 @@ class HALP(PruningMethod):
                         "group per layer kept and %s", self.done_steps, 100 * target / dense,
                         self.floor_text())
         self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{self.steps}")
+        self._check_landing()
+
+    def _check_landing(self) -> None:
+        """After the last step: a budget missed from below by more than UNDERSHOOT of the dense
+        cost is the neuron groups' doing (the knapsack keeps value, not cost, and a group of
+        ``group_size`` channels in a narrow layer can weigh several percent); say how to fix it."""
+        if self.done_steps < self.steps:
+            return
+        kept, goal = self.kept_cost_ratio(), 1.0 - self.ratio
+        if kept >= goal - UNDERSHOOT:
+            return
+        size = self.cfg.group_size
+        log.warning("halp: pruning ended at %.1f%% of the dense %s for a %.1f%% budget: neuron "
+                    "groups of %d channels are coarse for this model's widths; "
+                    "method.group_size=%d or lower lands nearer the budget", 100 * kept,
+                    self.cost_model.name, 100 * goal, size, max(1, size // 2))
 
     def masks_final(self) -> bool:
         return bool(self.done_steps >= self.steps)
