@@ -60,11 +60,19 @@ def _si(v: float) -> str:
 
 
 def results_table(rows: Sequence[dict[str, Any]], title: str, extra: Sequence[str] = ()) -> Table:
-    """One row per run; ``extra`` names further keys (e.g. the swept overrides) shown first."""
+    """One row per run; ``extra`` names further keys (e.g. the swept overrides) shown first.
+    A text column (model, data, method, cost, ...) with one value for every run of several goes
+    into the title instead, so that what differs fits a terminal."""
+    columns = [c for c in SWEEP_COLUMNS if c[0] not in extra
+               and any(r.get(c[0]) is not None for r in rows)]
+    shared = [c for c in columns if len(rows) > 1 and c[2] is str
+              and len({"-" if r.get(c[0]) is None else str(r[c[0]]) for r in rows}) == 1]
+    if shared:
+        title += " (" + ", ".join(f"{h} {rows[0].get(k)}" for k, h, _ in shared) + ")"
+        columns = [c for c in columns if c not in shared]
     table = Table(title=title, title_justify="left")
     for key in extra:
         table.add_column(key)
-    columns = [c for c in SWEEP_COLUMNS if any(r.get(c[0]) is not None for r in rows)]
     for _, header, fmt in columns:
         table.add_column(header, justify="left" if fmt is str else "right")
     for r in rows:

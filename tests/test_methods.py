@@ -98,7 +98,10 @@ def test_a_budget_sweep_is_summarised(run_cli, tmp_path: Path) -> None:
     kept = sorted(round(row["results"]["cost_kept"] if "results" in row else row["cost_kept"], 2)
                   for row in rows)
     assert len(kept) == 2 and kept[0] <= 0.4 + 1e-6 and 0.68 <= kept[1] <= 0.7 + 1e-6
-    assert "cost.ratio" in (sweep / "summary.txt").read_text()
+    text = (sweep / "summary.txt").read_text()
+    title, header = text.splitlines()[0], " ".join(text.splitlines()[1:4])
+    assert "method halp" in title and "cost.ratio" in header  # shared in the title, swept a column
+    assert "overrides" not in header and " method " not in header
 
 
 def test_two_stage_slimming_from_a_sparsity_trained_checkpoint(run_cli, tmp_path: Path) -> None:

@@ -28,6 +28,22 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def swept_columns(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows with one key per swept override (``cost.ratio`` -> ``0.3``), and those keys in
+    command-line order: a column each reads better than one wrapped overrides column."""
+    keys: list[str] = []
+    shown = []
+    for row in rows:
+        values = {}
+        for item in row["overrides"].split():
+            key, _, value = item.partition("=")
+            values[key] = value if _ else "yes"
+            if key not in keys:
+                keys.append(key)
+        shown.append({**row, **values})
+    return [{**{k: "-" for k in keys}, **r} for r in shown], keys
+
+
 class SweepSummary(Callback):
     """Prints the summary and writes ``summary.json`` / ``summary.txt`` into the sweep folder."""
 
@@ -41,7 +57,8 @@ class SweepSummary(Callback):
         if not rows:
             return
         (sweep_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-        table = results_table(rows, f"sweep: {len(rows)} runs", extra=("job", "overrides"))
+        shown, keys = swept_columns(rows)
+        table = results_table(shown, f"sweep: {len(rows)} runs", extra=("job", *keys))
         save_table(table, sweep_dir / "summary.txt")
         rich.get_console().print(table)
         rich.get_console().print(f"sweep outputs: [bold]{sweep_dir.resolve()}[/bold] "
