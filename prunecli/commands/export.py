@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> None:
     what = "detector core, normalised input" if detector is not None else "input"
     console.print(f"{cfg.format}: [bold]{out.resolve()}[/bold] ({what} {list(x.shape)})")
     if detector is not None and cfg.whole:
-        _export_whole(detector, out, cfg, console)
+        _export_whole(detector, out, cfg, console, size=int(shape[-1]))
 
 
 def _model_to_export(cfg: DictConfig) -> tuple[Any, tuple[int, ...], Path]:
@@ -69,8 +69,9 @@ def _model_to_export(cfg: DictConfig) -> tuple[Any, tuple[int, ...], Path]:
     return loaded.model, tuple(loaded.example.shape[1:]), source
 
 
-def _export_whole(detector, core_file: Path, cfg: DictConfig, console) -> None:
-    """The whole detector beside its core (ONNX only): images in [0, 1] -> detections."""
+def _export_whole(detector, core_file: Path, cfg: DictConfig, console, size: int) -> None:
+    """The whole detector beside its core (ONNX only): images in [0, 1] of the core's input
+    size -> detections."""
     from prunecli.models.detection import export_whole_detector_onnx
     from prunecli.models.registry import one_line
 
@@ -80,12 +81,11 @@ def _export_whole(detector, core_file: Path, cfg: DictConfig, console) -> None:
         return
     path = core_file.with_name(core_file.stem + ".full.onnx")
     try:
-        export_whole_detector_onnx(detector, path, opset=cfg.opset)
+        export_whole_detector_onnx(detector, path, opset=cfg.opset, size=size)
     except Exception as exc:  # torchvision's post-processing does not export for every model
         path.unlink(missing_ok=True)
         console.print(f"whole detector: not exported ({type(detector).__name__}: "
                       f"{one_line(exc)}); deploy the core and run post-processing yourself")
         return
-    size = detector.input_size
     console.print(f"onnx (whole detector: boxes, scores, labels after NMS): "
                   f"[bold]{path.resolve()}[/bold] (input [1, 3, {size}, {size}] in [0, 1])")

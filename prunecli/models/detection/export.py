@@ -35,12 +35,14 @@ class SingleImageDetections(nn.Module):
 
 
 def export_whole_detector_onnx(detector: Detector, path: str | os.PathLike[str],
-                               opset: int = 17) -> Path:
-    """Export anchors, decoding and NMS with the network (TorchScript-based exporter)."""
+                               opset: int = 17, size: int | None = None) -> Path:
+    """Export anchors, decoding and NMS with the network (TorchScript-based exporter), for
+    square images of ``size`` (default: the detector's native size): the size it was trained
+    at, since anchors and strides are traced for one size."""
     if importlib.util.find_spec("onnx") is None:
         raise PrunecliError("ONNX export needs the 'onnx' package: pip install onnx")
     path = Path(path)
-    size = detector.input_size
+    size = int(size or detector.input_size)
     images = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     wrapper = SingleImageDetections(detector).eval()
     was_training = detector.training
