@@ -355,11 +355,13 @@ def _stored_rest(table: LatencyTable, model: nn.Module, structure: ChannelStruct
     entry = table.models.get(fp) or {}
     rest = (entry.get("rest_const_ms"), entry.get("rest_ms_per_activation"))
     if rest[0] is None or rest[1] is None:
-        shape = "x".join(str(s) for s in structure.input_shape[1:])
+        shape = ",".join(str(s) for s in structure.input_shape[1:])
+        has = ", ".join(sorted(table.models)) or "none"
         raise LatencyTableError(
             f"latency table {table.path or ''} has no whole-model measurement of this model "
-            f"({fp}); run `prunecli lut` for this model at input_size {shape} with "
-            f"out={table.path or 'PATH'} (measured layers are reused)")
+            f"({fp}; it has: {has}); the class count, model.kwargs and input size must be the "
+            "run's: run `prunecli lut model=... num_classes=<the data's class count> "
+            f"input_size=[{shape}] out={table.path or 'PATH'}` (measured layers are reused)")
     if not all(math.isfinite(float(v)) for v in rest):
         raise LatencyTableError(f"latency table {table.path or ''}: bad rest terms for {fp}")
     return float(rest[0]), float(rest[1])
