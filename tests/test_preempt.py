@@ -193,3 +193,45 @@ def test_run_folder_id_is_shared_by_the_ranks_of_a_slurm_step(monkeypatch) -> No
     monkeypatch.delenv("TORCHELASTIC_RUN_ID")
     monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "1")  # one process: the time, as before
     assert run_id("%Y") == time.strftime("%Y")
+
+
+def test_runs_in_one_process_leave_no_data_worker_behind(run_cli, tmp_path: Path) -> None:
+    """A notebook or a test session runs several trainings in one process: each run stops its
+    persistent workers when its loop ends, instead of leaving them to garbage collection
+    (a worker left behind, ignoring SIGTERM, held the interpreter's exit forever)."""
+    import multiprocessing
+
+    from torch.utils.data._utils.worker import _worker_loop
+
+    for i in range(2):
+        run_cli("train", "experiment=smoke", "trainer.epochs=2", "data.train_size=64",
+                "data.val_size=32", "data.image_size=16", "data.num_workers=2",
+                run_dir=tmp_path / f"run{i}")
+        workers = [p for p in multiprocessing.active_children()
+                   if getattr(p, "_target", None) is _worker_loop]
+        assert workers == []
+
+
+STRAY_WORKER = """
+import torch
+from prunecli.engine import loaders
+from prunecli.engine.preempt import ignore_preemption_signals
+data = torch.utils.data.TensorDataset(torch.arange(64.0))
+loader = loaders.WorkerLoader(data, batch_size=4, num_workers=2,
+                              worker_init_fn=ignore_preemption_signals)
+it = iter(loader)
+next(it)
+loaders._LIVE_ITERATORS.discard(it)  # as if it had slipped the record: its workers run on
+print("started", flush=True)
+"""
+
+
+def test_a_stray_data_worker_does_not_hold_the_exit(tmp_path: Path) -> None:
+    """The exit handler's last resort: DataLoader workers still alive are killed (they ignore
+    SIGTERM, which is all multiprocessing's own handler sends before joining them)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", STRAY_WORKER], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a process with a stray DataLoader worker did not exit in 60 s")
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr[-2000:]

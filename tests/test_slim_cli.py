@@ -109,3 +109,23 @@ def test_a_run_reloads_without_its_starting_weights(run_cli, tmp_path: Path) -> 
     assert loaded.model_config["weights"] == "gone/dense_weights.pt"  # reported as trained
     results = read_results(run_cli("eval", f"ckpt={run}", run_dir=tmp_path / "eval"))
     assert results["top1"] >= 0.0
+
+
+def test_relative_paths_are_saved_absolute(run_cli, tmp_path: Path, monkeypatch) -> None:
+    """data.root and model.weights typed relative to where the run was launched: the run
+    reads the same from any other folder (eval of its checkpoint, its slim file's data)."""
+    from tests.test_data import write_imagefolder
+
+    work = tmp_path / "work"
+    write_imagefolder(work / "ds")
+    monkeypatch.chdir(work)
+    data = ("experiment=smoke", "data=imagefolder", "data.root=ds", "data.image_size=16",
+            "trainer.epochs=1")
+    start = run_cli("train", *data, run_dir=tmp_path / "start")
+    run = run_cli("train", *data, "model.weights=../start/last.pt", run_dir=tmp_path / "run")
+    config = load_checkpoint(run / "last.pt")["config"]
+    assert config["data"]["root"] == str((work / "ds").resolve())
+    assert config["model"]["weights"] == str((start / "last.pt").resolve())
+    monkeypatch.chdir(tmp_path)  # somewhere the relative paths mean nothing
+    results = read_results(run_cli("eval", f"ckpt={run}", run_dir=tmp_path / "eval"))
+    assert results["samples"] == 9 and results["top1"] == read_results(run)["top1"]

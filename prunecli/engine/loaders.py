@@ -4,8 +4,11 @@ epoch part-way (a run preempted mid-epoch resumes at the next batch, not at the 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import signal
+import threading
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +39,7 @@ class ResumableSampler(DistributedSampler):
 
 
 _LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+_WORKER_PROCESSES: weakref.WeakSet = weakref.WeakSet()  # every worker those iterators started
 _EXIT_HOOKED = False
 
 
@@ -61,18 +65,60 @@ class WorkerLoader(DataLoader):
 def _track(iterator: Any) -> None:
     global _EXIT_HOOKED
     _LIVE_ITERATORS.add(iterator)
+    _WORKER_PROCESSES.update(getattr(iterator, "_workers", ()))
     if not _EXIT_HOOKED:  # the workers have started, so multiprocessing's handler is registered
-        atexit.register(shutdown_workers)
+        atexit.register(_at_exit)
         _EXIT_HOOKED = True
 
 
-def shutdown_workers() -> None:
-    """Stop the workers of every live :class:`WorkerLoader` iterator (idempotent)."""
-    for iterator in list(_LIVE_ITERATORS):
+def shutdown_workers(loader: DataLoader | None = None) -> None:
+    """Stop the workers of ``loader``'s iterator, or of every live :class:`WorkerLoader`
+    iterator (idempotent). A run calls it for its loaders when it ends, so that no worker is
+    left to garbage collection: an iterator collected late (a process running several
+    trainings, as a notebook or a test session) could leave a worker behind, and one that
+    ignores SIGTERM holds the interpreter's exit forever."""
+    if loader is not None:
+        iterator = getattr(loader, "_iterator", None)
+        iterators = [] if iterator is None else [iterator]
+        loader._iterator = None  # type: ignore[attr-defined]  # a later epoch starts afresh
+    else:
+        iterators = list(_LIVE_ITERATORS)
+    for iterator in iterators:
         stop = getattr(iterator, "_shutdown_workers", None)
         if stop is not None:
             stop()
-    _LIVE_ITERATORS.clear()
+        _LIVE_ITERATORS.discard(iterator)
+
+
+@contextlib.contextmanager
+def workers_stopped_after(loader_of: Callable[[], DataLoader]) -> Iterator[None]:
+    """Stop the workers of the loader ``loader_of()`` returns when the block ends, however it
+    ends (the training loop: its loader's persistent workers are not needed after it)."""
+    try:
+        yield
+    finally:
+        shutdown_workers(loader_of())
+
+
+def _kill_stray_workers() -> None:
+    """Workers still alive at exit whose iterator is gone (collected late, its shutdown
+    incomplete): they ignore SIGTERM, so multiprocessing's exit handler would join them
+    forever."""
+    stray = [proc for proc in list(_WORKER_PROCESSES) if proc.is_alive()]
+    if not stray:
+        return
+    # torch's SIGCHLD handler raises for a worker killed by a signal: not news at exit
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for proc in stray:
+        proc.kill()
+    for proc in stray:
+        proc.join(timeout=5)
+
+
+def _at_exit() -> None:
+    shutdown_workers()
+    _kill_stray_workers()
 
 
 @dataclass

@@ -19,13 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from prunecli.config.paths import anchor_paths
 from prunecli.cost import count_macs, count_params
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
 from prunecli.engine.distill import build_distiller
 from prunecli.engine.distributed import DistEnv, barrier, init_distributed, quiet_non_main_rank
 from prunecli.engine.events import HookContext, TrainingHooks
-from prunecli.engine.loaders import build_loaders
+from prunecli.engine.loaders import build_loaders, workers_stopped_after
 from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.preempt import Preempted, PreemptionWatch
@@ -75,6 +76,7 @@ class Trainer(TrainerState):
             ckpt_io.require_training_checkpoint(state, self.resume_path)
             self.cfg = cfg = merge_resume_config(cfg, state["config"], self.typed)
             self.resume_state = state
+        anchor_paths(cfg)  # the saved config reads the same from any folder
         tcfg = cfg.trainer
         if tcfg.threads:
             torch.set_num_threads(tcfg.threads)
@@ -235,7 +237,8 @@ class Trainer(TrainerState):
         stopped_early = False
         train_time = 0.0
         progress = make_progress(tcfg.progress and self.dist.is_main)
-        with progress or contextlib.nullcontext(), self.preempt:
+        with progress or contextlib.nullcontext(), self.preempt, \
+                workers_stopped_after(lambda: self.train_loader):
             for epoch in range(self.start_epoch, tcfg.epochs):
                 te = time.time()
                 train = self._train_epoch(epoch, progress)
