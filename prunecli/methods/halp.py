@@ -99,12 +99,12 @@ class HALP(PruningMethod):
         """After the last step: a budget missed from below by more than UNDERSHOOT of the dense
         cost is the neuron groups' doing (the knapsack keeps value, not cost, and a group of
         ``group_size`` channels in a narrow layer can weigh several percent); say how to fix it."""
-        if self.done_steps < self.steps:
+        size = self.cfg.group_size
+        if self.done_steps < self.steps or size <= 1:
             return
         kept, goal = self.kept_cost_ratio(), 1.0 - self.ratio
         if kept >= goal - UNDERSHOOT:
             return
-        size = self.cfg.group_size
         log.warning("halp: pruning ended at %.1f%% of the dense %s for a %.1f%% budget: neuron "
                     "groups of %d channels are coarse for this model's widths; "
                     "method.group_size=%d or lower lands nearer the budget", 100 * kept,
