@@ -338,3 +338,14 @@ def test_a_nan_loss_mid_pruning_stops_with_one_line_and_keeps_the_good_checkpoin
     monkeypatch.setattr(ClassificationTask, "loss", real)
     resumed = run_cli("train", *common, f"resume={run}", run_dir=tmp_path / "resumed")
     assert read_results(resumed)["cost_kept"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_a_file_not_written_by_torch_save_is_named_so(tmp_path: Path) -> None:
+    """A latency table or an ONNX file passed as a checkpoint: not 'pickled objects refused'."""
+    table = tmp_path / "lut.json"
+    table.write_text('{"format": "prunecli-latency-table"}')
+    with pytest.raises(CheckpointError, match=r"not a file written by torch.save .*b'\{\"format"):
+        ckpt_io.load_checkpoint(table)
+    legacy = tmp_path / "legacy.pt"  # torch.save's old pickle format still loads
+    torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(ckpt_io.load_checkpoint(legacy)["a"], torch.ones(2))

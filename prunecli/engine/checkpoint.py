@@ -81,6 +81,12 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                     ) -> dict[str, Any]:
     """Load safely; a truncated or foreign file is a one-line error, not a traceback."""
     p = resolve_checkpoint(path)
+    with open(p, "rb") as f:
+        head = f.read(16)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: zip, or pickle
+        raise CheckpointError(f"checkpoint {p} is corrupt or not a file written by torch.save "
+                              f"(it starts with {head[:12]!r}); pass a run directory, its "
+                              "last.pt or a slim.pt")
     try:
         obj = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
