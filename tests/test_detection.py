@@ -347,3 +347,19 @@ def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path) -
     # check landing on a budget exactly; here HALP must prune toward the latency target
     assert results["cost_target"] == pytest.approx(0.6) and results["cost_kept"] < 0.95
     assert results["slim_max_diff"] < 1e-5
+
+
+def test_latency_table_of_a_run_fits_the_runs_started_from_it(run_cli, tmp_path: Path) -> None:
+    """`prunecli lut ckpt=RUN` times the run's own network (its class count and input size,
+    here 128x128 rather than ssd_tiny's native 96): pruning from that run finds its model in
+    the table, where `lut model=ssd_tiny` (80 classes, 96x96) would not have it."""
+    dense = run_cli("train", *SMALL_DEMO, "data.train_size=16", "data.val_size=8",
+                    "data.image_size=128", run_dir=tmp_path / "dense")
+    table = tmp_path / "lut.json"
+    run_cli("lut", f"ckpt={dense}", "step=64", "repeats=1", "rounds=1", "warmup=1",
+            "check=false", f"out={table}", run_dir=tmp_path / "lut")
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=16", "data.val_size=8",
+                  "data.image_size=128", f"model.weights={dense}/last.pt", "method=taylor",
+                  "method.prune_every=1", "cost=latency", f"cost.table={table}",
+                  "cost.ratio=0.2", run_dir=tmp_path / "run")
+    assert read_results(run)["cost"] == "latency"

@@ -1,5 +1,6 @@
-"""``prunecli lut model=NAME``: measure a latency table of a model's layers on this device, then
-(``check=true``) report how well it predicts the measured latency of whole slimmed models.
+"""``prunecli lut model=NAME`` (or ``ckpt=RUN``: the network a run trains, with its class count and
+input size): measure a latency table of a model's layers on this device, then (``check=true``)
+report how well it predicts the measured latency of whole slimmed models.
 
 The table file goes to a stable path (``out``, default ``lut_<model>_<device>_<dtype>_b<batch>
 .json`` in the current folder, not the run folder) so that rerunning the command resumes it and
@@ -60,10 +61,18 @@ def main(cfg: DictConfig) -> None:
     device = resolve_device(cfg.device)
     if cfg.dtype == "fp16" and device.type != "cuda":
         raise ConfigError("dtype=fp16 is for CUDA; on the CPU use dtype=bf16 or fp32")
-    shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
+    if cfg.ckpt:  # the run's own network: its class count and input size, no weights needed
+        from prunecli.bench.runs import load_for_bench
+
+        run = load_for_bench(cfg.ckpt, cfg.input_size, with_dense=False)
+        arch, shape, num_classes = run.architecture(), run.shape, run.num_classes
+        cfg.model = OmegaConf.merge(cfg.model, {k: v for k, v in arch.items()
+                                                if k in cfg.model})  # names the default out
+    else:
+        arch = OmegaConf.to_container(cfg.model)
+        shape, num_classes = model_input(cfg.model, cfg.input_size, cfg.num_classes)
     cfg.input_size = list(shape)  # the report names the size it measured at
-    built = build_model(OmegaConf.to_container(cfg.model), num_classes=num_classes,
-                        in_chans=shape[0]).eval()
+    built = build_model(arch, num_classes=num_classes, in_chans=shape[0]).eval()
     model = core_of(built)  # a detector: its core, what pruning slims and the budget counts
     structure = trace_structure(model, torch.randn(1, *shape))
     out = Path(cfg.out) if cfg.out else default_out(cfg, device.type)

@@ -229,6 +229,9 @@ class LutConfig:
     """``prunecli lut model=NAME``: measure a latency table on this device (cost=latency)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    # a run (or its last.pt / slim.pt) whose architecture, class count and input size to time
+    # instead of model / num_classes / input_size: the table then fits the runs started from it
+    ckpt: Optional[str] = None
     # C, H, W; None: a detector's native size (its core is timed), else 3x224x224
     input_size: Optional[list[int]] = None
     num_classes: Optional[int] = None  # None: 1000, or 80 for a detector

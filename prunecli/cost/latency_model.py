@@ -360,8 +360,9 @@ def _stored_rest(table: LatencyTable, model: nn.Module, structure: ChannelStruct
         raise LatencyTableError(
             f"latency table {table.path or ''} has no whole-model measurement of this model "
             f"({fp}; it has: {has}); the class count, model.kwargs and input size must be the "
-            "run's: run `prunecli lut model=... num_classes=<the data's class count> "
-            f"input_size=[{shape}] out={table.path or 'PATH'}` (measured layers are reused)")
+            "run's: run `prunecli lut ckpt=<the run this one starts from>` or `prunecli lut "
+            f"model=... num_classes=<the data's class count> input_size=[{shape}]`, with "
+            f"out={table.path or 'PATH'} (measured layers are reused)")
     if not all(math.isfinite(float(v)) for v in rest):
         raise LatencyTableError(f"latency table {table.path or ''}: bad rest terms for {fp}")
     return float(rest[0]), float(rest[1])
