@@ -103,3 +103,101 @@ def test_method_configs_state_the_schema_defaults() -> None:
         for f in dataclasses.fields(schema):
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
             assert method[f.name] == default, (name, f.name, method[f.name], default)
+
+
+def _documented_commands() -> list[tuple[str, str, list[str]]]:
+    """(experiment file, command, overrides) of every `prunecli COMMAND ...` (or `torchrun ...
+    -m prunecli COMMAND ...`) written in an experiment file's comments, continuation lines
+    joined."""
+    found = []
+    for path in sorted(files("prunecli.conf.experiment").iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".yaml"):
+            continue
+        lines = [line.lstrip("#").strip() for line in path.read_text().splitlines()
+                 if line.startswith("#")]
+        joined, buffer = [], ""
+        for line in lines:
+            buffer += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                joined.append(buffer.strip())
+                buffer = ""
+        for text in joined:
+            words = text.split()
+            if "prunecli" not in words:
+                continue
+            at = words.index("prunecli") + 1
+            if at >= len(words) or words[at] not in ("train", "lut", "eval", "bench", "slim",
+                                                     "export", "inspect"):
+                continue
+            overrides = [w.strip("`") for w in words[at + 1:] if "=" in w and not w.startswith("-")]
+            found.append((path.name, words[at], overrides))
+    return found
+
+
+def test_the_commands_written_in_experiment_files_compose() -> None:
+    """Every key an experiment's comment tells a user to type exists (PATH-like values are
+    placeholders: only the keys are checked)."""
+    commands = _documented_commands()
+    assert len(commands) >= 10
+    for name, command, overrides in commands:
+        try:
+            cfg = _compose(overrides, name=command)
+            check_known_keys(cfg)
+        except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
+            raise AssertionError(f"{name}: `prunecli {command} {' '.join(overrides)}`: "
+                                 f"{exc.__cause__ or exc}") from None
+
+
+COMMANDS = ("train", "eval", "lut", "bench", "slim", "export", "inspect", "report")
+
+
+def _readme_commands() -> list[tuple[str, list[str]]]:
+    """(command, overrides) of every `prunecli COMMAND ...` in the README: in code blocks
+    (continuation lines joined, comments cut) and inline. A sweep's comma list gives its first
+    value; placeholders (`<...>`, `...`) and hydra's own keys are left out."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippets = []
+    for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+        buffer = ""
+        for line in block.splitlines():
+            line = "" if line.lstrip().startswith("#") else line.split(" #")[0].rstrip()
+            buffer += " " + line.rstrip("\\").strip()
+            if not line.endswith("\\"):
+                snippets.append(buffer.strip())
+                buffer = ""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " ")
+    snippets += re.findall(r"`([^`]*prunecli [a-z]+[^`]*)`", prose)
+    found = []
+    for snippet in snippets:
+        words = snippet.split()
+        if "prunecli" not in words or words.index("prunecli") + 1 >= len(words):
+            continue
+        at = words.index("prunecli") + 1
+        command = words[at].split("/")[0]
+        if command not in COMMANDS:
+            continue
+        overrides = []
+        for word in words[at + 1:]:
+            if "=" not in word or word.startswith(("-", "hydra", "[")) or "<" in word \
+                    or "..." in word:
+                continue
+            key, value = word.split("=", 1)
+            if "," in value and not value.startswith("["):
+                value = value.split(",")[0]
+            overrides.append(f"{key}={value}")
+        found.append((command, overrides))
+    return found
+
+
+def test_the_commands_in_the_readme_compose() -> None:
+    commands = _readme_commands()
+    assert len(commands) >= 50
+    for command, overrides in commands:
+        try:
+            check_known_keys(_compose(overrides, name=command))
+        except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
+            raise AssertionError(f"README: `prunecli {command} {' '.join(overrides)}`: "
+                                 f"{exc.__cause__ or exc}") from None
