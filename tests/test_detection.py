@@ -363,3 +363,33 @@ def test_latency_table_of_a_run_fits_the_runs_started_from_it(run_cli, tmp_path:
                   "method.prune_every=1", "cost=latency", f"cost.table={table}",
                   "cost.ratio=0.2", run_dir=tmp_path / "run")
     assert read_results(run)["cost"] == "latency"
+
+
+def test_the_python_api_loop_prunes_a_detector() -> None:
+    """The README's own-loop example with a detector: its core is pruned to the budget and
+    finish() returns the whole slimmed detector, equal to the masked one."""
+    from prunecli.methods.pruner import Pruner
+    from prunecli.models import build_model
+
+    torch.manual_seed(0)
+    det = build_model({"name": "ssd_tiny"}, num_classes=3).train()
+    images = torch.rand(4, 3, 96, 96, generator=torch.Generator().manual_seed(1))
+    targets = [{"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}
+               for _ in range(4)]
+    pruner = Pruner(det, images, "taylor", cost="macs", ratio=0.5, epochs=1, steps_per_epoch=8,
+                    prune_every=1)
+    opt = torch.optim.SGD(det.parameters(), lr=0.01, momentum=0.9)
+    pruner.start(opt)
+    for _ in range(8):
+        loss = sum(det(images, targets).values()) + pruner.extra_loss(None, None)
+        loss.backward()
+        pruner.before_step()
+        opt.step()
+        opt.zero_grad()
+        pruner.after_step()
+    pruner.end_epoch()
+    small, summary = pruner.finish()
+    assert 0.45 <= summary["cost_kept"] <= 0.5 + 1e-9 and summary["slim_max_diff"] < 1e-5
+    found = small.eval()(images)
+    assert len(found) == 4 and set(found[0]) == {"boxes", "scores", "labels"}
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in det.parameters())
