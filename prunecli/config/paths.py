@@ -4,6 +4,7 @@ checkpoint read later from another folder (``prunecli eval ckpt=RUN``, a distill
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +25,7 @@ def anchor_paths(cfg: DictConfig, keys: tuple[str, ...] = PATH_KEYS) -> list[str
         path = Path(value).expanduser()
         if path.is_absolute() and str(path) == value:
             continue
-        if path.exists():
-            OmegaConf.update(cfg, key, str(path.resolve()), merge=False)
+        if path.exists():  # abspath, not resolve: a symlinked data folder stays the link
+            OmegaConf.update(cfg, key, os.path.abspath(path), merge=False)
             changed.append(key)
     return changed
