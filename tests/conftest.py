@@ -92,3 +92,15 @@ def torchrun_train(*args: str, cwd: Path, nproc: int = 2, timeout: int = 300
            "train", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def pruner_steps(pruner, optimizer, loss_of, steps: int) -> None:
+    """``steps`` optimizer steps of the README's own-loop example: ``loss_of()`` is the task
+    loss (the pruner's extra loss is added here), the pruner's hooks around each step."""
+    for _ in range(steps):
+        loss = loss_of() + pruner.extra_loss(None, None)
+        loss.backward()
+        pruner.before_step()
+        optimizer.step()
+        optimizer.zero_grad()
+        pruner.after_step()

@@ -370,6 +370,7 @@ def test_the_python_api_loop_prunes_a_detector() -> None:
     finish() returns the whole slimmed detector, equal to the masked one."""
     from prunecli.methods.pruner import Pruner
     from prunecli.models import build_model
+    from tests.conftest import pruner_steps
 
     torch.manual_seed(0)
     det = build_model({"name": "ssd_tiny"}, num_classes=3).train()
@@ -380,13 +381,7 @@ def test_the_python_api_loop_prunes_a_detector() -> None:
                     prune_every=1)
     opt = torch.optim.SGD(det.parameters(), lr=0.01, momentum=0.9)
     pruner.start(opt)
-    for _ in range(8):
-        loss = sum(det(images, targets).values()) + pruner.extra_loss(None, None)
-        loss.backward()
-        pruner.before_step()
-        opt.step()
-        opt.zero_grad()
-        pruner.after_step()
+    pruner_steps(pruner, opt, lambda: sum(det(images, targets).values()), 8)
     pruner.end_epoch()
     small, summary = pruner.finish()
     assert 0.45 <= summary["cost_kept"] <= 0.5 + 1e-9 and summary["slim_max_diff"] < 1e-5

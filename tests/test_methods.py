@@ -19,7 +19,7 @@ from prunecli.methods.pruner import Pruner
 from prunecli.models import build_model
 from prunecli.structure import load_slim
 from tests import test_latency
-from tests.conftest import console_script, read_results, torchrun_train
+from tests.conftest import console_script, pruner_steps, read_results, torchrun_train
 
 SMALL = ("experiment=smoke", "data.train_size=48", "data.val_size=32", "data.batch_size=8",
          "data.image_size=16", "trainer.progress=false", "trainer.epochs=4")
@@ -372,12 +372,7 @@ def test_halp_says_when_its_neuron_groups_undershoot_the_budget(caplog, group_si
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     pruner.start(opt)
     with caplog.at_level(logging.WARNING, logger="prunecli"):
-        for _ in range(6):
-            nn.functional.cross_entropy(model(x), y).backward()
-            pruner.before_step()
-            opt.step()
-            opt.zero_grad()
-            pruner.after_step()
+        pruner_steps(pruner, opt, lambda: nn.functional.cross_entropy(model(x), y), 6)
     kept = pruner.method.kept_cost_ratio()
     assert kept <= 0.5 + 1e-9
     if warned:
