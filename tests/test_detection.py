@@ -84,6 +84,9 @@ def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:
     part = run_cli("train", *common, "trainer.stop_after_epoch=1", run_dir=tmp_path / "part")
     assert torch.load(part / "last.pt", weights_only=True)["epoch"] == 1
     resumed = run_cli("train", *common, f"resume={part}", run_dir=tmp_path / "resumed")
+    log = (resumed / "train.log").read_text()
+    # the same command: no "keeping the checkpoint's value" for the image size the run filled in
+    assert "resumed from" in log and "keeping the checkpoint's value" not in log
     a = torch.load(whole / "last.pt", weights_only=True)["model"]
     b = torch.load(resumed / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()

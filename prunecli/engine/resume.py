@@ -14,6 +14,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from prunecli.config.paths import anchor_paths
+
 log = logging.getLogger("prunecli")
 
 # Keys a resumed run takes from the command line; everything else comes from the checkpoint.
@@ -43,8 +45,13 @@ def merge_resume_config(current: DictConfig, saved: dict[str, Any],
             log.info("resume: %s=%s (the checkpoint's run had %s)", key, value,
                      OmegaConf.select(merged, key))
         OmegaConf.update(merged, key, value, merge=False)
-    cur, old = _flat(OmegaConf.to_container(current, resolve=True)), _flat(saved)
-    diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] != old.get(k)]
+    # what the command says, as the run saved it: paths made absolute (anchor_paths), and a
+    # key left unset (None) is no difference: the run filled it in (a detector's image size)
+    shown = OmegaConf.create(OmegaConf.to_container(current, resolve=True))
+    anchor_paths(shown)
+    cur, old = _flat(OmegaConf.to_container(shown)), _flat(saved)
+    diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] is not None
+             and cur[k] != old.get(k)]
     if diffs:
         log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
                     ", ".join(sorted(diffs)[:10]))
