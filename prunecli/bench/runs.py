@@ -45,7 +45,9 @@ class Loaded:
 
     def architecture(self) -> dict[str, Any]:
         """The dense network these models come from (no weights: only its speed is timed)."""
-        return {**self.model_config, "pretrained": False, "weights": None}
+        from prunecli.models import architecture
+
+        return architecture(self.model_config)
 
     def build_dense(self) -> nn.Module:
         from prunecli.models import build_model

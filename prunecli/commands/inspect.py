@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     from prunecli.cost import build_cost_model, count_macs, group_macs
-    from prunecli.models import build_model
+    from prunecli.models import architecture, build_model
     from prunecli.models.detection import core_of, is_detector
     from prunecli.structure import trace_structure
     from prunecli.structure.from_checkpoint import load_masked_model
@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> None:
     keep: dict = {}
     if cfg.ckpt and is_slim_file(cfg.ckpt):  # a slim file: its dense architecture, kept/size
         small = load_slim(cfg.ckpt)
-        model = build_model({**small.model_config, "pretrained": False, "weights": None},
+        model = build_model(architecture(small.model_config),
                             num_classes=small.num_classes, in_chans=small.in_chans).eval()
         structure, keep = small.structure, small.keep
         x = torch.zeros(structure.input_shape)

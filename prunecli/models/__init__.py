@@ -11,6 +11,7 @@ from prunecli.models import cifar_resnet, detection, mobilenet_v1, vgg  # noqa: 
 from prunecli.models.registry import (
     MODELS,
     SOURCES,
+    architecture,
     build_model,
     describe_models,
 )
@@ -19,6 +20,7 @@ from prunecli.models.weights import load_weights
 __all__ = [
     "MODELS",
     "SOURCES",
+    "architecture",
     "build_model",
     "describe_models",
     "load_weights",

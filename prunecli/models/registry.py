@@ -139,6 +139,12 @@ def _build_prunecli(
     return construct(what, lambda: factory(num_classes=num_classes, in_chans=in_chans, **kwargs))
 
 
+def architecture(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config without its weights (``pretrained``, ``weights``): the network alone, for
+    a reader whose weights come from a checkpoint or that only times or traces it."""
+    return {**cfg, "pretrained": False, "weights": None}
+
+
 def build_model(
     cfg: ModelConfig | Mapping[str, Any], *, num_classes: int, in_chans: int = 3
 ) -> nn.Module:

@@ -32,7 +32,7 @@ class MaskedModel:
 
 def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     """The model as it was trained: same architecture, weights and masks."""
-    from prunecli.models import build_model
+    from prunecli.models import architecture, build_model
 
     ckpt = load_checkpoint(path)
     if "model" not in ckpt or "config" not in ckpt or "data_info" not in ckpt:
@@ -41,8 +41,8 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     cfg, info = ckpt["config"], ckpt["data_info"]
     # the checkpoint holds every weight: the run's starting weights (model.weights, a relative
     # path from the training directory, or a download for model.pretrained) are not read again
-    architecture = {**cfg["model"], "pretrained": False, "weights": None}
-    model = build_model(architecture, num_classes=info["num_classes"], in_chans=info["channels"])
+    model = build_model(architecture(cfg["model"]), num_classes=info["num_classes"],
+                        in_chans=info["channels"])
     example = torch.randn(1, info["channels"], info["image_size"], info["image_size"],
                           generator=torch.Generator().manual_seed(0))
     from prunecli.models.detection import core_of, names_in_core
