@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from prunecli.config.store import register_schemas
-from prunecli.config.validate import check_known_keys
+from prunecli.config.validate import check_known_keys, check_value_ranges
 from prunecli.errors import ConfigError
 
 register_schemas()
@@ -31,6 +31,7 @@ def _compose(overrides: list[str], name: str = "train"):
 def test_every_group_option_composes(group: str, option: str) -> None:
     cfg = _compose([f"{group}={option}"])
     check_known_keys(cfg)
+    check_value_ranges(cfg)
     assert cfg[group] is not None
 
 
@@ -40,6 +41,7 @@ def test_experiments_are_found_from_the_package() -> None:
     for name in exps:
         cfg = _compose([f"experiment={name[:-5]}"])
         check_known_keys(cfg)
+        check_value_ranges(cfg)
     assert _compose(["experiment=smoke"]).data.name == "fake"
 
 
@@ -62,6 +64,23 @@ def test_added_unknown_key_is_caught_by_validation() -> None:
     cfg = _compose(["+trainer.epochz=3"])
     with pytest.raises(ConfigError, match=r"trainer\.epochz.*did you mean trainer\.epochs"):
         check_known_keys(cfg)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
+    ("data.num_workers=-1", "data.num_workers=-1 must be an integer >= 0"),
+    ("optim.lr=-0.1", "optim.lr=-0.1 must be a number >= 0"),
+    ("optim.lr=nan", "optim.lr=nan must be"),
+    ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001 must be a number >= 0"),
+    ("optim.momentum=1", "optim.momentum=1.0 must be in [0, 1)"),
+    ("trainer.epochs=-2", "trainer.epochs=-2 must be an integer >= 0"),
+    ("trainer.label_smoothing=1", "trainer.label_smoothing=1.0 must be in [0, 1)"),
+])
+def test_a_value_out_of_range_is_named(override: str, message: str) -> None:
+    check_value_ranges(_compose(["experiment=smoke"]))  # the same config in range passes
+    with pytest.raises(ConfigError) as err:
+        check_value_ranges(_compose(["experiment=smoke", override]))
+    assert str(err.value).startswith(message)
 
 
 def test_wrong_type_is_an_error() -> None:
@@ -143,6 +162,7 @@ def test_the_commands_written_in_experiment_files_compose() -> None:
         try:
             cfg = _compose(overrides, name=command)
             check_known_keys(cfg)
+            check_value_ranges(cfg)
         except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
             raise AssertionError(f"{name}: `prunecli {command} {' '.join(overrides)}`: "
                                  f"{exc.__cause__ or exc}") from None
@@ -197,7 +217,9 @@ def test_the_commands_in_the_readme_compose() -> None:
     assert len(commands) >= 50
     for command, overrides in commands:
         try:
-            check_known_keys(_compose(overrides, name=command))
+            cfg = _compose(overrides, name=command)
+            check_known_keys(cfg)
+            check_value_ranges(cfg)
         except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
             raise AssertionError(f"README: `prunecli {command} {' '.join(overrides)}`: "
                                  f"{exc.__cause__ or exc}") from None

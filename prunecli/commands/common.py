@@ -10,20 +10,21 @@ from typing import Any, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 
-from prunecli.config.validate import check_known_keys
+from prunecli.config.validate import check_known_keys, check_value_ranges
 from prunecli.errors import PrunecliError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors_as_one_line(fn: F) -> F:
-    """Check the config's keys first; a PrunecliError then ends the command with its message
-    and exit status 2, no traceback."""
+    """Check the config's keys and value ranges first; a PrunecliError then ends the command
+    with its message and exit status 2, no traceback."""
 
     @functools.wraps(fn)
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             check_known_keys(cfg)
+            check_value_ranges(cfg)
             return fn(cfg, *args, **kwargs)
         except PrunecliError as exc:
             print(f"prunecli: error: {one_line_message(exc)}", file=sys.stderr, flush=True)

@@ -28,10 +28,12 @@ _GROUPS = {
     "trainer": schema.TrainerConfig,
     "cost": schema.CostConfig,
 }
-_PRIMARY = {"train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
-            "slim": schema.SlimConfig, "inspect": schema.InspectConfig,
-            "export": schema.ExportConfig, "bench": schema.BenchConfig,
-            "lut": schema.LutConfig, "report": schema.ReportConfig}
+# each command's primary config
+PRIMARY_SCHEMAS = {
+    "train": schema.TrainConfig, "eval": schema.EvalConfig, "list": schema.ListConfig,
+    "slim": schema.SlimConfig, "inspect": schema.InspectConfig, "export": schema.ExportConfig,
+    "bench": schema.BenchConfig, "lut": schema.LutConfig, "report": schema.ReportConfig,
+}
 
 _done = False
 
@@ -73,7 +75,7 @@ def register_schemas() -> None:
         cs.store(group="schema", name=group, node=node)
     for name, (node, _impl, _doc) in METHOD_SCHEMAS.items():
         cs.store(group="schema/method", name=name, node=node)
-    for name, node in _PRIMARY.items():
+    for name, node in PRIMARY_SCHEMAS.items():
         cs.store(group="schema", name=name, node=node)
     # A wheel installs experiments/ as prunecli/conf/experiment, where Hydra finds it by itself;
     # an editable install maps it elsewhere, so it is registered here (never both: Hydra
@@ -81,6 +83,14 @@ def register_schemas() -> None:
     if not files("prunecli.conf").joinpath("experiment").is_dir():
         _register_experiments(cs)
     _done = True
+
+
+def config_groups() -> set[str]:
+    """The names a bare ``NAME=option`` override may choose: prunecli's config groups
+    (``conf/<group>/``), ``experiment`` and Hydra's own."""
+    root = files("prunecli.conf")
+    return {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_")} | {
+        "experiment", "hydra"}
 
 
 def _register_experiments(cs: ConfigStore) -> None:
