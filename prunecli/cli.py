@@ -99,31 +99,33 @@ def main(argv: list[str] | None = None) -> None:
     from prunecli.config.store import register_schemas
 
     register_schemas()  # the resolvers (and SLURM's ranks): on importing prunecli.commands
-    _refuse_misspelt_keys(command, args)
+    message = misspelt_key(command, args)
+    if message:
+        print(f"prunecli: error: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
     module = importlib.import_module(f"prunecli.commands.{command}")
     sys.argv = [sys.argv[0] if argv is None else "prunecli", *args]
     module.main()
 
 
-def _refuse_misspelt_keys(command: str, args: list[str]) -> None:
-    """A misspelt ``a.b=value`` ends here in one line with the key meant (before Hydra, whose
-    own message for it is five lines); a user's own config folder or primary config
-    (``-cd``, ``-cn``) is left to Hydra."""
+def misspelt_key(command: str, args: list[str]) -> str | None:
+    """The one-line error for a misspelt ``key=value`` in ``args``, or None: checked before
+    Hydra, whose own message for it is five lines with no suggestion. A user's own config
+    folder or primary config (``-cd``, ``-cn``) is left to Hydra."""
     custom = ("-cn", "--config-name", "-cd", "--config-dir", "-cp", "--config-path")
     if any(a in custom or a.startswith(tuple(f"{c}=" for c in custom)) for a in args):
-        return  # its own groups and keys: Hydra checks them
+        return None  # its own groups and keys: Hydra checks them
     from prunecli.config.store import PRIMARY_SCHEMAS, config_groups
     from prunecli.config.validate import misspelt_override
     from prunecli.methods.schemas import METHOD_SCHEMAS
 
     primary = PRIMARY_SCHEMAS.get(command)
+    if primary is None:
+        return None
+    # a Hydra flag's value (``-sc query=bash``) is not an override
+    overrides = [a for i, a in enumerate(args) if i == 0 or args[i - 1] not in _VALUE_FLAGS]
     methods = {name: node for name, (node, _impl, _doc) in METHOD_SCHEMAS.items()}
-    message = None
-    if primary is not None:
-        message = misspelt_override(primary, args, methods, config_groups())
-    if message:
-        print(f"prunecli: error: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2)
+    return misspelt_override(primary, overrides, methods, config_groups())
 
 
 if __name__ == "__main__":

@@ -130,17 +130,14 @@ def test_keys_the_precheck_cannot_judge_are_left_to_hydra(run_cli) -> None:
     pre-check untouched (a real key runs; a wrong one under model.kwargs is Hydra's error)."""
     from omegaconf import OmegaConf
 
-    from prunecli.config.schema import TrainConfig
-    from prunecli.config.store import config_groups
-    from prunecli.config.validate import misspelt_override
-    from prunecli.methods.schemas import METHOD_SCHEMAS
+    from prunecli.cli import misspelt_key
 
-    methods = {name: node for name, (node, _impl, _doc) in METHOD_SCHEMAS.items()}
     ok = ["model=resnet32", "experiment=smoke", "hydra/launcher=basic", "hydra.job.chdir=false",
           "+model.kwargs.width=2", "model.kwargs.width=2", "method.sparsity=0.5", "seed=3",
           "method=foo", "method.foo=1", "~trainer.threads", "data.class_names=[a,b]",
           "cost.ratio=0.3,0.5"]
-    assert misspelt_override(TrainConfig, ok, methods, config_groups()) is None
+    assert misspelt_key("train", ok) is None
+    assert misspelt_key("train", ["-cd", "my_configs", "mykey=1"]) is None  # the user's own
     run = run_cli("train", *SMOKE, "seed=3", "trainer.epochs=1")
     assert OmegaConf.load(run / ".hydra" / "config.yaml").seed == 3
 

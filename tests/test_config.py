@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from prunecli.cli import misspelt_key
 from prunecli.config.store import register_schemas
 from prunecli.config.validate import check_known_keys, check_value_ranges
 from prunecli.errors import ConfigError
@@ -160,6 +161,7 @@ def test_the_commands_written_in_experiment_files_compose() -> None:
     assert len(commands) >= 10
     for name, command, overrides in commands:
         try:
+            assert misspelt_key(command, overrides) is None, misspelt_key(command, overrides)
             cfg = _compose(overrides, name=command)
             check_known_keys(cfg)
             check_value_ranges(cfg)
@@ -217,6 +219,7 @@ def test_the_commands_in_the_readme_compose() -> None:
     assert len(commands) >= 50
     for command, overrides in commands:
         try:
+            assert misspelt_key(command, overrides) is None, misspelt_key(command, overrides)
             cfg = _compose(overrides, name=command)
             check_known_keys(cfg)
             check_value_ranges(cfg)
