@@ -84,6 +84,23 @@ def test_a_value_out_of_range_is_named(override: str, message: str) -> None:
     assert str(err.value).startswith(message)
 
 
+@pytest.mark.parametrize("command,override,message", [
+    ("slim", "batch_size=0", "batch_size=0 must be an integer >= 1"),
+    ("slim", "tolerance=-1", "tolerance=-1.0 must be a number >= 0"),
+    ("export", "batch_size=0", "batch_size=0 must be an integer >= 1"),
+    ("bench", "repeats=0", "repeats=0 must be an integer >= 1"),
+    ("bench", "threads=0", "threads=0 must be an integer >= 1"),
+    ("lut", "warmup=-1", "warmup=-1 must be an integer >= 0"),
+])
+def test_a_command_value_out_of_range_is_named(command: str, override: str, message: str) -> None:
+    """slim batch_size=0 was a torch traceback, export batch_size=0 wrote a [0, 3, H, W] ONNX,
+    slim tolerance=-1 blamed the slimming ('please report this model')."""
+    check_value_ranges(_compose(["ckpt=x"], name=command))
+    with pytest.raises(ConfigError) as err:
+        check_value_ranges(_compose(["ckpt=x", override], name=command))
+    assert str(err.value).startswith(message)
+
+
 def test_wrong_type_is_an_error() -> None:
     with pytest.raises(ConfigCompositionException) as err:
         _compose(["trainer.epochs=abc"])

@@ -141,6 +141,12 @@ _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "trainer.limit_train_batches": (lambda v: v >= 1, "an integer >= 1 or null"),
     "trainer.limit_val_batches": (lambda v: v >= 1, "an integer >= 1 or null"),
     "trainer.stop_after_epoch": (lambda v: v >= 1, "an integer >= 1 or null"),
+    # the keys of slim, export, bench and lut
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "tolerance": (lambda v: v >= 0, "a number >= 0 (max |masked - slimmed| / max |masked|)"),
+    "repeats": (lambda v: v >= 1, "an integer >= 1 (timed calls)"),
+    "warmup": (lambda v: v >= 0, "an integer >= 0 (untimed calls first)"),
+    "threads": (lambda v: v >= 1, "an integer >= 1 or null (torch's default)"),
 }
 
 
