@@ -95,9 +95,13 @@ def run_table(results: dict[str, Any], title: str) -> Table:
         table.add_row("MACs kept", f"{100.0 * results['macs'] / dense:.1f} %")
     if results.get("dense_params") and results.get("params") != results.get("dense_params"):
         table.add_row("params kept", f"{100.0 * results['params'] / results['dense_params']:.1f} %")
-    if results.get("cost_kept") is not None:
+    if results.get("cost_kept") is not None and results.get("cost_target") is not None:
         table.add_row(f"{results['cost']} kept (target)",
                       f"{100 * results['cost_kept']:.1f} % ({100 * results['cost_target']:.1f} %)")
+    if results.get("channels_target") is not None and results.get("channels_prunable"):
+        kept = results["channels_kept"] / results["channels_prunable"]
+        table.add_row("channels kept (target)",
+                      f"{100 * kept:.1f} % ({100 * results['channels_target']:.1f} %)")
     if results.get("slimmed_at_step") is not None:
         table.add_row("fine-tuned slim from step", str(results["slimmed_at_step"]))
     if results.get("groups_dropped"):

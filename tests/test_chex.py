@@ -171,6 +171,11 @@ def test_a_mobilenet_with_depthwise_followers_meets_a_channel_sparsity(run_cli) 
                   "method.min_channels=4")
     r = read_results(run)
     assert r["chex_sparsity_target"] == 0.5
+    # a channel target is no MACs target: not reported as "MACs target 100%"
+    assert r["cost_target"] is None and r["cost_kept"] < 1
+    assert "target 100.0" not in (run / "train.log").read_text()
+    assert "(no macs budget)" in (run / "train.log").read_text()
+    assert r["channels_target"] == 0.5
     assert 0.5 <= r["channel_sparsity"] <= 0.52
     assert r["channels_kept"] == pytest.approx(0.5 * r["channels_prunable"], abs=2)
     assert r["macs"] < r["dense_macs"] and r["channels_regrown"] > 0

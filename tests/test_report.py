@@ -246,3 +246,17 @@ def test_cli_end_to_end(tmp_path: Path):
     report = root / "report" / "report.md"  # one folder given: the report goes inside it
     assert report.is_file() and "| 10 |" in report.read_text()
     assert str(report.resolve()) in proc.stdout.replace("\n", "")
+
+
+def test_a_channel_target_is_the_budget_of_a_run_without_a_cost_budget(tmp_path: Path):
+    """CHEX by method.sparsity (slimming by method.channel_ratio) has no MACs target: its row
+    says the channel target, not "macs 100 %"."""
+    make_run(tmp_path / "0", "none", top1=90.0)
+    run = make_run(tmp_path / "1", "chex", 0.2, 85.0)
+    results = json.loads((run / "results.json").read_text())
+    results.update(cost_target=None, channels_target=0.5, channels_kept=224,
+                   channels_prunable=448)
+    (run / "results.json").write_text(json.dumps(results))
+    make_run(tmp_path / "2", "taylor", 0.5, 88.0)
+    table = table_lines(build_report([tmp_path], tmp_path / "out").markdown.read_text())
+    assert table["1"]["budget"] == "channels 50 %" and table["2"]["budget"] == "macs 50 %"

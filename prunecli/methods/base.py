@@ -47,6 +47,9 @@ class PruningMethod(TrainingHooks):
 
     soft_masks = False  # straight-through masks (SMCP) instead of hard ones
     needs_budget = True  # the method cannot run without cost.ratio > 0
+    # the fraction of prunable channels to keep when the budget is a channel count (CHEX's
+    # method.sparsity, slimming's method.channel_ratio) instead of cost.ratio
+    channels_target: float | None = None
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -214,10 +217,11 @@ class PruningMethod(TrainingHooks):
                  "channels_kept": kept}
         self.history.append(event)
         ctx.record(kind="prune", **event)
-        log.info("%sstep %d: %d/%d prunable channels kept, %s at %.1f%% of dense (target "
-                 "%.1f%%)", f"{note}: " if note else "", ctx.step, kept,
-                 self.structure.prunable_channels(), self.cost_model.name, 100 * ratio,
-                 100 * (1 - self.ratio))
+        name = self.cost_model.name
+        target = f"target {100 * (1 - self.ratio):.1f}%" if self.ratio > 0 else f"no {name} budget"
+        log.info("%sstep %d: %d/%d prunable channels kept, %s at %.1f%% of dense (%s)",
+                 f"{note}: " if note else "", ctx.step, kept, self.structure.prunable_channels(),
+                 name, 100 * ratio, target)
 
     def _cascade(self, keep: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
         """Empty keep-sets for the groups a drop leaves carrying only constants (what
@@ -265,7 +269,10 @@ class PruningMethod(TrainingHooks):
         counts = self.counts()
         summary: dict[str, Any] = {
             "cost": self.cost_model.name,
-            "cost_target": round(1.0 - self.ratio, 6),
+            # None: the run had no budget in this cost (CHEX's method.sparsity, slimming's
+            # method.channel_ratio), not a target of 100%
+            "cost_target": round(1.0 - self.ratio, 6) if self.ratio > 0 else None,
+            "channels_target": self.channels_target,
             "cost_kept": round(self.cost_model.ratio(counts), 6),
             "cost_dense": self.cost_model.dense,
             "cost_pruned": self.cost_model.cost(counts),

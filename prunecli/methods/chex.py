@@ -92,6 +92,7 @@ class CHEX(PruningMethod):
         if self.sparsity is not None and not 0.0 <= self.sparsity < 1.0:
             raise ConfigError(f"method.sparsity={self.sparsity} must be in [0, 1): the fraction "
                               "of channels to remove")
+        self.channels_target = None if self.sparsity is None else 1.0 - self.sparsity
         self.d0 = float(cfg_get(c, "d0", 0.3))
         if not 0.0 <= self.d0 < 1.0:
             raise ConfigError(f"method.d0={self.d0} must be in [0, 1)")

@@ -59,6 +59,7 @@ class NetworkSlimming(PruningMethod):
             raise ConfigError(f"method.threshold={c.threshold} is unknown; use global or optimal")
         if c.channel_ratio is not None and not 0.0 <= c.channel_ratio < 1.0:
             raise ConfigError(f"method.channel_ratio={c.channel_ratio} must be in [0, 1)")
+        self.channels_target = None if c.channel_ratio is None else 1.0 - c.channel_ratio
         if c.channel_ratio is not None and self.ratio > 0:
             raise ConfigError("set either method.channel_ratio (fraction of channels) or "
                               "cost.ratio (fraction of the cost), not both")

@@ -63,6 +63,8 @@ def _delta(row: Row) -> str:
 def _budget(row: Row) -> str:
     if row["method"] == "none":
         return "dense"
+    if row["cost_target"] is None and row.get("channels_target") is not None:
+        return f"channels {100 * row['channels_target']:.0f} %"  # no cost budget
     if row["cost"] is None:
         return "-"
     target = "" if row["cost_target"] is None else f" {100 * row['cost_target']:.0f} %"

@@ -185,6 +185,7 @@ def table_rows(runs: Sequence[Run], metric: str) -> list[dict[str, Any]]:
             "task": task_of(r), "epochs": r.get("epochs"),
             "cost": None if run.dense else r.get("cost"),
             "cost_target": None if run.dense else number(r.get("cost_target")),
+            "channels_target": None if run.dense else number(r.get("channels_target")),
             "cost_kept": 1.0 if run.dense else number(r.get("cost_kept")),
             "metric": metric, "value": value, "dense_value": dense_value,
             "dense_ref": source,  # a dense run's job, or dense_<metric> (pretrained start)
