@@ -379,3 +379,18 @@ def test_halp_says_when_its_neuron_groups_undershoot_the_budget(caplog, group_si
         assert kept == pytest.approx(168 / 464) and "method.group_size=4 or lower" in caplog.text
     else:
         assert kept >= 0.48 and "lands nearer the budget" not in caplog.text
+
+
+def test_taylor_warns_when_its_window_does_not_fit_the_run(run_cli) -> None:
+    """24 steps and the default window of 30 minibatches: the whole cut came at the last step,
+    with no fine-tuning after it, and nothing said so."""
+    run = run_cli("train", *SMALL, "method=taylor", "cost.ratio=0.5", run_dir=None)
+    log = (run / "train.log").read_text()
+    assert "method.prune_every=30 minibatches does not fit" in log
+    assert "the whole cut comes at step 24 (no fine-tuning after it)" in log
+    r = read_results(run)
+    assert r["prune_events"] == 1 and r["cost_kept"] <= 0.5
+    fits = run_cli("train", *SMALL, "method=taylor", "cost.ratio=0.5", "method.prune_every=3",
+                   run_dir=run.parent / "fits")
+    assert "does not fit" not in (fits / "train.log").read_text()
+    assert read_results(fits)["prune_events"] > 1

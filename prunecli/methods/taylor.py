@@ -53,8 +53,16 @@ class TaylorPruning(PruningMethod):
             raise ConfigError("method.prune_every must be >= 1 (minibatches per pruning step)")
         self.start = self.steps_of(ctx, c.start_epoch)
         total = ctx.epochs * ctx.steps_per_epoch
-        self.finish = min(total, max(self.start + c.prune_every,
-                                     int(round(c.finish_at * total))))
+        planned = int(round(c.finish_at * total))
+        self.finish = min(total, max(self.start + c.prune_every, planned))
+        if self.finish > max(planned, self.start + 1):
+            # the run is too short for one window of prune_every minibatches by finish_at
+            after = "no fine-tuning after it" if self.finish >= total else (
+                f"{total - self.finish} steps of fine-tuning after it")
+            log.warning("taylor: method.prune_every=%d minibatches does not fit before "
+                        "method.finish_at=%g of this %d-step run: the whole cut comes at step %d "
+                        "(%s); lower method.prune_every (e.g. %d)", c.prune_every, c.finish_at,
+                        total, self.finish, after, max(1, (planned - self.start) // 4))
         if c.remove_per_step < 0:
             raise ConfigError("method.remove_per_step must be >= 0 (0: spread evenly)")
         self.per_step = (None if c.remove_per_step == 0 else
