@@ -59,6 +59,25 @@ def test_train_then_eval_in_process(run_cli, tmp_path: Path) -> None:
     assert read_results(ev2)["top1"] == pytest.approx(results["top1"])
 
 
+def test_eval_of_a_run_on_another_dataset(run_cli, tmp_path: Path, capsys) -> None:
+    """`data=NAME` was dropped for the run's own dataset (a fake-data run 'evaluated on
+    fashion_mnist' gave its fake-data score); a dataset whose images or classes do not fit the
+    model is a one-line error naming the key that fixes it."""
+    run = run_cli("train", *SMOKE)  # fake: 3 channels, 10 classes
+    with pytest.raises(SystemExit) as err:
+        run_cli("eval", f"ckpt={run}", "data=fashion_mnist", run_dir=tmp_path / "e1")
+    assert err.value.code == 2
+    assert "gives 1-channel images; set data.channels=3" in capsys.readouterr().err
+    ev = run_cli("eval", f"ckpt={run}", "data=fashion_mnist", "data.channels=3",
+                 "data.image_size=16", "data.val_size=100", run_dir=tmp_path / "e2")
+    evaluated = read_results(ev)
+    assert evaluated["data"] == "fashion_mnist" and evaluated["samples"] == 100
+    with pytest.raises(SystemExit):
+        run_cli("eval", f"ckpt={run}", "data=fake", "data.num_classes=5", "data.image_size=16",
+                run_dir=tmp_path / "e3")
+    assert "holds a model of 10 classes but data=fake has 5" in capsys.readouterr().err
+
+
 def test_user_experiment_folder(run_cli, tmp_path: Path) -> None:
     folder = tmp_path / "mine" / "experiment"
     folder.mkdir(parents=True)

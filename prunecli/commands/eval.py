@@ -3,9 +3,9 @@ VOC07 mAP for a detector), MACs and params of a trained model.
 
 With ``ckpt`` (a training run/checkpoint, masks applied, or a ``prunecli slim`` file) the model
 and dataset come from the file's own config (so the right architecture is rebuilt); ``data.*``
-overrides typed on the command line still apply, e.g. a
-different ``data.root``. Without ``ckpt`` the ``model`` config is built, with
-``model.weights=FILE`` for trained weights.
+overrides typed on the command line still apply, e.g. a different ``data.root``, and
+``data=NAME`` evaluates on another dataset (with as many classes as the model has). Without
+``ckpt`` the ``model`` config is built, with ``model.weights=FILE`` for trained weights.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def main(cfg: DictConfig) -> float:
     from prunecli.data import build_datasets
     from prunecli.engine.distributed import resolve_device
     from prunecli.engine.precision import Precision
+    from prunecli.errors import ConfigError
     from prunecli.models import build_model
     from prunecli.models.detection import core_of, native_input_size
     from prunecli.report import report_run
@@ -35,25 +36,38 @@ def main(cfg: DictConfig) -> float:
     from prunecli.tasks import build_task
 
     t0 = time.time()
-    model_cfg, data_cfg, model = cfg.model, cfg.data, None
+    model_cfg, data_cfg, model, classes, chans = cfg.model, cfg.data, None, None, None
     if cfg.ckpt:
         if is_slim_file(cfg.ckpt):  # a `prunecli slim` output
             small = load_slim(cfg.ckpt)
             model, saved_data = small.model, small.extra.get("data_config") or cfg.data
             model_cfg = OmegaConf.create(small.model_config)
+            classes, chans = small.num_classes, small.in_chans
         else:  # a training checkpoint; masked channels stay masked
             loaded = load_masked_model(cfg.ckpt)
             model, saved_data = loaded.model, loaded.data_config
             model_cfg = OmegaConf.create(loaded.model_config)
-        data_over = [o.lstrip("+")[len("data."):] for o in task_overrides()
-                     if o.lstrip("+").startswith("data.")]
-        data_cfg = OmegaConf.merge(saved_data, OmegaConf.from_dotlist(data_over))
+            classes, chans = loaded.num_classes, loaded.in_chans
+        if not any(o.split("=", 1)[0] == "data" for o in task_overrides()):
+            # the run's own dataset, with the data.* keys typed here (data=NAME: cfg.data as
+            # composed, those keys included)
+            data_over = [o.lstrip("+")[len("data."):] for o in task_overrides()
+                         if o.lstrip("+").startswith("data.")]
+            data_cfg = OmegaConf.merge(saved_data, OmegaConf.from_dotlist(data_over))
     size = native_input_size(model_cfg)  # a detector's input size, unless data sets one
     if size is not None and data_cfg.image_size is None:
         data_cfg.image_size = size
     device = resolve_device(cfg.trainer.device)
     data = build_datasets(data_cfg)
     task = build_task(data, data_cfg)
+    if classes is not None and data.num_classes != classes:
+        raise ConfigError(f"{cfg.ckpt} holds a model of {classes} classes but data={data_cfg.name} "
+                          f"has {data.num_classes}; evaluate it on a dataset with its classes "
+                          "(data.class_names=[...] picks and orders them)")
+    if chans is not None and data.channels != chans:
+        raise ConfigError(f"{cfg.ckpt} holds a model of {chans}-channel input but "
+                          f"data={data_cfg.name} gives {data.channels}-channel images; set "
+                          f"data.channels={chans}")
     if model is None:
         model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
     task.check_model(model, model_cfg.name, data_cfg.name)
