@@ -100,6 +100,14 @@ def main(argv: list[str] | None = None) -> None:
 
     register_schemas()  # the resolvers (and SLURM's ranks): on importing prunecli.commands
     message = misspelt_key(command, args)
+    if message is None and command == "train":
+        from prunecli.config.validate import method_sweep_overrides
+        from prunecli.errors import ConfigError
+
+        try:
+            args = method_sweep_overrides(args, _method_schemas())
+        except ConfigError as exc:
+            message = str(exc)
     if message:
         print(f"prunecli: error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(2)
@@ -117,15 +125,19 @@ def misspelt_key(command: str, args: list[str]) -> str | None:
         return None  # its own groups and keys: Hydra checks them
     from prunecli.config.store import PRIMARY_SCHEMAS, config_groups
     from prunecli.config.validate import misspelt_override
-    from prunecli.methods.schemas import METHOD_SCHEMAS
 
     primary = PRIMARY_SCHEMAS.get(command)
     if primary is None:
         return None
     # a Hydra flag's value (``-sc query=bash``) is not an override
     overrides = [a for i, a in enumerate(args) if i == 0 or args[i - 1] not in _VALUE_FLAGS]
-    methods = {name: node for name, (node, _impl, _doc) in METHOD_SCHEMAS.items()}
-    return misspelt_override(primary, overrides, methods, config_groups())
+    return misspelt_override(primary, overrides, _method_schemas(), config_groups())
+
+
+def _method_schemas() -> dict[str, type]:
+    from prunecli.methods.schemas import METHOD_SCHEMAS
+
+    return {name: node for name, (node, _impl, _doc) in METHOD_SCHEMAS.items()}
 
 
 if __name__ == "__main__":

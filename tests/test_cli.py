@@ -161,6 +161,27 @@ def test_keys_the_precheck_cannot_judge_are_left_to_hydra(run_cli) -> None:
     assert OmegaConf.load(run / ".hydra" / "config.yaml").seed == 3
 
 
+def test_a_sweep_over_methods_takes_the_keys_they_share(run_cli, capsys) -> None:
+    """Hydra composes a multirun's first config with method=none, so any method.KEY beside
+    method=a,b failed ("Key 'max_prune_per_group' not in 'NoneConfig'")."""
+    from omegaconf import OmegaConf
+
+    sweep = run_cli("train", "-m", *SMOKE, "method=taylor,chex", "cost.ratio=0.5",
+                    "method.max_prune_per_group=0.5")
+    for job, name in (("0", "taylor"), ("1", "chex")):
+        cfg = OmegaConf.load(sweep / job / ".hydra" / "config.yaml")
+        assert cfg.method.name == name and cfg.method.max_prune_per_group == 0.5
+        assert read_results(sweep / job)["cost_kept"] <= 0.5
+    for key, message in (("method.prune_every=3", "method.prune_every is not a key of "
+                          "method=chex, which this sweep also runs"),
+                         ("method.prune_evry=3", "(did you mean method.prune_every?)")):
+        with pytest.raises(SystemExit) as err:
+            run_cli("train", "-m", *SMOKE, "method=choice(taylor,chex)", "cost.ratio=0.5", key)
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert err.value.code == 2 and len(lines) == 1
+        assert message in lines[0]
+
+
 def test_unknown_key_added_with_plus_is_refused(run_cli, capsys) -> None:
     with pytest.raises(SystemExit):
         run_cli("train", *SMOKE, "+trainer.epochz=2")

@@ -93,6 +93,46 @@ def _unknown_key(
     return None
 
 
+def method_sweep_overrides(overrides: Sequence[str], methods: dict[str, type]) -> list[str]:
+    """``overrides`` for Hydra when ``method=`` is swept (``method=taylor,chex``): every
+    ``method.KEY=value`` that all the swept methods have becomes ``++method.KEY=value``.
+
+    Hydra composes a multirun's first config without the swept groups, i.e. with
+    ``method=none``, where ``method.KEY`` does not exist: so ``-m method=taylor,chex
+    method.max_prune_per_group=0.5`` failed with "Key 'max_prune_per_group' not in
+    'NoneConfig'". A key that only some of the swept methods have is a ConfigError naming them.
+    """
+    choice = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "")
+    names = _listed_values(choice)
+    if not names or any(n not in methods for n in names):
+        return list(overrides)  # one method, or a sweep Hydra expands itself (glob, range)
+    out = []
+    for override in overrides:
+        key = override.split("=", 1)[0]
+        if "=" in override and key.startswith("method.") and not override.startswith(("+", "~")):
+            field = key.split(".")[1]
+            lacking = [n for n in names if field not in _field_names(methods[n])]
+            if len(lacking) == len(names):
+                raise ConfigError(unknown_key_message("method.", field,
+                                                      _field_names(methods[names[0]])))
+            if lacking:
+                raise ConfigError(
+                    f"{key} is not a key of method={', method='.join(lacking)}, which this "
+                    f"sweep also runs (method={choice}); sweep those methods in a command of "
+                    "their own, or choose experiment files that set it")
+            override = f"++{override}"
+        out.append(override)
+    return out
+
+
+def _listed_values(value: str) -> list[str]:
+    """The options of a sweep written ``a,b`` or ``choice(a,b)``; [] for one value."""
+    if value.startswith("choice(") and value.endswith(")"):
+        value = value[len("choice("):-1]
+    names = [v.strip() for v in value.split(",")]
+    return names if len(names) > 1 and all(names) else []
+
+
 def _nested_keys(primary: type) -> dict[str, str]:
     """Field name -> ``group.field`` for the schemas one level down (``lr`` -> ``optim.lr``)."""
     out: dict[str, str] = {}
