@@ -182,6 +182,21 @@ def test_a_sweep_over_methods_takes_the_keys_they_share(run_cli, capsys) -> None
         assert message in lines[0]
 
 
+def test_a_device_error_names_the_commands_own_key(run_cli, capsys) -> None:
+    """bench and lut call it `device`; the message said `trainer.device`."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    for command, key in (("bench", "device"), ("lut", "device"), ("train", "trainer.device")):
+        args = ("model=resnet20", "input_size=[3,16,16]") if command != "train" else SMOKE
+        with pytest.raises(SystemExit):
+            run_cli(command, *args, f"{key}=cuda")
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err == (f"prunecli: error: {key}=cuda but CUDA is not available here; use "
+                       f"{key}=cpu or {key}=auto")
+
+
 def test_unknown_key_added_with_plus_is_refused(run_cli, capsys) -> None:
     with pytest.raises(SystemExit):
         run_cli("train", *SMOKE, "+trainer.epochz=2")

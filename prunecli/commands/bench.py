@@ -50,9 +50,9 @@ def main(cfg: DictConfig) -> None:
                               "not both")
         from prunecli.bench.runs import bench_runs
 
-        bench_runs(cfg, resolve_device(cfg.device), run_dir())
+        bench_runs(cfg, resolve_device(cfg.device, key="device"), run_dir())
         return
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     models, shape, title = _pair(cfg)
     example = torch.randn(1, *shape)
     # a detector is timed as its core (backbone, neck, heads: what pruning shrinks) and as the

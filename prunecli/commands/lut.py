@@ -58,7 +58,7 @@ def main(cfg: DictConfig) -> None:
         raise ConfigError(f"dtype={cfg.dtype} is not one of {', '.join(DTYPES)}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, key="device")
     if cfg.dtype == "fp16" and device.type != "cuda":
         raise ConfigError("dtype=fp16 is for CUDA; on the CPU use dtype=bf16 or fp32")
     if cfg.ckpt:  # the run's own network: its class count and input size, no weights needed

@@ -33,20 +33,20 @@ class DistEnv:
         return self.world_size > 1
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """``auto`` -> this rank's CUDA device when there is one, else the CPU. ``key`` is the
+    config key errors name (``device`` for bench and lut)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu "
-                "or trainer.device=auto"
+                f"{key}={name} but CUDA is not available here; use {key}=cpu or {key}=auto"
             )
         if name == "cuda":
             return torch.device("cuda", local_rank)
     if name not in ("cpu",) and not name.startswith("cuda"):
-        raise ConfigError(f"trainer.device={name} is not one of auto, cpu, cuda, cuda:N")
+        raise ConfigError(f"{key}={name} is not one of auto, cpu, cuda, cuda:N")
     return torch.device(name)
 
 
