@@ -78,6 +78,24 @@ def test_eval_of_a_run_on_another_dataset(run_cli, tmp_path: Path, capsys) -> No
     assert "holds a model of 10 classes but data=fake has 5" in capsys.readouterr().err
 
 
+def test_a_new_run_refuses_a_folder_that_holds_a_run(run_cli, capsys) -> None:
+    """The same command run twice into one hydra.run.dir replaced the first run's last.pt and
+    results and appended its records to the first run's metrics.jsonl, silently."""
+    run = run_cli("train", *SMOKE)
+    checkpoint, log = (run / "last.pt").read_bytes(), (run / "metrics.jsonl").read_text()
+    with pytest.raises(SystemExit) as err:
+        run_cli("train", *SMOKE, "trainer.epochs=2")
+    assert err.value.code == 2
+    assert "already holds a run (last.pt); continue it with resume=auto" in capsys.readouterr().err
+    assert (run / "last.pt").read_bytes() == checkpoint
+    assert (run / "metrics.jsonl").read_text() == log
+    # what an attempt that crashed before its first checkpoint leaves: the new log starts empty
+    (run / "last.pt").unlink()
+    run_cli("train", *SMOKE)
+    kinds = [json.loads(line)["kind"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [k for k in kinds if k != "train"] == ["epoch", "results"]
+
+
 def test_user_experiment_folder(run_cli, tmp_path: Path) -> None:
     folder = tmp_path / "mine" / "experiment"
     folder.mkdir(parents=True)

@@ -68,6 +68,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def refuse_to_overwrite(run_dir: str | Path) -> None:
+    """A new run (no ``resume``) in a folder that holds another run's checkpoint would replace
+    its ``last.pt`` and results and append to its ``metrics.jsonl``: an error instead, which
+    names the two ways on."""
+    from prunecli.engine.checkpoint import LAST
+    from prunecli.errors import ConfigError
+
+    if (Path(run_dir) / LAST).is_file():
+        raise ConfigError(f"{run_dir} already holds a run ({LAST}); continue it with "
+                          "resume=auto, or start the new run in another hydra.run.dir (or "
+                          "delete that folder)")
+
+
 def auto_resume(run_dir: str | Path) -> Path | None:
     """``resume=auto``: the run folder's ``last.pt`` when it has one (the run was stopped,
     killed or preempted), else None: the run starts. A requeued job runs the same command and

@@ -25,10 +25,14 @@ class RunLog:
     """Appends one JSON object per line to ``metrics.jsonl`` and, when asked, mirrors the
     numbers to TensorBoard (``<run>/tensorboard``), with the optimizer step as the x axis."""
 
-    def __init__(self, run_dir: Path | None, logger: str = "jsonl") -> None:
+    def __init__(self, run_dir: Path | None, logger: str = "jsonl", fresh: bool = False) -> None:
+        """``fresh``: a new run, whose log starts empty (an earlier attempt that crashed before
+        its first checkpoint leaves lines that are not this run's); a resumed run appends."""
         if logger not in LOGGERS:
             raise ConfigError(f"logger={logger} is not one of {', '.join(LOGGERS)}")
         self.path = None if run_dir is None else Path(run_dir) / METRICS_FILE
+        if fresh and self.path is not None:
+            self.path.unlink(missing_ok=True)
         self.start = time.time()
         self.tensorboard: Any = None
         if logger == "tensorboard" and run_dir is not None:

@@ -31,7 +31,12 @@ from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.preempt import Preempted, PreemptionWatch
 from prunecli.engine.progress import make_progress
-from prunecli.engine.resume import auto_resume, finished_results, merge_resume_config
+from prunecli.engine.resume import (
+    auto_resume,
+    finished_results,
+    merge_resume_config,
+    refuse_to_overwrite,
+)
 from prunecli.engine.run_log import RunLog
 from prunecli.engine.seed import seed_everything, set_deterministic, set_rng_state
 from prunecli.engine.slim_training import transfer_optimizer_state
@@ -70,6 +75,8 @@ class Trainer(TrainerState):
         if cfg.resume == "auto":  # this run's own folder: continue it if it has a checkpoint
             found = auto_resume(self.run_dir)
             OmegaConf.update(cfg, "resume", None if found is None else str(found))
+        if not cfg.resume:
+            refuse_to_overwrite(self.run_dir)
         if cfg.resume:
             self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume)
             state = ckpt_io.load_checkpoint(self.resume_path)
@@ -152,7 +159,8 @@ class Trainer(TrainerState):
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         self.writer = RunLog(self.run_dir if self.dist.is_main else None,
-                             OmegaConf.select(cfg, "logger", default="jsonl"))
+                             OmegaConf.select(cfg, "logger", default="jsonl"),
+                             fresh=self.resume_state is None)
         self.ctx.record = self.writer.write
         self.preempt = PreemptionWatch(self.dist.distributed)
 
