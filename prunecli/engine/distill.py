@@ -138,8 +138,9 @@ def build_distiller(cfg: Any, student: nn.Module, task: Any, device: torch.devic
                           box_threshold=box_threshold, device=device,
                           memory_format=memory_format)
     distiller.source = source
-    log.info("distilling from %s (alpha %g, T %g, box weight %g)", source, alpha,
-             cfg.distill.temperature, box_weight)
+    boxes = f", box weight {box_weight:g}" if task.has_boxes else ""  # classifiers have none
+    log.info("distilling from %s (alpha %g, T %g%s)", source, alpha, cfg.distill.temperature,
+             boxes)
     return distiller
 
 
