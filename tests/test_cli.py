@@ -78,6 +78,24 @@ def test_eval_of_a_run_on_another_dataset(run_cli, tmp_path: Path, capsys) -> No
     assert "holds a model of 10 classes but data=fake has 5" in capsys.readouterr().err
 
 
+def test_eval_warns_when_the_datasets_classes_are_not_the_models(run_cli, tmp_path: Path) -> None:
+    """Same class count, other names: the scores would be read by position, silently."""
+    from tests.test_data import write_imagefolder
+
+    same = write_imagefolder(tmp_path / "a")
+    other = write_imagefolder(tmp_path / "b", classes=("cat", "cow", "fox"))
+    run = run_cli("train", "data=imagefolder", f"data.root={same}", "data.image_size=16",
+                  "trainer.epochs=2", "data.batch_size=3", "method=taylor", "cost.ratio=0.5",
+                  "method.prune_every=1")
+    for ckpt in (run, run / "slim.pt"):
+        ev = run_cli("eval", f"ckpt={ckpt}", f"data.root={other}", run_dir=tmp_path / "ev")
+        log = (ev / "eval.log").read_text()
+        assert "the model's classes are not data=imagefolder's (label: model / data: 1: dog / " \
+               "cow)" in log
+        ev = run_cli("eval", f"ckpt={ckpt}", run_dir=tmp_path / "ev2")
+        assert "classes are not" not in (ev / "eval.log").read_text()
+
+
 def test_a_new_run_refuses_a_folder_that_holds_a_run(run_cli, capsys) -> None:
     """The same command run twice into one hydra.run.dir replaced the first run's last.pt and
     results and appended its records to the first run's metrics.jsonl, silently."""

@@ -10,12 +10,15 @@ overrides typed on the command line still apply, e.g. a different ``data.root``,
 
 from __future__ import annotations
 
+import logging
 import time
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from prunecli.commands.common import run_dir, task_overrides, user_errors_as_one_line
+
+log = logging.getLogger("prunecli")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://prunecli.conf", config_name="eval")
@@ -37,17 +40,20 @@ def main(cfg: DictConfig) -> float:
 
     t0 = time.time()
     model_cfg, data_cfg, model, classes, chans = cfg.model, cfg.data, None, None, None
+    names = None  # the model's class names, when its file has them
     if cfg.ckpt:
         if is_slim_file(cfg.ckpt):  # a `prunecli slim` output
             small = load_slim(cfg.ckpt)
             model, saved_data = small.model, small.extra.get("data_config") or cfg.data
             model_cfg = OmegaConf.create(small.model_config)
             classes, chans = small.num_classes, small.in_chans
+            names = small.extra.get("class_names")
         else:  # a training checkpoint; masked channels stay masked
             loaded = load_masked_model(cfg.ckpt)
             model, saved_data = loaded.model, loaded.data_config
             model_cfg = OmegaConf.create(loaded.model_config)
             classes, chans = loaded.num_classes, loaded.in_chans
+            names = loaded.class_names
         if not any(o.split("=", 1)[0] == "data" for o in task_overrides()):
             # the run's own dataset, with the data.* keys typed here (data=NAME: cfg.data as
             # composed, those keys included)
@@ -68,6 +74,12 @@ def main(cfg: DictConfig) -> float:
         raise ConfigError(f"{cfg.ckpt} holds a model of {chans}-channel input but "
                           f"data={data_cfg.name} gives {data.channels}-channel images; set "
                           f"data.channels={chans}")
+    if names and data.class_names and list(names) != list(data.class_names):
+        differ = [f"{i}: {a} / {b}" for i, (a, b) in enumerate(zip(names, data.class_names,
+                                                                  strict=True)) if a != b]
+        log.warning("the model's classes are not data=%s's (label: model / data: %s%s); its "
+                    "outputs are scored as data's classes by position", data_cfg.name,
+                    ", ".join(differ[:5]), ", ..." if len(differ) > 5 else "")
     if model is None:
         model = build_model(model_cfg, num_classes=data.num_classes, in_chans=data.channels)
     task.check_model(model, model_cfg.name, data_cfg.name)

@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> float:
     save_slim(out, small, loaded.structure, loaded.keep, loaded.model_config,
               loaded.num_classes, loaded.in_chans,
               extra={"source": str(source), "epoch": loaded.epoch,
-                     "data_config": loaded.data_config})
+                     "data_config": loaded.data_config, "class_names": loaded.class_names})
 
     dense_net, small_net = core_of(loaded.model), core_of(small)  # a detector: its core
     macs = (count_macs(dense_net, loaded.example), count_macs(small_net, loaded.example))

@@ -67,6 +67,7 @@ class HookContext:
     # "loss"} or {"map", "map50", "voc07_map", ...} (all ranks must call it)
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     metric: str = "top1"  # the task's primary metric, a key of evaluate()'s result
+    class_names: list[str] | None = None  # the dataset's, saved with the slim model
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
     # record(kind=..., **fields): one line of the run's metrics log (metrics.jsonl and, with
     # logger=tensorboard, TensorBoard); e.g. a pruning event. Only rank 0's log writes.

@@ -133,7 +133,8 @@ class Trainer(TrainerState):
                                example_inputs=example, epochs=tcfg.epochs,
                                steps_per_epoch=self.steps_per_epoch,
                                grad_scaler=self.precision.scaler, run_dir=self.run_dir,
-                               evaluate=self._evaluate, metric=self.task.metric)
+                               evaluate=self._evaluate, metric=self.task.metric,
+                               class_names=self.data.class_names)
         self.method.setup(self.ctx)
         if tcfg.sync_bn and self.device.type != "cuda":
             raise ConfigError("trainer.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs "

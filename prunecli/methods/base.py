@@ -312,7 +312,8 @@ class PruningMethod(TrainingHooks):
                       int(x.shape[1]), extra={"method": self.cfg.name, "epoch": ctx.epoch + 1,
                                               "cost": summary["cost"],
                                               "cost_kept": summary["cost_kept"],
-                                              "data_config": _plain(ctx.config.data)})
+                                              "data_config": _plain(ctx.config.data),
+                                              "class_names": ctx.class_names})
             summary["slim_model"] = str(path.resolve())
         return summary
 

@@ -28,6 +28,7 @@ class MaskedModel:
     in_chans: int
     example: torch.Tensor  # a batch-1 input of the training image size
     epoch: int
+    class_names: list[str] | None = None  # the training data's, in label order
 
 
 def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
@@ -58,7 +59,7 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
         ChannelMasker(net, structure).set_keep(keep)
         return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
                            info["num_classes"], info["channels"], example,
-                           int(ckpt.get("epoch", 0)))
+                           int(ckpt.get("epoch", 0)), info.get("class_names"))
     plain, masks = split_masked_state_dict(ckpt["model"])
     try:
         model.load_state_dict(plain)
@@ -71,4 +72,5 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
     if keep:
         ChannelMasker(net, structure).set_keep(keep)
     return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
-                       info["num_classes"], info["channels"], example, int(ckpt.get("epoch", 0)))
+                       info["num_classes"], info["channels"], example, int(ckpt.get("epoch", 0)),
+                       info.get("class_names"))
