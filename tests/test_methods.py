@@ -81,6 +81,10 @@ def test_a_run_resumed_mid_pruning_is_the_same_run(run_cli, tmp_path: Path, meth
     full = run_cli("train", *common, run_dir=tmp_path / "full")
     part = run_cli("train", *common, "trainer.stop_after_epoch=1", run_dir=tmp_path / "part")
     assert read_results(part)["stopped_early"]
+    # stopped as if killed: no last cut to the budget and no slim model (Taylor cut to the
+    # budget and wrote slim.pt "without fine-tuning" at the stop)
+    assert read_results(part)["cost_kept"] > 0.55 and not (part / "slim.pt").exists()
+    assert "without fine-tuning" not in (part / "train.log").read_text()
     mid = _masks(part)
     assert any(not bool(m.all()) for m in mid.values())  # pruning had started ...
     assert load_checkpoint(part / "last.pt")["method"]["history"]

@@ -68,6 +68,10 @@ class HookContext:
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     metric: str = "top1"  # the task's primary metric, a key of evaluate()'s result
     class_names: list[str] | None = None  # the dataset's, saved with the slim model
+    # the run stops before its last epoch (trainer.stop_after_epoch, as if killed): its
+    # on_train_end reports but does not finish the method's work (no last cut, no slim model);
+    # the resumed run does
+    stopped_early: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # free room for a method's own data
     # record(kind=..., **fields): one line of the run's metrics log (metrics.jsonl and, with
     # logger=tensorboard, TensorBoard); e.g. a pruning event. Only rank 0's log writes.

@@ -272,6 +272,7 @@ class Trainer(TrainerState):
                     break
         if self.distiller is not None:
             self.distiller.close()  # the final model carries no hook
+        self.ctx.stopped_early = stopped_early
         summary = self.method.on_train_end(self.ctx)
         macs = count_macs(core_of(self.model), self.ctx.example_inputs)
         results = {

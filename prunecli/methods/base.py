@@ -288,6 +288,8 @@ class PruningMethod(TrainingHooks):
             f"dense_{self.metric}": self.dense_metric,
             f"{self.metric}_before_pruning": self.metric_before_pruning,
         }
+        if ctx.stopped_early:  # the resumed run slims, checks and saves the final model
+            return summary
         x = ctx.net_input()
         if self.slimmed_keep is not None:  # slimmed during training: the model is the slim one
             small, diff = ctx.model.eval(), self.slim_diff

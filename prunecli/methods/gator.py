@@ -325,7 +325,7 @@ class Gator(GatesOnModel, PruningMethod):
 
     # ------------------------------------------------------------------ end, state
     def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
-        if self.phase != "done":
+        if self.phase != "done" and not ctx.stopped_early:
             log.warning("gator: training ended during gating; cutting %s now, without "
                         "fine-tuning (lower method.gate_epochs or train longer)",
                         "to the budget" if self.ratio > 0 else "the channels with theta < 0")

@@ -122,7 +122,7 @@ class NetworkSlimming(PruningMethod):
         self.apply(ctx, keep, note="slimming")
 
     def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
-        if not self.pruned:
+        if not self.pruned and not ctx.stopped_early:
             self.prune(ctx)  # prune_at >= 1: sparsity training only, prune at the very end
         return super().on_train_end(ctx)
 

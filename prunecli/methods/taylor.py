@@ -136,7 +136,7 @@ class TaylorPruning(PruningMethod):
                 self.hooks.detach()
 
     def on_train_end(self, ctx: HookContext) -> dict[str, Any]:
-        if not self.done:
+        if not self.done and not ctx.stopped_early:
             log.warning("taylor: training ended before the budget was reached; cutting to it "
                         "now, without fine-tuning (lower method.finish_at or train longer)")
             self.finish = ctx.step
