@@ -333,12 +333,17 @@ def test_slim_when_final_on_a_detector(run_cli, tmp_path: Path) -> None:
     assert read_results(ev)["map"] == pytest.approx(b["map"], abs=1e-6)
 
 
-def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path) -> None:
-    """`prunecli lut` times a detector's core (at its native size); HALP prunes to it."""
+def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path,
+                                                      capsys) -> None:
+    """`prunecli lut` times a detector's core (at its native size) and says that the
+    post-processing is outside it; HALP prunes to it."""
     table = tmp_path / "lut.json"
     run_cli("lut", "model=ssd_tiny", "num_classes=10", "step=32", "repeats=1", "rounds=1",
             "warmup=1", "check=false", f"out={table}", run_dir=tmp_path / "lut")
     assert json.loads(table.read_text())["grids"]
+    said = " ".join(capsys.readouterr().out.split())
+    assert "post-processing (anchors, box decoding, NMS)" in said
+    assert "`prunecli bench ckpt=RUN` times it beside the core" in said
     run = run_cli("train", *SMALL_DEMO, "data.train_size=128", "data.batch_size=8",
                   "data.val_size=16", "trainer.epochs=3", "method=halp", "method.prune_steps=4",
                   "method.prune_every=4", "cost=latency", f"cost.table={table}",

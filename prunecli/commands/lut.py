@@ -104,6 +104,11 @@ def main(cfg: DictConfig) -> None:
                            seed=cfg.seed, warmup=cfg.warmup, repeats=cfg.check_repeats)
         table.save(out)
         _report(rows, cfg, table.conditions)
+    if model is not built:  # a detector
+        console.print("the table and a latency budget count the detector's core (backbone, "
+                      "neck, heads); its post-processing (anchors, box decoding, NMS) depends "
+                      "on how many boxes pass the score threshold: `prunecli bench ckpt=RUN` "
+                      "times it beside the core, on a trained run's real images")
     console.print(f"use it with: cost=latency cost.table={out.resolve()}")
 
 
