@@ -83,7 +83,9 @@ def test_a_run_resumed_mid_pruning_is_the_same_run(run_cli, tmp_path: Path, meth
     assert read_results(part)["stopped_early"]
     # stopped as if killed: no last cut to the budget and no slim model (Taylor cut to the
     # budget and wrote slim.pt "without fine-tuning" at the stop)
-    assert read_results(part)["cost_kept"] > 0.55 and not (part / "slim.pt").exists()
+    stopped = read_results(part)
+    assert stopped["cost_kept"] > 0.55 and not (part / "slim.pt").exists()
+    assert stopped["macs"] / stopped["dense_macs"] == pytest.approx(stopped["cost_kept"], abs=1e-3)
     assert "without fine-tuning" not in (part / "train.log").read_text()
     mid = _masks(part)
     assert any(not bool(m.all()) for m in mid.values())  # pruning had started ...

@@ -288,9 +288,13 @@ class PruningMethod(TrainingHooks):
             f"dense_{self.metric}": self.dense_metric,
             f"{self.metric}_before_pruning": self.metric_before_pruning,
         }
-        if ctx.stopped_early:  # the resumed run slims, checks and saves the final model
-            return summary
         x = ctx.net_input()
+        if ctx.stopped_early:  # the resumed run checks, evaluates and saves the final model
+            if self.slimmed_keep is None:  # what the masks keep so far, counted on the slim net
+                small = self.slim_model(ctx.model, keep)
+                summary["macs"] = count_macs(core_of(small), x)
+                summary["params"] = count_params(core_of(small))
+            return summary
         if self.slimmed_keep is not None:  # slimmed during training: the model is the slim one
             small, diff = ctx.model.eval(), self.slim_diff
             summary["slimmed_at_step"] = self.slimmed_at
