@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -73,6 +74,7 @@ def run_one(method: str, ratio: float, epochs: int, runs: Path, reuse: bool,
     out = runs / name
     if reuse and (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)  # redone from scratch (a run refuses a used folder)
     cmd = [sys.executable, "-m", "prunecli", "train", f"method={method}",
            f"trainer.epochs={epochs}", "trainer.progress=false", f"hydra.run.dir={out}",
            *([] if method == "none" else [f"cost.ratio={ratio}"]), *schedules.get(method, []),
