@@ -75,7 +75,8 @@ def _masks(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", ["taylor", "halp"])
-def test_a_run_resumed_mid_pruning_is_the_same_run(run_cli, tmp_path: Path, method: str) -> None:
+def test_a_run_resumed_mid_pruning_is_the_same_run(run_cli, tmp_path: Path, method: str,
+                                                   capsys) -> None:
     common = (*SMALL, f"method={method}", "cost.ratio=0.5", "trainer.deterministic=true",
               *SCHEDULE[method])
     full = run_cli("train", *common, run_dir=tmp_path / "full")
@@ -87,6 +88,10 @@ def test_a_run_resumed_mid_pruning_is_the_same_run(run_cli, tmp_path: Path, meth
     assert stopped["cost_kept"] > 0.55 and not (part / "slim.pt").exists()
     assert stopped["macs"] / stopped["dense_macs"] == pytest.approx(stopped["cost_kept"], abs=1e-3)
     assert "without fine-tuning" not in (part / "train.log").read_text()
+    capsys.readouterr()
+    run_cli("slim", f"ckpt={part}", run_dir=tmp_path / "slim")  # slims, and says it is unfinished
+    assert "last.pt is from epoch 1 of 4: these are the masks so far" in " ".join(
+        capsys.readouterr().out.split())
     mid = _masks(part)
     assert any(not bool(m.all()) for m in mid.values())  # pruning had started ...
     assert load_checkpoint(part / "last.pt")["method"]["history"]

@@ -58,6 +58,10 @@ def main(cfg: DictConfig) -> float:
     console.print(table)
     console.print(f"{len(loaded.keep)} groups pruned; masked vs slimmed on {cfg.batch_size} "
                   f"inputs: max relative difference {diff:.1e}")
+    if loaded.planned_epochs is not None and loaded.epoch < loaded.planned_epochs:
+        console.print(f"[yellow]note:[/yellow] {source} is from epoch {loaded.epoch} of "
+                      f"{loaded.planned_epochs}: these are the masks so far, not necessarily "
+                      "the method's last ones (continue the run with resume=RUN to finish it)")
     console.print(f"slim model: [bold]{out.resolve()}[/bold] "
                   "(load with prunecli.structure.load_slim)")
     return diff

@@ -29,6 +29,7 @@ class MaskedModel:
     example: torch.Tensor  # a batch-1 input of the training image size
     epoch: int
     class_names: list[str] | None = None  # the training data's, in label order
+    planned_epochs: int | None = None  # the run's trainer.epochs (more than epoch: unfinished)
 
 
 def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
@@ -59,7 +60,8 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
         ChannelMasker(net, structure).set_keep(keep)
         return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
                            info["num_classes"], info["channels"], example,
-                           int(ckpt.get("epoch", 0)), info.get("class_names"))
+                           int(ckpt.get("epoch", 0)), info.get("class_names"),
+                           _planned_epochs(cfg))
     plain, masks = split_masked_state_dict(ckpt["model"])
     try:
         model.load_state_dict(plain)
@@ -73,4 +75,9 @@ def load_masked_model(path: str | os.PathLike[str]) -> MaskedModel:
         ChannelMasker(net, structure).set_keep(keep)
     return MaskedModel(model.eval(), structure, keep, cfg["model"], cfg["data"],
                        info["num_classes"], info["channels"], example, int(ckpt.get("epoch", 0)),
-                       info.get("class_names"))
+                       info.get("class_names"), _planned_epochs(cfg))
+
+
+def _planned_epochs(cfg: dict[str, Any]) -> int | None:
+    epochs = (cfg.get("trainer") or {}).get("epochs")
+    return int(epochs) if isinstance(epochs, int) else None
