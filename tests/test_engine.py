@@ -204,6 +204,26 @@ def test_resume_takes_run_keys_from_the_command_line_only_where_typed() -> None:
     assert merge_resume_config(current, saved).trainer.epochs == current.trainer.epochs
 
 
+def test_resume_warns_only_about_values_the_command_set(caplog) -> None:
+    """`prunecli train resume=RUN` alone warned "keeping the checkpoint's value for cost.ratio,
+    data.batch_size, ..." for every key the run's experiment had set: defaults are no
+    difference; a value typed today (itself, or by its group or an experiment) is."""
+    from prunecli.engine.resume import merge_resume_config
+
+    saved = OmegaConf.to_container(make_cfg("optim.lr=0.01", "data.batch_size=16"), resolve=True)
+    current = make_cfg("resume=RUN")  # lr and batch size: the defaults
+    with caplog.at_level("WARNING", logger="prunecli"):
+        merge_resume_config(current, saved, typed={"resume"})
+    assert "keeping the checkpoint's value" not in caplog.text
+    typed = make_cfg("resume=RUN", "optim.lr=0.3")
+    for keys in ({"resume", "optim.lr"}, {"resume", "optim"}, {"resume", "experiment"}, None):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="prunecli"):
+            merged = merge_resume_config(typed, saved, typed=keys)
+        assert merged.optim.lr == 0.01 and "keeping the checkpoint's value for" in caplog.text
+        assert "optim.lr" in caplog.text
+
+
 def test_resume_from_a_non_training_file_is_refused(tmp_path: Path) -> None:
     torch.save({"state_dict": {}}, tmp_path / "w.pt")
     with pytest.raises(CheckpointError, match="not a prunecli training checkpoint"):

@@ -51,11 +51,21 @@ def merge_resume_config(current: DictConfig, saved: dict[str, Any],
     anchor_paths(shown)
     cur, old = _flat(OmegaConf.to_container(shown)), _flat(saved)
     diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] is not None
-             and cur[k] != old.get(k)]
+             and cur[k] != old.get(k) and _typed_here(k, typed)]
     if diffs:
         log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
                     ", ".join(sorted(diffs)[:10]))
     return merged
+
+
+def _typed_here(key: str, typed: Collection[str] | None) -> bool:
+    """Whether today's command set ``key``: typed itself or through its group (``method=``
+    sets ``method.*``; an ``experiment=`` may set anything). A key the command left at its
+    default is no difference worth a warning: ``prunecli train resume=RUN`` alone warned
+    about every key the run's experiment had set."""
+    if typed is None or "experiment" in typed:
+        return True
+    return any(key == t or key.startswith(f"{t}.") for t in typed)
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
