@@ -94,6 +94,38 @@ def test_sigterm_mid_epoch_then_resume_auto_is_the_unbroken_run(tmp_path: Path,
         [e["step"] for e in _records(tmp_path / "full", "prune")]
 
 
+def test_ctrl_c_writes_the_checkpoint_and_the_run_continues(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C was a KeyboardInterrupt traceback that lost every step since the last epoch's
+    checkpoint; now it stops like a preemption (exit status 130), and a second one at once."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    args = (*COMMON, "method=taylor", "cost.ratio=0.4")
+    Trainer(make_cfg(*args), tmp_path / "full").fit()
+    original = Trainer._optimizer_step
+
+    def step_then_ctrl_c(self: Trainer) -> None:
+        original(self)
+        if self.ctx.step == 8:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "_optimizer_step", step_then_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(Preempted, match="interrupted at step 8") as stop:
+        Trainer(make_cfg(*args, "resume=auto"), run).fit()
+    monkeypatch.setattr(Trainer, "_optimizer_step", original)
+    assert stop.value.exit_code == 130
+    assert torch.load(run / "last.pt", weights_only=True)["step"] == 8
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    Trainer(make_cfg(*args, "resume=auto"), run).fit()
+    _same_weights(tmp_path / "full", run)
+
+    watch = PreemptionWatch()
+    with watch, pytest.raises(KeyboardInterrupt):  # twice: at once
+        os.kill(os.getpid(), signal.SIGINT)
+        assert watch.interrupted
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_resume_auto_starts_a_new_run_and_skips_a_finished_one(tmp_path: Path) -> None:
     run = tmp_path / "run"
     first = Trainer(make_cfg("trainer.epochs=1", "resume=auto"), run).fit()  # nothing there
@@ -141,6 +173,26 @@ def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp
                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     _same_weights(tmp_path / "ref", run)
+
+
+def test_ctrl_c_in_a_terminal_stops_the_run_with_its_checkpoint(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C reaches every process of the group, data workers included: they
+    leave it to the main process, which writes the checkpoint and exits 130, no traceback."""
+    run = tmp_path / "run"
+    proc = _prunecli("train", "experiment=smoke", "trainer.epochs=50", "data.train_size=96",
+                     "data.val_size=32", "data.image_size=16", "data.num_workers=1",
+                     "trainer.log_every=1", f"hydra.run.dir={run}", cwd=tmp_path,
+                     start_new_session=True)
+    metrics, deadline = run / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 8:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted at step" in err and "Traceback" not in err
+    assert torch.load(run / "last.pt", weights_only=True)["step"] >= 8
 
 
 def test_a_run_with_persistent_data_workers_exits(tmp_path: Path) -> None:

@@ -6,8 +6,10 @@ Signals: SIGTERM (SLURM's preemption and time limit, ``kill``, torchrun passing 
 SIGUSR1 (the usual ``#SBATCH --signal=USR1@90`` warning) and, inside a submitit job, submitit's
 preemption signal (SIGUSR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says otherwise). A handler that was
 installed before ours (submitit's, which requeues the job) is called after the checkpoint is
-written. Under DDP every rank stops at the same step: the flag is reduced over a host-side (gloo)
-group once per optimizer step, which never waits for the GPU.
+written. Ctrl-C (SIGINT, where Python's own handler is in place) stops the same way, with exit
+status 130; a second Ctrl-C stops at once (KeyboardInterrupt), losing the unsaved steps. Under
+DDP every rank stops at the same step: the flag is reduced over a host-side (gloo) group once per
+optimizer step, which never waits for the GPU.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch.distributed as dist
 log = logging.getLogger("prunecli")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, run the command again
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class Preempted(Exception):  # noqa: N818 - it is an event, not an error
@@ -65,6 +68,8 @@ class PreemptionWatch:
             return self
         for sig in preemption_signals():
             self._previous[sig] = signal.signal(sig, self._catch)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not a notebook's own
+            self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._catch)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -73,10 +78,21 @@ class PreemptionWatch:
         self._previous.clear()
 
     def _catch(self, signum: int, frame: FrameType | None) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: now
         if self.signum is None:
             self.signum = signum
-            log.warning("received %s: finishing this step, then writing the checkpoint",
-                        signal.Signals(signum).name)
+            if signum == signal.SIGINT:
+                log.warning("Ctrl-C: finishing this step, then writing the checkpoint (Ctrl-C "
+                            "again stops at once, without it)")
+            else:
+                log.warning("received %s: finishing this step, then writing the checkpoint",
+                            signal.Signals(signum).name)
+
+    @property
+    def interrupted(self) -> bool:
+        """The stop is a Ctrl-C, not a preemption (the words and exit status differ)."""
+        return self.signum == signal.SIGINT
 
     def requested(self) -> bool:
         """Whether any rank received a preemption signal (a collective under DDP: every rank
@@ -91,13 +107,14 @@ class PreemptionWatch:
         """Call the handler that was installed before ours for the signal received (submitit's
         requeue); the default action and 'ignore' are not called."""
         previous = self._previous.get(self.signum) if self.signum is not None else None
-        if callable(previous):
+        if callable(previous) and not self.interrupted:  # Python's would raise KeyboardInterrupt
             previous(self.signum, None)
 
 
 def ignore_preemption_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: SLURM and ``kill -TERM -PGID`` signal every process, and a
     data worker killed by it would end the run before its checkpoint is written; the workers
-    stop when the loader shuts them down (or, orphaned, by their parent watchdog)."""
-    for sig in preemption_signals():
+    stop when the loader shuts them down (or, orphaned, by their parent watchdog). A Ctrl-C
+    reaches every process of the terminal's group: the workers leave it to the main process."""
+    for sig in (*preemption_signals(), signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
