@@ -142,6 +142,17 @@ def _prunecli(*args: str, cwd: Path, **kw) -> subprocess.Popen:
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
 
 
+def _signal_after_steps(proc: subprocess.Popen, run: Path, steps: int, sig: int) -> None:
+    """``sig`` to the run's whole process group (as SLURM or a terminal sends it) once its
+    metrics log shows ``steps`` training steps (``trainer.log_every=1``)."""
+    metrics, deadline = run / "metrics.jsonl", time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= steps:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, sig)
+
+
 def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp_path: Path
                                                                              ) -> None:
     """As SLURM does: SIGTERM to every process of the job (data workers too), then the requeued
@@ -157,12 +168,7 @@ def test_a_signalled_process_group_exits_75_and_the_same_command_finishes_it(tmp
     assert ref.returncode == 0, ref.stderr[-2000:]
     run = tmp_path / "run"
     proc = _prunecli(*args, f"hydra.run.dir={run}", cwd=tmp_path, start_new_session=True)
-    metrics, deadline = run / "metrics.jsonl", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 8:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGTERM)
+    _signal_after_steps(proc, run, 8, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "resume=auto" in err and "Traceback" not in err
@@ -183,12 +189,7 @@ def test_ctrl_c_in_a_terminal_stops_the_run_with_its_checkpoint(tmp_path: Path) 
                      "data.val_size=32", "data.image_size=16", "data.num_workers=1",
                      "trainer.log_every=1", f"hydra.run.dir={run}", cwd=tmp_path,
                      start_new_session=True)
-    metrics, deadline = run / "metrics.jsonl", time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.is_file() and metrics.read_text().count('"kind": "train"') >= 8:
-            break
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    _signal_after_steps(proc, run, 8, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted at step" in err and "Traceback" not in err
