@@ -103,6 +103,18 @@ class PreemptionWatch:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
         return bool(flag.item())
 
+    def stop(self, step: int, where: str, run_dir: Any) -> Preempted:
+        """After the checkpoint ``where`` is written: the log line, the previous handler's turn
+        (:meth:`hand_over`), and the :class:`Preempted` that ends the run."""
+        what = "interrupted" if self.interrupted else "preempted"
+        log.warning("%s: checkpoint %s written; run the same command with resume=auto "
+                    "(or resume=%s) to continue", what, where, run_dir)
+        self.hand_over()
+        stop = Preempted(f"{what} at step {step}; checkpoint {where}; continue with "
+                         f"resume=auto (same run folder) or resume={run_dir}")
+        stop.exit_code = EXIT_INTERRUPTED if self.interrupted else EXIT_PREEMPTED
+        return stop
+
     def hand_over(self) -> None:
         """Call the handler that was installed before ours for the signal received (submitit's
         requeue); the default action and 'ignore' are not called."""

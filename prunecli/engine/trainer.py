@@ -29,7 +29,7 @@ from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.engine.loaders import build_loaders, workers_stopped_after
 from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
 from prunecli.engine.precision import Precision
-from prunecli.engine.preempt import EXIT_INTERRUPTED, Preempted, PreemptionWatch
+from prunecli.engine.preempt import PreemptionWatch
 from prunecli.engine.progress import make_progress
 from prunecli.engine.resume import (
     auto_resume,
@@ -298,16 +298,8 @@ class Trainer(TrainerState):
         job), then end the run with :class:`Preempted`."""
         self.writer.write(kind="preempted", step=self.ctx.step, epoch=self._saved_epoch)
         self.writer.close()
-        where = f"{self._saved_path} (step {self.ctx.step})"
-        what = "interrupted" if self.preempt.interrupted else "preempted"
-        log.warning("%s: checkpoint %s written; run the same command with resume=auto "
-                    "(or resume=%s) to continue", what, where, self.run_dir)
-        self.preempt.hand_over()
-        stop = Preempted(f"{what} at step {self.ctx.step}; checkpoint {where}; continue with "
-                         f"resume=auto (same run folder) or resume={self.run_dir}")
-        if self.preempt.interrupted:
-            stop.exit_code = EXIT_INTERRUPTED
-        raise stop
+        raise self.preempt.stop(self.ctx.step, f"{self._saved_path} (step {self.ctx.step})",
+                                self.run_dir)
 
     def _train_epoch(self, epoch: int, progress: Any) -> dict[str, float]:
         tcfg, ctx = self.cfg.trainer, self.ctx
