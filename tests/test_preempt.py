@@ -96,9 +96,17 @@ def test_sigterm_mid_epoch_then_resume_auto_is_the_unbroken_run(tmp_path: Path,
 
 def test_ctrl_c_writes_the_checkpoint_and_the_run_continues(tmp_path: Path, monkeypatch) -> None:
     """Ctrl-C was a KeyboardInterrupt traceback that lost every step since the last epoch's
-    checkpoint; now it stops like a preemption (exit status 130), and a second one at once."""
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        pytest.skip("SIGINT is not Python's default handler here")
+    checkpoint; now it stops like a preemption (exit status 130), and a second one at once.
+    Python's own SIGINT handler is put in place first: a test run in the background of a
+    non-interactive shell (CI) starts with SIGINT ignored, which the watch leaves alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_run(tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def _ctrl_c_run(tmp_path: Path, monkeypatch) -> None:
     args = (*COMMON, "method=taylor", "cost.ratio=0.4")
     Trainer(make_cfg(*args), tmp_path / "full").fit()
     original = Trainer._optimizer_step
@@ -185,10 +193,13 @@ def test_ctrl_c_in_a_terminal_stops_the_run_with_its_checkpoint(tmp_path: Path) 
     """A terminal's Ctrl-C reaches every process of the group, data workers included: they
     leave it to the main process, which writes the checkpoint and exits 130, no traceback."""
     run = tmp_path / "run"
+    # as from a terminal: SIGINT not ignored (a background test run ignores it, and a child
+    # would inherit that)
     proc = _prunecli("train", "experiment=smoke", "trainer.epochs=50", "data.train_size=96",
                      "data.val_size=32", "data.image_size=16", "data.num_workers=1",
                      "trainer.log_every=1", f"hydra.run.dir={run}", cwd=tmp_path,
-                     start_new_session=True)
+                     start_new_session=True,
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _signal_after_steps(proc, run, 8, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
