@@ -177,14 +177,20 @@ def test_the_commands_written_in_experiment_files_compose() -> None:
     commands = _documented_commands()
     assert len(commands) >= 10
     for name, command, overrides in commands:
-        try:
-            assert misspelt_key(command, overrides) is None, misspelt_key(command, overrides)
-            cfg = _compose(overrides, name=command)
-            check_known_keys(cfg)
-            check_value_ranges(cfg)
-        except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
-            raise AssertionError(f"{name}: `prunecli {command} {' '.join(overrides)}`: "
-                                 f"{exc.__cause__ or exc}") from None
+        _check_documented(name, command, overrides)
+
+
+def _check_documented(where: str, command: str, overrides: list[str]) -> None:
+    """A documented command passes what the console script checks: the key pre-check, Hydra's
+    composition, the key and the value-range checks."""
+    try:
+        assert misspelt_key(command, overrides) is None, misspelt_key(command, overrides)
+        cfg = _compose(overrides, name=command)
+        check_known_keys(cfg)
+        check_value_ranges(cfg)
+    except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
+        raise AssertionError(f"{where}: `prunecli {command} {' '.join(overrides)}`: "
+                             f"{exc.__cause__ or exc}") from None
 
 
 COMMANDS = ("train", "eval", "lut", "bench", "slim", "export", "inspect", "report")
@@ -235,11 +241,4 @@ def test_the_commands_in_the_readme_compose() -> None:
     commands = _readme_commands()
     assert len(commands) >= 50
     for command, overrides in commands:
-        try:
-            assert misspelt_key(command, overrides) is None, misspelt_key(command, overrides)
-            cfg = _compose(overrides, name=command)
-            check_known_keys(cfg)
-            check_value_ranges(cfg)
-        except (ConfigCompositionException, ConfigKeyError, ValidationError, ConfigError) as exc:
-            raise AssertionError(f"README: `prunecli {command} {' '.join(overrides)}`: "
-                                 f"{exc.__cause__ or exc}") from None
+        _check_documented("README", command, overrides)
