@@ -29,6 +29,17 @@ def test_find_command_skips_flag_values() -> None:
     assert find_command(["a=1", "train"]) is None
 
 
+def test_an_error_from_a_data_worker_is_its_own_line() -> None:
+    from prunecli.commands.common import one_line_message
+    from prunecli.errors import DataError
+
+    worker = DataError("Caught DataError in DataLoader worker process 0.\nOriginal Traceback "
+                       "(most recent call last):\n  File \"x.py\", line 1\n"
+                       "prunecli.errors.DataError: a.jpg is 4x3 pixels but b.json says 3x4")
+    assert one_line_message(worker) == "a.jpg is 4x3 pixels but b.json says 3x4"
+    assert one_line_message(DataError("plain: message")) == "plain: message"
+
+
 def test_usage_and_unknown_command(capsys) -> None:
     with pytest.raises(SystemExit) as ok:
         main([])

@@ -242,6 +242,9 @@ def test_voc_layout_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         voc(root, **split)
     one_line_error(exc, str(year / "JPEGImages" / "000003.jpg"), "JPEGImages/<id>.jpg")
+    with pytest.raises(DataError) as exc:
+        voc(root, train_split="2007/train")  # a list the folder lacks: the ones it has are named
+    one_line_error(exc, "ImageSets/Main/train.txt", "lists there: test, trainval")
     with pytest.raises(ConfigError):
         voc(root, channels=1)
     with pytest.raises(DataError) as exc:
@@ -286,6 +289,38 @@ def test_coco_class_names_restrict_and_reorder(coco_root: Path, tmp_path: Path) 
     one_line_error(exc, "'horse'", "instances_train2017.json")
     robo = make_coco(tmp_path / "robo", splits=("train", "valid"), n_images=4, roboflow=True)
     assert len(coco(robo, train_split="train", val_split="valid").val) == 4
+    assert len(coco(robo).val) == 4  # a Roboflow export's split names are found by default
+    with pytest.raises(DataError) as exc:
+        coco(robo, val_split="test")
+    one_line_error(exc, "data.val_split=test", "splits found there: train, valid")
+
+
+def test_a_photo_stored_sideways_is_turned_by_its_exif_tag(tmp_path: Path) -> None:
+    """Phone photos are stored sideways with an EXIF orientation tag, and annotation tools
+    (CVAT, Roboflow) label them as displayed: the image must be turned to match its boxes."""
+    from PIL import Image
+
+    root = make_coco(tmp_path, n_images=4)
+    ann = root / "annotations" / "instances_val2017.json"
+    data = json.loads(ann.read_text())
+    info = data["images"][0]
+    w, h = info["width"], info["height"]
+    assert w != h
+    upright = np.zeros((h, w, 3), np.uint8)
+    upright[:, : w // 2] = (250, 0, 0)  # left half red, right half blue, as displayed
+    upright[:, w // 2:] = (0, 0, 250)
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # w and h swapped
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    stored.save(root / "val2017" / info["file_name"], exif=exif, quality=95)
+    image = coco(root).val.read_image(0)
+    assert tuple(image.shape) == (3, h, w)
+    left, right = image[:, :, : w // 2 - 2].float(), image[:, :, w // 2 + 2:].float()
+    assert left[0].mean() > 200 and right[2].mean() > 200  # red left, blue right: upright
+    stored.save(root / "val2017" / info["file_name"])
+    with pytest.raises(DataError) as exc:  # sideways without a tag: the sizes disagree
+        coco(root).val.read_image(0)
+    one_line_error(exc, info["file_name"], f"is {h}x{w} pixels", f"says {w}x{h}")
 
 
 def test_coco_errors_name_the_file(tmp_path: Path) -> None:

@@ -40,8 +40,9 @@ def one_line_message(exc: BaseException) -> str:
     text = str(exc).strip()
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
-        prefix = f"{type(exc).__name__}: "
-        return last[len(prefix):] if last.startswith(prefix) else last
+        # the traceback names the class with its module: prunecli.errors.DataError: ...
+        name, sep, message = last.partition(": ")
+        return message if sep and name.rsplit(".", 1)[-1] == type(exc).__name__ else last
     return text
 
 

@@ -1,7 +1,8 @@
 """COCO, or any dataset with COCO instances JSON (Roboflow exports, ...), from a local folder.
 
-For a split ``S`` (``data.train_split``, default ``train2017``; ``data.val_split``, default
-``val2017``) the annotations are the first that exists of ``annotations/instances_S.json``
+For a split ``S`` (``data.train_split``, default ``train2017``, else ``train``;
+``data.val_split``, default ``val2017``, else ``valid`` or ``val``) the annotations are the first
+that exists of ``annotations/instances_S.json``
 (COCO), ``S/_annotations.coco.json`` (Roboflow) and ``annotations/S.json``; the images lie in
 ``S/`` or ``images/S/``. Nothing is downloaded.
 
@@ -35,6 +36,8 @@ from prunecli.data.registry import DATASETS, DatasetBundle, require_root
 from prunecli.errors import ConfigError, DataError
 
 DEFAULT_SPLITS = ("train2017", "val2017")
+# tried in turn when a split is not given: COCO 2017's names, then Roboflow's and the usual ones
+DEFAULT_CHOICES = {"train_split": ("train2017", "train"), "val_split": ("val2017", "valid", "val")}
 WHAT = "a COCO folder with annotations/instances_<split>.json and <split>/ image folders"
 
 
@@ -46,6 +49,24 @@ def annotation_candidates(root: Path, split: str) -> list[Path]:
     ]
 
 
+def splits_found(root: Path) -> list[str]:
+    """The split names that have an annotation file under ``root``, for error messages."""
+    found = [p.name.removeprefix("instances_").removesuffix(".json")
+             for p in root.glob("annotations/*.json")]
+    found += [p.parent.name for p in root.glob("*/_annotations.coco.json")]
+    return sorted(set(found))
+
+
+def choose_split(root: Path, given: str | None, key: str) -> str:
+    """``given``, or the first of :data:`DEFAULT_CHOICES` that has an annotation file (COCO's
+    ``train2017``/``val2017``; a Roboflow export's ``train``/``valid``)."""
+    if given is not None:
+        return given
+    choices = DEFAULT_CHOICES[key]
+    found = (c for c in choices if any(p.is_file() for p in annotation_candidates(root, c)))
+    return next(found, choices[0])
+
+
 def find_split(root: Path, split: str, key: str) -> tuple[Path, Path]:
     """``(annotation file, image folder)`` of a split, or a DataError listing what was tried."""
     if not split or "/" in split or "\\" in split:
@@ -53,9 +74,11 @@ def find_split(root: Path, split: str, key: str) -> tuple[Path, Path]:
     tried = annotation_candidates(root, split)
     ann = next((p for p in tried if p.is_file()), None)
     if ann is None:
+        found = splits_found(root)
+        hint = (f"; splits found there: {', '.join(found)} (set data.{key})" if found
+                else f"; data=coco expects {WHAT}")
         raise DataError(f"no annotation file for data.{key}={split} in {root} (tried "
-                        f"{', '.join(str(p.relative_to(root)) for p in tried)}); data=coco "
-                        f"expects {WHAT}")
+                        f"{', '.join(str(p.relative_to(root)) for p in tried)}){hint}")
     folders = [root / split, root / "images" / split]
     images = next((p for p in folders if p.is_dir()), None)
     if images is None:
@@ -185,8 +208,10 @@ def coco(cfg: DataConfig) -> DatasetBundle:
     """COCO 2017 train/val by default; see the module docstring for the layouts."""
     check_detection_config(cfg)
     root = require_root(cfg, WHAT)
-    train_ann, train_images = find_split(root, cfg.train_split or DEFAULT_SPLITS[0], "train_split")
-    val_ann, val_images = find_split(root, cfg.val_split or DEFAULT_SPLITS[1], "val_split")
+    train_split = choose_split(root, cfg.train_split, "train_split")
+    val_split = choose_split(root, cfg.val_split, "val_split")
+    train_ann, train_images = find_split(root, train_split, "train_split")
+    val_ann, val_images = find_split(root, val_split, "val_split")
     restricted = bool(cfg.class_names)
     index = load_coco(train_ann)  # COCO train2017: ~450 MB of JSON, read once and let go
     names = class_names_of(cfg, category_names(index, train_ann), train_ann)

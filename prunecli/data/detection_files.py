@@ -162,6 +162,10 @@ class FileDetectionDataset(DetectionDataset):
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"cannot decode {path}: {reason}") from None
         h, w = (int(v) for v in self.annotations.sizes[index])
+        if tuple(image.shape[-2:]) == (w, h) and h != w:
+            # a photo stored sideways with an EXIF orientation tag, annotated as displayed
+            # (CVAT, Roboflow, most viewers turn it): turn it the same way
+            image = decode_rgb(path, exif=True)
         if tuple(image.shape[-2:]) != (h, w):
             raise DataError(
                 f"{path} is {image.shape[-1]}x{image.shape[-2]} pixels but "
@@ -191,8 +195,9 @@ class FileDetectionDataset(DetectionDataset):
         )
 
 
-def decode_rgb(path: str) -> Tensor:
-    """A JPEG/PNG file as a uint8 ``3 x H x W`` RGB tensor.
+def decode_rgb(path: str, exif: bool = False) -> Tensor:
+    """A JPEG/PNG file as a uint8 ``3 x H x W`` RGB tensor, turned by its EXIF orientation tag
+    when ``exif`` (off by default: VOC and COCO annotate the stored pixels).
 
     ``torchvision.io.decode_image`` (libjpeg-turbo straight into a tensor, ~1 ms for a 500x375
     JPEG) is deprecated since torchvision 0.29 in favour of TorchCodec and warns on every call;
@@ -201,14 +206,14 @@ def decode_rgb(path: str) -> Tensor:
     try:
         from torchvision.io import ImageReadMode, decode_image
     except ImportError:  # a torchvision without image decoding
-        from PIL import Image
+        from PIL import Image, ImageOps
 
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+            array = np.asarray((ImageOps.exif_transpose(im) if exif else im).convert("RGB"))
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(path, mode=ImageReadMode.RGB)
+        return decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
 
 
 def check_detection_config(cfg: DataConfig) -> int:

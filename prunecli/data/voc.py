@@ -105,8 +105,10 @@ def read_ids(folder: Path, set_name: str, key: str, split: str, defaulted: bool)
     if not path.is_file():
         how = (f"by default data.{key} is {split}; add the file or set data.{key} to a list "
                "that exists in ImageSets/Main" if defaulted else f"data.{key}={split}")
+        sets = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
+        found = f"; lists there: {', '.join(sets)}" if sets else ""
         raise DataError(f"{path} is missing; data=voc expects ImageSets/Main/{set_name}.txt "
-                        f"listing the image ids of the split ({how})")
+                        f"listing the image ids of the split ({how}){found}")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path} lists no image ids; data=voc expects one image id per line")
