@@ -2,9 +2,8 @@
 
 For a split ``S`` (``data.train_split``, default ``train2017``, else ``train``;
 ``data.val_split``, default ``val2017``, else ``valid`` or ``val``) the annotations are the first
-that exists of ``annotations/instances_S.json``
-(COCO), ``S/_annotations.coco.json`` (Roboflow) and ``annotations/S.json``; the images lie in
-``S/`` or ``images/S/``. Nothing is downloaded.
+that exists of ``annotations/instances_S.json`` (COCO), ``S/_annotations.coco.json`` (Roboflow)
+and ``annotations/S.json``; the images lie in ``S/`` or ``images/S/``. Nothing is downloaded.
 
 Classes: the categories sorted by id become labels ``1..K`` (COCO's ids run to 90 with gaps);
 ``data.class_names`` picks and orders them by name, and annotations of other categories are left
