@@ -118,6 +118,15 @@ def test_a_new_run_refuses_a_folder_that_holds_a_run(run_cli, capsys) -> None:
     assert "already holds a run (last.pt); continue it with resume=auto" in capsys.readouterr().err
     assert (run / "last.pt").read_bytes() == checkpoint
     assert (run / "metrics.jsonl").read_text() == log
+    # resuming a run into a folder that holds a different run is refused the same way
+    other = run_cli("train", *SMOKE, run_dir=run.parent / "other")
+    other_checkpoint = (other / "last.pt").read_bytes()
+    with pytest.raises(SystemExit):
+        run_cli("train", f"resume={run}", "trainer.epochs=2", run_dir=other)
+    assert "holds another run (last.pt) than the one resumed" in capsys.readouterr().err
+    assert (other / "last.pt").read_bytes() == other_checkpoint
+    run_cli("train", f"resume={run}", "trainer.epochs=2", run_dir=run)  # its own folder: fine
+    run_cli("train", f"resume={run}", "trainer.epochs=2", run_dir=run.parent / "empty")
     # what an attempt that crashed before its first checkpoint leaves: the new log starts empty
     (run / "last.pt").unlink()
     run_cli("train", *SMOKE)

@@ -78,17 +78,24 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def refuse_to_overwrite(run_dir: str | Path) -> None:
-    """A new run (no ``resume``) in a folder that holds another run's checkpoint would replace
-    its ``last.pt`` and results and append to its ``metrics.jsonl``: an error instead, which
-    names the two ways on."""
+def refuse_to_overwrite(run_dir: str | Path, resuming: Path | None = None) -> None:
+    """A run in a folder that holds another run's checkpoint would replace its ``last.pt`` and
+    results and append to its ``metrics.jsonl``: an error instead, which names the ways on.
+    ``resuming``: the checkpoint a resumed run continues; the folder may hold that run."""
     from prunecli.engine.checkpoint import LAST
     from prunecli.errors import ConfigError
 
-    if (Path(run_dir) / LAST).is_file():
+    last = Path(run_dir) / LAST
+    if not last.is_file():
+        return
+    if resuming is None:
         raise ConfigError(f"{run_dir} already holds a run ({LAST}); continue it with "
                           "resume=auto, or start the new run in another hydra.run.dir (or "
                           "delete that folder)")
+    if Path(resuming).resolve().parent != last.resolve().parent:
+        raise ConfigError(f"{run_dir} holds another run ({LAST}) than the one resumed "
+                          f"({resuming}); continue {resuming} in its own folder "
+                          f"(hydra.run.dir={Path(resuming).parent}) or in an empty one")
 
 
 def auto_resume(run_dir: str | Path) -> Path | None:

@@ -75,10 +75,9 @@ class Trainer(TrainerState):
         if cfg.resume == "auto":  # this run's own folder: continue it if it has a checkpoint
             found = auto_resume(self.run_dir)
             OmegaConf.update(cfg, "resume", None if found is None else str(found))
-        if not cfg.resume:
-            refuse_to_overwrite(self.run_dir)
-        if cfg.resume:
-            self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume)
+        self.resume_path = ckpt_io.resolve_checkpoint(cfg.resume) if cfg.resume else None
+        refuse_to_overwrite(self.run_dir, resuming=self.resume_path)
+        if self.resume_path is not None:
             state = ckpt_io.load_checkpoint(self.resume_path)
             ckpt_io.require_training_checkpoint(state, self.resume_path)
             self.cfg = cfg = merge_resume_config(cfg, state["config"], self.typed)
