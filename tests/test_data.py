@@ -481,6 +481,23 @@ def test_class_lists_differ(tmp_path: Path) -> None:
     )
 
 
+def test_a_validation_split_without_a_rare_class_is_labelled_by_trains(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A rare class with no validation images: the remaining classes keep train's labels
+    (ImageFolder on the val folder alone would number them 0, 1 and mislabel fox as dog)."""
+    root = write_imagefolder(tmp_path / "ds")
+    for f in (root / "val" / "dog").iterdir():
+        f.unlink()
+    (root / "val" / "dog").rmdir()
+    with caplog.at_level("WARNING", logger="prunecli"):
+        b = build_datasets({"name": "imagefolder", "root": str(root), "image_size": 16})
+    assert b.num_classes == 3 and b.class_names == ["cat", "dog", "fox"]
+    assert sorted(labels_of(b.val)) == [0, 0, 0, 2, 2, 2]
+    assert "has no folder for 1 of the 3 training classes (dog)" in caplog.text
+    assert pickle.loads(pickle.dumps(b.val))[5][1] == 2
+
+
 def test_cifar_files_missing(tmp_path: Path) -> None:
     folder = write_cifar10(tmp_path)
     (folder / "data_batch_3").unlink()

@@ -6,6 +6,7 @@ line naming the path and the expected layout instead of a FileNotFoundError deep
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from prunecli.data.registry import DATASETS, DatasetBundle, require_root, take_b
 from prunecli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms, output_stats
 from prunecli.errors import DataError
 
+log = logging.getLogger("prunecli")
 DEFAULT_IMAGE_SIZE = 224
 # the extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS,
 # copied so that checking a layout does not import torchvision; a test keeps them equal)
@@ -33,10 +35,16 @@ def visible_image_folder() -> type:
 
     class VisibleImageFolder(ImageFolder):
         """ImageFolder that ignores hidden folders (``.ipynb_checkpoints``, ``.git``), which
-        would otherwise become classes."""
+        would otherwise become classes. ``classes``: label by these (the training split's),
+        some of which may have no folder here."""
+
+        def __init__(self, root: str, *args: Any, classes: Sequence[str] | None = None,
+                     **kwargs: Any) -> None:
+            self.given_classes = None if classes is None else list(classes)
+            super().__init__(root, *args, allow_empty=classes is not None, **kwargs)
 
         def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-            classes = class_folders(Path(directory))
+            classes = self.given_classes or class_folders(Path(directory))
             return classes, {c: i for i, c in enumerate(classes)}
 
     VisibleImageFolder.__qualname__ = "VisibleImageFolder"
@@ -104,14 +112,21 @@ def load_folder_dataset(cfg: DataConfig, val_names: Sequence[str], what: str) ->
     val_dir = find_split(root, val_names, cfg)
     train_classes = check_split(train_dir, f"{root}/train/<class>/<image>.jpg")
     val_classes = check_split(val_dir, f"{root}/{val_dir.name}/<class>/<image>.jpg")
-    if train_classes != val_classes:
+    only_val = sorted(set(val_classes) - set(train_classes))
+    if only_val:
         only_train = sorted(set(train_classes) - set(val_classes))
-        only_val = sorted(set(val_classes) - set(train_classes))
         raise DataError(
             f"class folders differ between {train_dir} and {val_dir}: "
             f"only in train: {', '.join(only_train[:5]) or '-'}; "
-            f"only in {val_dir.name}: {', '.join(only_val[:5]) or '-'}"
+            f"only in {val_dir.name}: {', '.join(only_val[:5])} (a model cannot predict a "
+            "class it never trained on)"
         )
+    missing = [c for c in train_classes if c not in val_classes]
+    if missing:  # a rare class without validation images: labelled by train's classes
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        log.warning("%s has no folder for %d of the %d training classes (%s%s): they are not "
+                    "validated", val_dir, len(missing), len(train_classes),
+                    ", ".join(missing[:5]), more)
 
     size = cfg.image_size or DEFAULT_IMAGE_SIZE
     channels = cfg.channels or 3
@@ -122,7 +137,8 @@ def load_folder_dataset(cfg: DataConfig, val_names: Sequence[str], what: str) ->
         train = folder_cls(
             str(train_dir), transform=folder_transforms(size, train=cfg.augment, **tf)
         )
-        val = folder_cls(str(val_dir), transform=folder_transforms(size, train=False, **tf))
+        val = folder_cls(str(val_dir), transform=folder_transforms(size, train=False, **tf),
+                         classes=train.classes if missing else None)
     except (FileNotFoundError, OSError) as exc:  # raced with a change on disk, unreadable dir
         raise DataError(f"cannot read {root} as ImageFolder: {exc}") from None
     return DatasetBundle(
