@@ -78,6 +78,40 @@ def test_voc_and_coco_folders_train_and_evaluate(run_cli, tmp_path: Path, layout
     assert ckpt["data_info"]["class_names"]
 
 
+def test_a_learning_rate_far_above_the_detectors_recipe_is_warned() -> None:
+    """prunecli's default SGD (lr 0.1 per batch, no warm-up) is the classifiers'; SSD300-RN50 at
+    that rate diverged (training loss 610 -> 3,400 in two epochs on 60 images)."""
+    from omegaconf import OmegaConf
+
+    from prunecli.models.detection import lr_warning
+
+    ssd300 = OmegaConf.create({"name": "ssd300_resnet50", "source": "prunecli"})
+    sgd = OmegaConf.create({"name": "sgd", "lr": 0.1, "warmup_epochs": 0})
+    # NVIDIA's 2.6e-3 per 32 images is 6.5e-4 for 8: 0.1 is 154x that
+    advice = lr_warning(ssd300, sgd, 8)
+    assert advice is not None and "154x" in advice and "optim.lr=0.00065" in advice
+    assert "optim.warmup_epochs=1" in advice and "experiment=ssd300_resnet50_coco" in advice
+    assert lr_warning(ssd300, OmegaConf.merge(sgd, {"lr": 2.6e-3}), 8) is None  # 4x: within
+    assert "5x" in lr_warning(ssd300, OmegaConf.merge(sgd, {"lr": 3.25e-3}), 8)
+    assert lr_warning(ssd300, OmegaConf.merge(sgd, {"name": "adamw"}), 8) is None
+    retina = OmegaConf.create({"name": "retinanet_resnet50_fpn_v2", "source": "torchvision_det"})
+    assert "(torchvision's reference: 0.01 per 16 images)" in lr_warning(retina, sgd, 16)
+    for no_recipe in ({"name": "ssd_tiny", "source": "prunecli"},
+                      {"name": "resnet20", "source": "prunecli"}):
+        assert lr_warning(OmegaConf.create(no_recipe), sgd, 1) is None
+
+
+def test_the_learning_rate_warning_reaches_the_run_log(run_cli, monkeypatch) -> None:
+    from prunecli.models.detection import recipes
+
+    monkeypatch.setitem(recipes.PRUNECLI_RECIPES, "ssd_tiny", recipes.Recipe(1e-3, 32, "a test"))
+    run = run_cli("train", *SMALL_DEMO, "data.train_size=16", "data.val_size=8",
+                  "trainer.epochs=1", "data.batch_size=8", "trainer.grad_accum=2")
+    # 0.1 for 8 x 2 images against 1e-3 per 32: 200x
+    assert "optim.lr=0.1 for 16 images is 200x the rate ssd_tiny is published with (a test: " \
+           "0.001 per 32 images)" in (run / "train.log").read_text()
+
+
 def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:
     common = (*SMALL_DEMO, "trainer.epochs=2", "trainer.deterministic=true")
     whole = run_cli("train", *common, run_dir=tmp_path / "whole")

@@ -44,7 +44,7 @@ from prunecli.engine.trainer_state import TrainerState
 from prunecli.errors import ConfigError, DivergedError
 from prunecli.methods import build_method
 from prunecli.models import build_model
-from prunecli.models.detection import core_of, native_input_size
+from prunecli.models.detection import core_of, lr_warning, native_input_size
 from prunecli.tasks import Task, build_task
 
 log = logging.getLogger("prunecli")
@@ -125,6 +125,7 @@ class Trainer(TrainerState):
         if accum < 1:
             raise ConfigError(f"trainer.grad_accum={accum} must be >= 1")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
+        self.global_batch = cfg.data.batch_size * self.dist.world_size * accum
         self.method: TrainingHooks = build_method(cfg.method)
         self.hooks: TrainingHooks = self.method  # per-step hooks; a no-op once slimmed in training
         self.slimmed = False
@@ -240,6 +241,8 @@ class Trainer(TrainerState):
                      len(self.data.train), len(self.data.val), self.data.num_classes,
                      self.dense_params / 1e6, self.dense_macs / 1e6, self.device,
                      self.dist.world_size, torch.get_num_threads())
+            if advice := lr_warning(cfg.model, cfg.optim, self.global_batch):
+                log.warning(advice)
         metrics: dict[str, float] = {}
         val: dict[str, float] = {}
         stopped_early = False

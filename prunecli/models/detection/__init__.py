@@ -31,6 +31,7 @@ from prunecli.models.detection.build import (
     is_detector_config,
     native_input_size,
 )
+from prunecli.models.detection.recipes import lr_warning
 
 _LAZY = {
     "SSDDetector": "ssd",
@@ -65,6 +66,7 @@ __all__ = [
     "flatten_levels",
     "is_detector",
     "is_detector_config",
+    "lr_warning",
     "names_in_core",
     "native_input_size",
     "torchvision_det_names",
