@@ -217,6 +217,38 @@ def test_voc_sizes_single_folder_and_devkit_parent(tmp_path: Path, voc_root: Pat
     one_line_error(exc, str(folder / "ImageSets" / "Main" / "test.txt"), "data.val_split")
 
 
+def test_voc_split_folders_read_as_the_same_data_in_voc_layout(tmp_path: Path) -> None:
+    """Roboflow's Pascal VOC export (and labelImg's output): one folder per split, each image's
+    XML beside it, no ImageSets. The same files in that layout give the same dataset."""
+    import shutil
+
+    folder = make_voc(tmp_path / "voc", single_folder=True, n_trainval=5, n_test=3)
+    flat = tmp_path / "export"
+    for set_name, split in (("trainval", "train"), ("test", "valid")):
+        (flat / split).mkdir(parents=True)
+        for image_id in (folder / "ImageSets" / "Main" / f"{set_name}.txt").read_text().split():
+            shutil.copy(folder / "Annotations" / f"{image_id}.xml", flat / split)
+            shutil.copy(folder / "JPEGImages" / f"{image_id}.jpg", flat / split)
+    a, b = voc(folder, image_size=64), voc(flat, image_size=64)
+    assert b.class_names == a.class_names and (len(b.train), len(b.val)) == (5, 3)
+    for split in ("train", "val"):
+        for i in range(len(getattr(a, split))):
+            ga, gb = getattr(a, split).ground_truth(i), getattr(b, split).ground_truth(i)
+            np.testing.assert_array_equal(gb.boxes, ga.boxes)
+            assert gb.labels.tolist() == ga.labels.tolist()
+            assert gb.ignore.tolist() == ga.ignore.tolist()
+    torch.testing.assert_close(b.val[0][0], a.val[0][0])  # the same pixels (train augments)
+    (flat / "valid").rename(flat / "test")  # the next default validation folder
+    assert len(voc(flat).val) == 3
+    with pytest.raises(DataError) as exc:
+        voc(flat, val_split="valid")
+    one_line_error(exc, "data.val_split=valid", "has split folders test, train")
+    (flat / "train" / "000001.jpg").unlink()
+    with pytest.raises(DataError) as exc:
+        voc(flat)
+    one_line_error(exc, str(flat / "train" / "000001.xml"), "no image beside it")
+
+
 def test_voc_layout_errors_name_the_path(tmp_path: Path) -> None:
     root = make_voc(tmp_path, n_trainval=4, n_test=2)  # 2007 only
     with pytest.raises(DataError) as exc:

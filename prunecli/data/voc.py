@@ -2,10 +2,13 @@
 
 ``data.root`` is either a VOCdevkit folder (``VOC2007/``, ``VOC2012/``, each with
 ``Annotations/``, ``ImageSets/Main/``, ``JPEGImages/``; its parent, holding ``VOCdevkit/``, is
-accepted too) or one VOC-format folder with those three sub-folders (a user's own data).
+accepted too), one VOC-format folder with those three sub-folders (a user's own data), or one
+folder per split with each image's XML beside it (Roboflow's Pascal VOC export: ``train/``,
+``valid/``, ``test/``; labelImg's output sorted into split folders).
 Splits are ``YEAR/SET`` joined by ``+`` in a devkit (default ``2007/trainval+2012/trainval`` for
-training, ``2007/test`` for validation, the usual VOC07+12 protocol) and ``SET`` names of
-``ImageSets/Main/<SET>.txt`` in a single folder (default ``trainval`` and ``test``).
+training, ``2007/test`` for validation, the usual VOC07+12 protocol), ``SET`` names of
+``ImageSets/Main/<SET>.txt`` in a single folder (default ``trainval`` and ``test``), and folder
+names in split folders (default ``train``, and ``valid``, ``val`` or ``test``, the first found).
 
 Every XML of both splits is parsed when the dataset is built (VOC07+12: ~21k files, a few
 seconds), so a missing or broken file is reported at once instead of in a DataLoader worker
@@ -46,28 +49,72 @@ VOC_CLASSES = (
 DEVKIT_SPLITS = ("2007/trainval+2012/trainval", "2007/test")
 FOLDER_SPLITS = ("trainval", "test")
 SUBFOLDERS = "Annotations/, ImageSets/Main/, JPEGImages/"
-WHAT = f"a VOCdevkit folder (VOC2007/, VOC2012/) or a VOC-format folder with {SUBFOLDERS}"
+WHAT = (f"a VOCdevkit folder (VOC2007/, VOC2012/), a VOC-format folder with {SUBFOLDERS}, or "
+        "split folders (train/, valid/) of images with their XMLs")
 YEAR_FOLDER = re.compile(r"VOC\d{4}")
+
+
+SPLIT_FOLDER_DEFAULTS = (("train",), ("valid", "val", "test"))
 
 
 @dataclass(frozen=True)
 class VocLayout:
-    """Where the data is: ``base`` is the VOCdevkit folder, or the single VOC-format folder."""
+    """Where the data is: ``base`` is the VOCdevkit folder, the single VOC-format folder, or
+    (``split_folders``) the folder holding one folder of images and XMLs per split."""
 
     base: Path
     devkit: bool
+    split_folders: bool = False
 
 
 def locate(cfg: DataConfig) -> VocLayout:
-    """Tell a VOCdevkit (or its parent) from a single VOC-format folder."""
+    """Tell a VOCdevkit (or its parent) from a single VOC-format folder and split folders."""
     root = require_root(cfg, WHAT)
     for base in (root, root / "VOCdevkit"):
         if base.is_dir() and any(YEAR_FOLDER.fullmatch(p.name) for p in base.iterdir()):
             return VocLayout(base, devkit=True)
         if any((base / sub).is_dir() for sub in ("Annotations", "ImageSets", "JPEGImages")):
             return VocLayout(base, devkit=False)
-    raise DataError(f"data.root={root} holds neither VOC<year>/ folders nor {SUBFOLDERS}; "
-                    f"data={cfg.name} expects {WHAT}")
+    if any(next(p.glob("*.xml"), None) for p in root.iterdir() if p.is_dir()):
+        return VocLayout(root, devkit=False, split_folders=True)
+    raise DataError(f"data.root={root} holds neither VOC<year>/ folders nor {SUBFOLDERS}, nor "
+                    f"split folders of images with their XMLs; data={cfg.name} expects {WHAT}")
+
+
+def default_splits(layout: VocLayout) -> tuple[str, str]:
+    """The training and validation splits when none is given."""
+    if layout.devkit:
+        return DEVKIT_SPLITS
+    if not layout.split_folders:
+        return FOLDER_SPLITS
+    train, val = ((next((n for n in names if (layout.base / n).is_dir()), names[0]))
+                  for names in SPLIT_FOLDER_DEFAULTS)
+    return train, val
+
+
+def read_split_folder(layout: VocLayout, split: str, key: str) -> list[ImageEntry]:
+    """Split folders: every ``<name>.xml`` of ``<split>/`` with the image of the same name."""
+    entries = []
+    for part in (p.strip() for p in split.split("+")):
+        folder = layout.base / part
+        if not part or "/" in part or not folder.is_dir():
+            found = sorted(p.name for p in layout.base.iterdir()
+                           if p.is_dir() and next(p.glob("*.xml"), None))
+            raise DataError(f"no split folder {folder} for data.{key}={split}; {layout.base} "
+                            f"has split folders {', '.join(found)} (set data.{key})")
+        files = list_files(folder)
+        xmls = sorted(n for n in files if n.endswith(".xml"))
+        if not xmls:
+            raise DataError(f"{folder} holds no .xml annotation; data=voc expects each image's "
+                            "VOC XML beside it (<name>.jpg and <name>.xml)")
+        for name in xmls:
+            stem = name[: -len(".xml")]
+            image = next((stem + ext for ext in IMAGE_EXTENSIONS if stem + ext in files), None)
+            if image is None:
+                raise DataError(f"{folder / name} has no image beside it ({stem}.jpg or "
+                                f"{stem}.png); data=voc expects <name>.jpg with <name>.xml")
+            entries.append(parse_annotation(folder / name, folder / image))
+    return entries
 
 
 def split_parts(layout: VocLayout, split: str, key: str) -> list[tuple[Path, str]]:
@@ -170,6 +217,8 @@ def parse_annotation(xml: Path, image: Path) -> ImageEntry:
 
 def read_split(layout: VocLayout, split: str, key: str, defaulted: bool) -> list[ImageEntry]:
     """Every image of a split, checked: listed id -> annotation file -> image file."""
+    if layout.split_folders:
+        return read_split_folder(layout, split, key)
     entries = []
     for folder, set_name in split_parts(layout, split, key):
         ids = read_ids(folder, set_name, key, split, defaulted)
@@ -214,7 +263,7 @@ def voc(cfg: DataConfig) -> DatasetBundle:
     """VOC07+12 trainval / VOC07 test by default; the module docstring gives layouts, splits."""
     check_detection_config(cfg)
     layout = locate(cfg)
-    defaults = DEVKIT_SPLITS if layout.devkit else FOLDER_SPLITS
+    defaults = default_splits(layout)
     train = read_split(layout, cfg.train_split or defaults[0], "train_split",
                        defaulted=cfg.train_split is None)
     val = read_split(layout, cfg.val_split or defaults[1], "val_split",
