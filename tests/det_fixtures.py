@@ -157,3 +157,50 @@ def make_coco(root: Path, *, splits: Sequence[str] = ("train2017", "val2017"),
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(data))
     return root
+
+
+YOLO_NAMES = ("cat", "dog", "person")
+
+
+def make_yolo(root: Path, *, roboflow: bool = False, n_images: int = 5, seed: int = 0
+              ) -> tuple[Path, dict[str, list[list[tuple[str, tuple[float, ...]]]]]]:
+    """A YOLO dataset with ``train`` and ``val`` splits: Ultralytics' ``images/<split>`` and
+    ``labels/<split>`` with a ``data.yaml`` whose names are a mapping, or (``roboflow``)
+    Roboflow's ``<split>/images`` with ``valid`` for val and ``../`` paths in a list of names.
+    Image 1 of each split has no label file, image 2 a polygon; the rest 1-3 boxes. Returns the
+    root and, per split, each image's expected ``(name, (x1, y1, x2, y2) pixels)``."""
+    rng = np.random.default_rng(seed)
+    expected: dict[str, list[list[tuple[str, tuple[float, ...]]]]] = {}
+    for split in ("train", "val"):
+        folder = "valid" if roboflow and split == "val" else split
+        images = root / folder / "images" if roboflow else root / "images" / folder
+        labels = root / folder / "labels" if roboflow else root / "labels" / folder
+        labels.mkdir(parents=True, exist_ok=True)
+        expected[split] = []
+        for i in range(n_images):
+            w, h = SIZES[i % len(SIZES)]
+            objects, lines = [], []
+            for _ in range(0 if i == 1 else int(rng.integers(1, 4))):
+                x1, y1, x2, y2 = random_box(rng, w, h)
+                x1, y1 = x1 - 1, y1 - 1  # continuous pixels
+                cls = int(rng.integers(len(YOLO_NAMES)))
+                if i == 2:  # a polygon (a diamond in the box): its bounding box is the box
+                    xm, ym = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h
+                    pts = [(xm, y1 / h), (x2 / w, ym), (xm, y2 / h), (x1 / w, ym)]
+                    lines.append(f"{cls} " + " ".join(f"{x!r} {y!r}" for x, y in pts))
+                else:
+                    lines.append(f"{cls} {(x1 + x2) / 2 / w!r} {(y1 + y2) / 2 / h!r} "
+                                 f"{(x2 - x1) / w!r} {(y2 - y1) / h!r}")
+                objects.append((YOLO_NAMES[cls], (x1, y1, x2, y2)))
+            draw_image(images / f"{split}_{i:03d}.jpg", (w, h), [b for _, b in objects], rng)
+            if i != 1:
+                (labels / f"{split}_{i:03d}.txt").write_text("\n".join(lines) + "\n")
+            expected[split].append(objects)
+    if roboflow:
+        (root / "data.yaml").write_text("train: ../train/images\nval: ../valid/images\nnc: 3\n"
+                                        f"names: {list(YOLO_NAMES)}\n")
+    else:
+        names = "".join(f"  {i}: {n}\n" for i, n in enumerate(YOLO_NAMES))
+        (root / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\n"
+                                        f"names:\n{names}")
+    return root, expected

@@ -22,7 +22,7 @@ from prunecli.data.detection import collate_detection, detection_base
 from prunecli.data.detection_transforms import SafeRandomIoUCrop
 from prunecli.data.voc import VOC_CLASSES
 from prunecli.errors import ConfigError, DataError
-from tests.det_fixtures import make_coco, make_voc
+from tests.det_fixtures import make_coco, make_voc, make_yolo
 
 
 @pytest.fixture(scope="module")
@@ -371,3 +371,74 @@ def test_coco_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         coco(root)
     one_line_error(exc, str(root / "train2017" / "000000000100.jpg"))
+
+
+# -------------------------------------------------------------------------------------- YOLO
+
+
+@pytest.mark.parametrize("roboflow", [False, True])
+def test_yolo_labels_become_the_boxes_they_describe(tmp_path: Path, roboflow: bool) -> None:
+    root, expected = make_yolo(tmp_path / "yolo", roboflow=roboflow)
+    b = build_datasets({"name": "yolo", "root": str(root), "image_size": 64})
+    assert (b.task, b.class_names) == ("detection", ["cat", "dog", "person"])
+    assert len(b.val) == 5 and len(b.train) == 4  # training leaves out the unlabelled image
+    names = b.class_names
+    for ds, objects in ((b.val, expected["val"]), (b.train, expected["train"][:1] +
+                                                   expected["train"][2:])):
+        for i, want in enumerate(objects):
+            gt = ds.ground_truth(i)
+            np.testing.assert_allclose(gt.boxes, np.array([o[1] for o in want]).reshape(-1, 4),
+                                       atol=1e-9)
+            assert [names[k - 1] for k in gt.labels] == [o[0] for o in want]
+            check_sample(ds[i], 64, i, 3)
+    assert len(b.val.ground_truth(1).boxes) == 0  # no label file: an image without objects
+
+
+def test_yolo_layouts_and_errors(tmp_path: Path) -> None:
+    root, _ = make_yolo(tmp_path / "yolo")
+    (root / "data.yaml").unlink()  # folders alone: the names must be given
+    with pytest.raises(DataError) as exc:
+        build_datasets({"name": "yolo", "root": str(root)})
+    one_line_error(exc, "data.class_names")
+    b = build_datasets({"name": "yolo", "root": str(root), "class_names": ["a", "b", "c"]})
+    assert b.class_names == ["a", "b", "c"] and len(b.val) == 5
+    lst = root / "val_list.txt"  # a split given as a list file, relative paths
+    lst.write_text("images/val/val_000.jpg\nimages/val/val_002.jpg\n")
+    (root / "data.yaml").write_text("train: images/train\nval: val_list.txt\nnames: [a, b, c]\n")
+    assert len(build_datasets({"name": "yolo", "root": str(root)}).val) == 2
+    with pytest.raises(DataError) as exc:
+        build_datasets({"name": "yolo", "root": str(root), "val_split": "test"})
+    one_line_error(exc, "data.val_split", "'test'", "train, val")
+    with pytest.raises(ConfigError) as exc:
+        build_datasets({"name": "yolo", "root": str(root), "class_names": ["a", "b"]})
+    one_line_error(exc, "2 names", "3")
+    (root / "labels" / "val" / "val_000.txt").write_text("7 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DataError) as exc:
+        build_datasets({"name": "yolo", "root": str(root)})
+    one_line_error(exc, "val_000.txt, line 1", "class 7 is not in 0..2")
+    (root / "labels" / "val" / "val_000.txt").write_text("0 0.5 0.5 0.1\n")
+    with pytest.raises(DataError) as exc:
+        build_datasets({"name": "yolo", "root": str(root)})
+    one_line_error(exc, "val_000.txt, line 1", "3 numbers after the class")
+
+
+def test_yolo_boxes_are_placed_in_the_image_as_displayed(tmp_path: Path) -> None:
+    """Ultralytics reads a photo with its EXIF orientation applied and labels it so: a photo
+    stored sideways gets its boxes on the turned image, whose size is the displayed one."""
+    from PIL import Image
+
+    root, expected = make_yolo(tmp_path / "yolo")
+    image = root / "images" / "val" / "val_000.jpg"
+    upright = np.asarray(Image.open(image))
+    h, w = upright.shape[:2]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(image, exif=exif,
+                                                                        quality=95)
+    b = build_datasets({"name": "yolo", "root": str(root)})
+    gt = b.val.ground_truth(0)
+    assert (gt.width, gt.height) == (w, h)
+    np.testing.assert_allclose(gt.boxes, np.array([o[1] for o in expected["val"][0]]),
+                               atol=1e-9)
+    turned = b.val.read_image(0).permute(1, 2, 0).numpy().astype(float)
+    assert np.abs(turned - upright).mean() < 8  # the upright pixels, up to JPEG noise

@@ -40,8 +40,9 @@ class DataConfig:
     val_size: Optional[int] = None
     num_classes: Optional[int] = None  # fake data: number of classes
     pin_memory: bool = True  # only used on CUDA
-    # detection datasets (voc, coco, fashion_det)
-    train_split: Optional[str] = None  # voc: "2007/trainval+2012/trainval"; coco: "train2017"
+    # detection datasets (voc, coco, yolo, fashion_det)
+    # voc: "2007/trainval+2012/trainval"; coco: "train2017"; yolo: "train"
+    train_split: Optional[str] = None
     val_split: Optional[str] = None  # voc: "2007/test"; coco: "val2017"
     class_names: Optional[list[str]] = None  # None: the dataset's own (VOC's 20, COCO's JSON)
     # the task's primary metric, which methods, reports and sweeps speak of; None: the task's

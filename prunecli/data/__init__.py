@@ -15,6 +15,7 @@ from prunecli.data import (  # noqa: F401  (registration)
     fashion_det,  # noqa: F401  (registration; the detection demo)
     imagefolder,
     voc,
+    yolo,
 )
 from prunecli.data.registry import (
     DATASETS,

@@ -54,7 +54,7 @@ class ClassificationTask(Task):
         if is_detector(model):
             raise ConfigError(f"model {model_name} is a detector but data={data_name} is a "
                               "classification dataset; use a detection dataset (data=voc, "
-                              "data=coco, data=fashion_det) or a classifier")
+                              "data=coco, data=yolo, data=fashion_det) or a classifier")
 
     def loss(self, model: nn.Module, inputs: Tensor, targets: Any) -> tuple[Tensor, Tensor]:
         logits = model(inputs)
