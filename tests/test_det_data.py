@@ -442,3 +442,28 @@ def test_yolo_boxes_are_placed_in_the_image_as_displayed(tmp_path: Path) -> None
                                atol=1e-9)
     turned = b.val.read_image(0).permute(1, 2, 0).numpy().astype(float)
     assert np.abs(turned - upright).mean() < 8  # the upright pixels, up to JPEG noise
+
+
+def test_images_of_every_common_mode_decode_to_8_bit_rgb(tmp_path: Path) -> None:
+    """Grayscale, palette, grey+alpha, RGBA, CMYK JPEG and 16-bit PNG files all become uint8
+    3 x H x W (a 16-bit PNG decoded as uint16 broke the uint8 transforms)."""
+    from PIL import Image
+
+    from prunecli.data.detection_files import decode_rgb
+
+    ramp = (np.arange(48 * 64).reshape(48, 64) * 20).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.new("L", (64, 48), 77).save(tmp_path / "l.jpg", quality=100)
+    Image.new("P", (64, 48), 0).save(tmp_path / "p.png")
+    Image.new("LA", (64, 48), (200, 255)).save(tmp_path / "la.png")
+    Image.new("RGBA", (64, 48), (10, 20, 30, 255)).save(tmp_path / "rgba.png")
+    Image.new("CMYK", (64, 48), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg", quality=100)
+    for name, value in (("g16.png", None), ("l.jpg", 77), ("p.png", 0), ("la.png", 200),
+                        ("rgba.png", None), ("cmyk.jpg", 255)):
+        image = decode_rgb(str(tmp_path / name))
+        assert image.dtype == torch.uint8 and image.shape == (3, 48, 64), name
+        if value is not None:
+            assert abs(image.float().mean().item() - value) <= 1, name
+    assert decode_rgb(str(tmp_path / "rgba.png"))[:, 0, 0].tolist() == [10, 20, 30]
+    g16 = decode_rgb(str(tmp_path / "g16.png"))[0].numpy().astype(int)
+    assert np.abs(g16 - (ramp.astype(int) * 255 // 65535)).max() <= 1  # scaled, not clipped

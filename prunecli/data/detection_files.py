@@ -213,7 +213,12 @@ def decode_rgb(path: str, exif: bool = False) -> Tensor:
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
+        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
+    if image.dtype != torch.uint8:  # a 16-bit PNG: the transforms and the models take 8 bits
+        from torchvision.transforms.v2.functional import to_dtype
+
+        image = to_dtype(image, torch.uint8, scale=True)
+    return image
 
 
 def check_detection_config(cfg: DataConfig) -> int:

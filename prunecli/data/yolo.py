@@ -163,7 +163,10 @@ def read_labels(txt: Path, width: int, height: int, names: Sequence[str]
         if not fields:
             continue
         try:
-            cls, values = int(fields[0]), [float(v) for v in fields[1:]]
+            number, values = float(fields[0]), [float(v) for v in fields[1:]]
+            cls = int(number)  # "3" or "3.0" (some exporters write floats)
+            if cls != number:
+                raise ValueError
         except ValueError:
             raise DataError(f"{txt}, line {n}: {line.strip()!r} is not 'class cx cy w h' "
                             "(numbers)") from None
