@@ -277,7 +277,11 @@ def test_every_method_prunes_a_detector_to_its_budget(run_cli, method: str) -> N
                   "data.val_size=32", "trainer.epochs=3", f"method={method}", "cost.ratio=0.5",
                   *extra)
     results = read_results(run)
-    assert results["cost_kept"] == pytest.approx(0.5, abs=0.01)
+    # at most the budget; HALP removes whole neuron groups, and on this tiny core its last
+    # group can take 1-3 % of the MACs at once (it lands at 48.9 % here, 48.5 % in the README's
+    # table); the others fill the budget to within 1 %
+    under = 0.03 if method == "halp" else 0.01
+    assert 0.5 - under <= results["cost_kept"] <= 0.5 + 1e-6
     assert results["slim_max_diff"] < 1e-5
     assert results["slim_map"] == results["map"]
     small = load_slim(run / "slim.pt").model

@@ -66,7 +66,8 @@ def lr_warning(model_cfg: Any, optim_cfg: Any, global_batch: int) -> str | None:
         return None
     scaled = recipe.per_image() * global_batch
     warmup = "" if optim_cfg.get("warmup_epochs") else " optim.warmup_epochs=1"
-    start = f", or start from experiment={recipe.experiment}" if recipe.experiment else ""
+    start = (f" (experiment={recipe.experiment} holds the whole recipe, its lr for the batch "
+             "it names)" if recipe.experiment else "")
     return (f"optim.lr={lr:g} for {global_batch} images is {ratio:.0f}x the rate "
             f"{model_cfg.get('name')} is published with ({recipe.source}: {recipe.lr:g} per "
             f"{recipe.images} images); a detector usually diverges there: set "
