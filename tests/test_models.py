@@ -211,6 +211,17 @@ def test_local_weights_as_pretrained_get_fresh_head(tmp_path: Path) -> None:
     assert dst.fc.out_features == 10
 
 
+def test_local_weights_from_a_run_folder(tmp_path: Path) -> None:
+    """``model.weights=RUN`` reads the run's last.pt, as ``ckpt=RUN`` and ``resume=RUN`` do."""
+    src = build("resnet20")
+    (tmp_path / "run").mkdir()
+    torch.save({"model": src.state_dict(), "epoch": 3}, tmp_path / "run" / "last.pt")
+    _same_outputs(src, build("resnet20", weights=str(tmp_path / "run")))
+    with pytest.raises(CheckpointError, match="folder without a run's last.pt") as info:
+        build("resnet20", weights=str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
 def test_missing_weights_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.pt"
     with pytest.raises(CheckpointError, match="does not exist") as info:

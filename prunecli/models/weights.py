@@ -28,8 +28,11 @@ def _read(path: str | Path) -> Any:
             f"model weights file '{path}' does not exist; check model.weights=PATH "
             "(a file saved with torch.save)."
         )
-    if p.is_dir():
-        raise CheckpointError(f"model weights '{path}' is a folder; pass the .pt file inside it.")
+    if p.is_dir():  # a run folder, as ckpt= and resume= take it: its last checkpoint
+        if not (p / "last.pt").is_file():
+            raise CheckpointError(f"model weights '{path}' is a folder without a run's last.pt; "
+                                  "pass the .pt file itself.")
+        p = p / "last.pt"
     try:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
