@@ -222,6 +222,16 @@ def test_resume_warns_only_about_values_the_command_set(caplog) -> None:
             merged = merge_resume_config(typed, saved, typed=keys)
         assert merged.optim.lr == 0.01 and "keeping the checkpoint's value for" in caplog.text
         assert "optim.lr" in caplog.text
+    # another method named on resume: one line for the group, not each of its keys
+    saved = OmegaConf.to_container(make_cfg("method=taylor"), resolve=True)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="prunecli"):
+        merged = merge_resume_config(make_cfg("resume=RUN", "method=halp"), saved,
+                                     typed={"resume", "method"})
+    assert merged.method.name == "taylor"
+    assert "keeping the checkpoint's method=taylor (the command line says method=halp)" \
+        in caplog.text
+    assert "method.prune_steps" not in caplog.text and "value for" not in caplog.text
 
 
 def test_resume_from_a_non_training_file_is_refused(tmp_path: Path) -> None:

@@ -52,6 +52,13 @@ def merge_resume_config(current: DictConfig, saved: dict[str, Any],
     cur, old = _flat(OmegaConf.to_container(shown)), _flat(saved)
     diffs = [k for k in cur if k not in RUN_CONTROL_KEYS and cur[k] is not None
              and cur[k] != old.get(k) and _typed_here(k, typed)]
+    # another choice of a whole group (method=halp on a Taylor run) is named once, not as
+    # every key of the group that differs
+    swapped = sorted({k.split(".")[0] for k in diffs if k.count(".") == 1 and k.endswith(".name")})
+    for group in swapped:
+        log.warning("resume: keeping the checkpoint's %s=%s (the command line says %s=%s)",
+                    group, old[f"{group}.name"], group, cur[f"{group}.name"])
+    diffs = [k for k in diffs if k.split(".")[0] not in swapped]
     if diffs:
         log.warning("resume: keeping the checkpoint's value for %s (the command line differs)",
                     ", ".join(sorted(diffs)[:10]))
