@@ -223,7 +223,7 @@ def choose_split(root: Path, spec: dict[str, Any] | None, given: str | None, key
 
 
 @DATASETS.register(
-    "yolo", "YOLO-format detection data (Ultralytics layout, Roboflow YOLO exports) from data.root"
+    "yolo", "YOLO-format data (Ultralytics layout, Roboflow exports) from data.root (detection)"
 )
 def yolo(cfg: DataConfig) -> DatasetBundle:
     """Train and val splits of a YOLO dataset; the module docstring gives the layouts."""
