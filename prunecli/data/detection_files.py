@@ -27,6 +27,9 @@ from prunecli.metrics.types import ImageAnnotations
 
 DEFAULT_DETECTION_SIZE = 300  # SSD300's input; data.image_size overrides it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+# images of each split decoded when a dataset is built, against their annotated sizes (a few ms
+# each); every image is checked again when it is read
+SIZE_CHECKS = 8
 
 
 @dataclass
@@ -255,9 +258,14 @@ def detection_bundle(
     train_ann = PackedAnnotations(train, class_names).head(cfg.train_size)
     val_ann = PackedAnnotations(val, class_names).head(cfg.val_size)
     train_tf = train_transform(size, augment=cfg.augment, hflip=cfg.hflip is not False)
+    datasets = (FileDetectionDataset(train_ann, class_names, train_tf),
+                FileDetectionDataset(val_ann, class_names, eval_transform(size)))
+    for ds in datasets:  # images resized after labelling show here, not in a worker hours later
+        for i in range(min(SIZE_CHECKS, len(ds))):
+            ds.read_image(i)
     return DatasetBundle(
-        train=FileDetectionDataset(train_ann, class_names, train_tf),
-        val=FileDetectionDataset(val_ann, class_names, eval_transform(size)),
+        train=datasets[0],
+        val=datasets[1],
         num_classes=len(class_names),
         channels=3,
         image_size=size,
