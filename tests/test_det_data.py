@@ -327,6 +327,22 @@ def test_coco_class_names_restrict_and_reorder(coco_root: Path, tmp_path: Path) 
     one_line_error(exc, "data.val_split=test", "splits found there: train, valid")
 
 
+def test_coco_images_in_cvats_layout(tmp_path: Path) -> None:
+    """CVAT exports annotations/instances_default.json with every image in images/."""
+    root = make_coco(tmp_path, splits=("train2017",), n_images=4)
+    (root / "annotations" / "instances_train2017.json").rename(
+        root / "annotations" / "instances_default.json")
+    (root / "train2017").rename(root / "images")
+    b = coco(root, train_split="default", val_split="default", image_size=64)
+    assert len(b.val) == 4 and b.val.ground_truth(0).source_id == 100
+    assert str(root / "images") in b.val.annotations.paths[0]
+    (root / "images" / "000000000100.jpg").rename(root / "elsewhere.jpg")
+    with pytest.raises(DataError) as exc:
+        coco(root, train_split="default", val_split="default")
+    one_line_error(exc, "no image folder for data.train_split=default", "000000000100.jpg",
+                   "default/, images/default/, images/")
+
+
 def test_a_photo_stored_sideways_is_turned_by_its_exif_tag(tmp_path: Path) -> None:
     """Phone photos are stored sideways with an EXIF orientation tag, and annotation tools
     (CVAT, Roboflow) label them as displayed: the image must be turned to match its boxes."""

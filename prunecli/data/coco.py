@@ -3,7 +3,9 @@
 For a split ``S`` (``data.train_split``, default ``train2017``, else ``train``;
 ``data.val_split``, default ``val2017``, else ``valid`` or ``val``) the annotations are the first
 that exists of ``annotations/instances_S.json`` (COCO), ``S/_annotations.coco.json`` (Roboflow)
-and ``annotations/S.json``; the images lie in ``S/`` or ``images/S/``. Nothing is downloaded.
+and ``annotations/S.json`` (CVAT writes ``instances_default.json``: ``data.train_split=default``);
+the images lie in ``S/``, ``images/S/``, ``images/`` (CVAT) or, for file names that include their
+folder, the root. Nothing is downloaded.
 
 Classes: the categories sorted by id become labels ``1..K`` (COCO's ids run to 90 with gaps);
 ``data.class_names`` picks and orders them by name, and annotations of other categories are left
@@ -66,8 +68,8 @@ def choose_split(root: Path, given: str | None, key: str) -> str:
     return next(found, choices[0])
 
 
-def find_split(root: Path, split: str, key: str) -> tuple[Path, Path]:
-    """``(annotation file, image folder)`` of a split, or a DataError listing what was tried."""
+def find_split(root: Path, split: str, key: str) -> Path:
+    """The annotation file of a split, or a DataError listing what was tried."""
     if not split or "/" in split or "\\" in split:
         raise ConfigError(f"data.{key}={split!r} must be a split name such as {DEFAULT_SPLITS[0]}")
     tried = annotation_candidates(root, split)
@@ -78,12 +80,27 @@ def find_split(root: Path, split: str, key: str) -> tuple[Path, Path]:
                 else f"; data=coco expects {WHAT}")
         raise DataError(f"no annotation file for data.{key}={split} in {root} (tried "
                         f"{', '.join(str(p.relative_to(root)) for p in tried)}){hint}")
-    folders = [root / split, root / "images" / split]
-    images = next((p for p in folders if p.is_dir()), None)
-    if images is None:
-        raise DataError(f"no image folder for data.{key}={split} in {root} (tried "
-                        f"{', '.join(str(p.relative_to(root)) + '/' for p in folders)})")
-    return ann, images
+    return ann
+
+
+def image_folder(root: Path, split: str, key: str, coco: Any, ann: Path) -> Path:
+    """The folder the split's ``file_name`` entries are relative to: ``S/`` (COCO, Roboflow),
+    ``images/S/``, ``images/`` (CVAT's export) or the root itself (file names that start with
+    ``images/``, as Label Studio writes them): the first that holds the first image."""
+    folders = [root / split, root / "images" / split, root / "images", root]
+    first = next((coco.imgs[i] for i in sorted(coco.imgs)), None)
+    if first is None:  # no images: nothing to look for
+        return next((p for p in folders if p.is_dir()), root)
+    name = str(first.get("file_name", ""))
+    found = next((p for p in folders if p.is_dir() and (p / name).is_file()), None)
+    if found is None:  # the split's own folder without that image: the missing file is named
+        found = next((p for p in folders[:2] if p.is_dir()), None)
+    if found is None:
+        raise DataError(f"no image folder for data.{key}={split} in {root}: {name} (the first "
+                        f"image of {ann}) is in none of "
+                        f"{', '.join(str(p.relative_to(root)) + '/' for p in folders[:3])} or "
+                        "the root")
+    return found
 
 
 def load_coco(path: Path) -> Any:
@@ -209,12 +226,15 @@ def coco(cfg: DataConfig) -> DatasetBundle:
     root = require_root(cfg, WHAT)
     train_split = choose_split(root, cfg.train_split, "train_split")
     val_split = choose_split(root, cfg.val_split, "val_split")
-    train_ann, train_images = find_split(root, train_split, "train_split")
-    val_ann, val_images = find_split(root, val_split, "val_split")
+    train_ann = find_split(root, train_split, "train_split")
+    val_ann = find_split(root, val_split, "val_split")
     restricted = bool(cfg.class_names)
     index = load_coco(train_ann)  # COCO train2017: ~450 MB of JSON, read once and let go
     names = class_names_of(cfg, category_names(index, train_ann), train_ann)
-    train = read_split(index, train_ann, train_images, names, restricted, train=True)
+    images = image_folder(root, train_split, "train_split", index, train_ann)
+    train = read_split(index, train_ann, images, names, restricted, train=True)
     del index
-    val = read_split(load_coco(val_ann), val_ann, val_images, names, restricted, train=False)
+    index = load_coco(val_ann)
+    images = image_folder(root, val_split, "val_split", index, val_ann)
+    val = read_split(index, val_ann, images, names, restricted, train=False)
     return detection_bundle(cfg, train, val, names)
