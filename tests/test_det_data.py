@@ -341,6 +341,18 @@ def test_coco_images_in_cvats_layout(tmp_path: Path) -> None:
         coco(root, train_split="default", val_split="default")
     one_line_error(exc, "no image folder for data.train_split=default", "000000000100.jpg",
                    "default/, images/default/, images/")
+    # Label Studio: result.json at the root, file names "images/<name>"
+    (root / "elsewhere.jpg").rename(root / "images" / "000000000100.jpg")
+    data = json.loads((root / "annotations" / "instances_default.json").read_text())
+    for image in data["images"]:
+        image["file_name"] = f"images/{image['file_name']}"
+    (root / "result.json").write_text(json.dumps(data))
+    b = coco(root, train_split="result.json", val_split="result.json", image_size=64)
+    assert len(b.val) == 4 and b.val.annotations.paths[0] == str(root / "images" /
+                                                                  "000000000100.jpg")
+    with pytest.raises(DataError) as exc:
+        coco(root, train_split="results.json")
+    one_line_error(exc, "data.train_split=results.json", "is not a file")
 
 
 def test_a_photo_stored_sideways_is_turned_by_its_exif_tag(tmp_path: Path) -> None:

@@ -5,7 +5,9 @@ For a split ``S`` (``data.train_split``, default ``train2017``, else ``train``;
 that exists of ``annotations/instances_S.json`` (COCO), ``S/_annotations.coco.json`` (Roboflow)
 and ``annotations/S.json`` (CVAT writes ``instances_default.json``: ``data.train_split=default``);
 the images lie in ``S/``, ``images/S/``, ``images/`` (CVAT) or, for file names that include their
-folder, the root. Nothing is downloaded.
+folder, the root. A split ending in ``.json`` names the file itself (``data.train_split=
+result.json`` for Label Studio's export), its images beside it or in ``images/``. Nothing is
+downloaded.
 
 Classes: the categories sorted by id become labels ``1..K`` (COCO's ids run to 90 with gaps);
 ``data.class_names`` picks and orders them by name, and annotations of other categories are left
@@ -69,7 +71,12 @@ def choose_split(root: Path, given: str | None, key: str) -> str:
 
 
 def find_split(root: Path, split: str, key: str) -> Path:
-    """The annotation file of a split, or a DataError listing what was tried."""
+    """The annotation file of a split, or a DataError listing what was tried. A split that
+    ends in ``.json`` is that file, relative to the root (Label Studio's ``result.json``)."""
+    if split.endswith(".json"):
+        if not (root / split).is_file():
+            raise DataError(f"data.{key}={split}: {root / split} is not a file")
+        return root / split
     if not split or "/" in split or "\\" in split:
         raise ConfigError(f"data.{key}={split!r} must be a split name such as {DEFAULT_SPLITS[0]}")
     tried = annotation_candidates(root, split)
@@ -88,6 +95,8 @@ def image_folder(root: Path, split: str, key: str, coco: Any, ann: Path) -> Path
     ``images/S/``, ``images/`` (CVAT's export) or the root itself (file names that start with
     ``images/``, as Label Studio writes them): the first that holds the first image."""
     folders = [root / split, root / "images" / split, root / "images", root]
+    if split.endswith(".json"):  # the file's own folder first
+        folders = [ann.parent, ann.parent / "images", root / "images", root]
     first = next((coco.imgs[i] for i in sorted(coco.imgs)), None)
     if first is None:  # no images: nothing to look for
         return next((p for p in folders if p.is_dir()), root)
