@@ -430,6 +430,9 @@ def test_yolo_layouts_and_errors(tmp_path: Path) -> None:
     one_line_error(exc, "data.class_names")
     b = build_datasets({"name": "yolo", "root": str(root), "class_names": ["a", "b", "c"]})
     assert b.class_names == ["a", "b", "c"] and len(b.val) == 5
+    (root / "data.yaml").write_text("path: ../datasets/coco128\ntrain: images/train\n"
+                                    "val: images/val\nnames: [a, b, c]\n")  # coco128.yaml's form
+    assert len(build_datasets({"name": "yolo", "root": str(root)}).val) == 5
     lst = root / "val_list.txt"  # a split given as a list file, relative paths
     lst.write_text("images/val/val_000.jpg\nimages/val/val_002.jpg\n")
     (root / "data.yaml").write_text("train: images/train\nval: val_list.txt\nnames: [a, b, c]\n")

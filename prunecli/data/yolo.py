@@ -93,7 +93,9 @@ def split_sources(root: Path, spec: dict[str, Any] | None, path: Path | None, sp
     """The image folders / list files of a split."""
     if spec is not None and split in spec and spec[split]:
         base = path.parent
-        if spec.get("path"):
+        if spec.get("path") and (path.parent / str(spec["path"])).is_dir():
+            # Ultralytics reads a relative path against its own datasets folder; one that does
+            # not exist from here (coco128.yaml's ../datasets/coco128) means the YAML's folder
             base = (path.parent / str(spec["path"])).resolve()
         entries = spec[split] if isinstance(spec[split], list) else [spec[split]]
         out = []
