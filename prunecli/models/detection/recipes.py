@@ -3,10 +3,10 @@
 prunecli's default optimiser (SGD, lr 0.1 per batch, no warm-up) is the classifiers' (and the
 embedded demo's). SSD300-ResNet-50 from scratch on 60 images at batch 8, three epochs: at lr 0.1
 the training loss went 610 -> 3,400 (mAP 0), at 0.01 with a warm-up epoch 38 -> 108 -> 51 (mAP
-0.24 -> 0.00 -> 0.02), at NVIDIA's rate for that batch (6.5e-4) 21 -> 22 and at 2e-3 (3x) 21 ->
-29 -> 25, mAP rising to 0.15 and 0.5. Nothing here changes a run's settings: :func:`lr_warning`
-only says when the configured rate per image is far above the model's published one, and what
-the published recipe is.
+0.24 -> 0.00 -> 0.02), at NVIDIA's rate for that batch (6.5e-4) 21 -> 22 -> 16 (mAP 0.06 ->
+0.15 -> 0.25) and at 2e-3 (3x) 21 -> 29 -> 25 (mAP 0.06 -> 0.52 -> 0.41). Nothing here changes
+a run's settings: :func:`lr_warning` only says when the configured rate per image is far above
+the model's published one, and what the published recipe is.
 """
 
 from __future__ import annotations
