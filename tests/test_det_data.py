@@ -496,5 +496,8 @@ def test_images_of_every_common_mode_decode_to_8_bit_rgb(tmp_path: Path) -> None
         if value is not None:
             assert abs(image.float().mean().item() - value) <= 1, name
     assert decode_rgb(str(tmp_path / "rgba.png"))[:, 0, 0].tolist() == [10, 20, 30]
+    for ext in ("bmp", "tif", "webp"):  # BMP and TIFF: torchvision cannot, PIL decodes them
+        Image.new("RGB", (64, 48), (10, 20, 30)).save(tmp_path / f"x.{ext}", lossless=True)
+        assert decode_rgb(str(tmp_path / f"x.{ext}"))[:, 5, 5].tolist() == [10, 20, 30], ext
     g16 = decode_rgb(str(tmp_path / "g16.png"))[0].numpy().astype(int)
     assert np.abs(g16 - (ramp.astype(int) * 255 // 65535)).max() <= 1  # scaled, not clipped

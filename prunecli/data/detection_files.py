@@ -26,7 +26,8 @@ from prunecli.errors import ConfigError, DataError
 from prunecli.metrics.types import ImageAnnotations
 
 DEFAULT_DETECTION_SIZE = 300  # SSD300's input; data.image_size overrides it
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp", ".tif",
+                    ".tiff")
 # images of each split decoded when a dataset is built, against their annotated sizes (a few ms
 # each); every image is checked again when it is read
 SIZE_CHECKS = 8
@@ -209,19 +210,26 @@ def decode_rgb(path: str, exif: bool = False) -> Tensor:
     try:
         from torchvision.io import ImageReadMode, decode_image
     except ImportError:  # a torchvision without image decoding
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            array = np.asarray((ImageOps.exif_transpose(im) if exif else im).convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
+        return decode_with_pil(path, exif)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            image = decode_image(path, mode=ImageReadMode.RGB, apply_exif_orientation=exif)
+    except RuntimeError:  # a format torchvision does not decode (BMP, TIFF): PIL reads it
+        return decode_with_pil(path, exif)
     if image.dtype != torch.uint8:  # a 16-bit PNG: the transforms and the models take 8 bits
         from torchvision.transforms.v2.functional import to_dtype
 
         image = to_dtype(image, torch.uint8, scale=True)
     return image
+
+
+def decode_with_pil(path: str, exif: bool) -> Tensor:
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        array = np.asarray((ImageOps.exif_transpose(im) if exif else im).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def check_detection_config(cfg: DataConfig) -> int:

@@ -36,8 +36,9 @@ from prunecli.errors import ConfigError, DataError
 WHAT = ("a YOLO dataset folder with data.yaml (names, train, val) or images/<split>/ and "
         "labels/<split>/ folders")
 SPLIT_DEFAULTS = {"train_split": ("train",), "val_split": ("val", "valid", "test")}
-# the extensions Ultralytics reads that torchvision's decoder reads too
-YOLO_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# the image extensions of Ultralytics' that decode here (BMP and TIFF with PIL); its camera
+# formats (DNG, HEIC, MPO, PFM) are not read
+YOLO_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
