@@ -501,3 +501,18 @@ def test_images_of_every_common_mode_decode_to_8_bit_rgb(tmp_path: Path) -> None
         assert decode_rgb(str(tmp_path / f"x.{ext}"))[:, 5, 5].tolist() == [10, 20, 30], ext
     g16 = decode_rgb(str(tmp_path / "g16.png"))[0].numpy().astype(int)
     assert np.abs(g16 - (ramp.astype(int) * 255 // 65535)).max() <= 1  # scaled, not clipped
+
+
+def test_a_split_is_described_by_its_objects_per_class(coco_root: Path) -> None:
+    from prunecli.data.detection_files import describe_objects
+
+    val = coco(coco_root).val
+    labels = np.concatenate([val.ground_truth(i).labels[~val.ground_truth(i).ignore]
+                             for i in range(len(val))])
+    counts = {n: int((labels == k + 1).sum()) for k, n in enumerate(val.class_names)}
+    crowd = sum(int(val.ground_truth(i).ignore.sum()) for i in range(len(val)))
+    text = describe_objects(val.annotations, val.class_names)
+    assert text.startswith(f"6 images, {len(labels)} objects (") and f"{crowd} ignored" in text
+    for name, n in counts.items():
+        assert f"{name} {n}" in text
+    assert describe_objects(val.annotations, val.class_names, most=1).count(",") == 3

@@ -9,6 +9,7 @@ the contract in :mod:`prunecli.data.detection` is implemented once, here.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from prunecli.data.registry import DatasetBundle
 from prunecli.errors import ConfigError, DataError
 from prunecli.metrics.types import ImageAnnotations
 
+log = logging.getLogger("prunecli")
 DEFAULT_DETECTION_SIZE = 300  # SSD300's input; data.image_size overrides it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp", ".tif",
                     ".tiff")
@@ -251,6 +253,17 @@ def list_files(folder: Path) -> set[str]:
         return set()
 
 
+def describe_objects(ann: PackedAnnotations, class_names: Sequence[str], most: int = 8) -> str:
+    """``"60 images, 123 objects (square 63, circle 60)"``: what a split holds, per class (the
+    commonest first), to show at a glance that a dataset was read as meant."""
+    counts = np.bincount(ann.labels[~ann.ignore], minlength=len(class_names) + 1)[1:]
+    order = sorted(range(len(class_names)), key=lambda k: -counts[k])
+    shown = ", ".join(f"{class_names[k]} {counts[k]}" for k in order[:most])
+    more = f", {len(class_names) - most} more classes" if len(class_names) > most else ""
+    ignored = f", {int(ann.ignore.sum())} ignored" if ann.ignore.any() else ""
+    return f"{len(ann)} images, {int(counts.sum())} objects ({shown}{more}){ignored}"
+
+
 def detection_bundle(
     cfg: DataConfig,
     train: Sequence[ImageEntry],
@@ -271,6 +284,9 @@ def detection_bundle(
     for ds in datasets:  # images resized after labelling show here, not in a worker hours later
         for i in range(min(SIZE_CHECKS, len(ds))):
             ds.read_image(i)
+    log.info("data=%s: %s", cfg.name, "; ".join(
+        f"{split} {describe_objects(ann, class_names)}"
+        for split, ann in (("train", train_ann), ("val", val_ann))))
     return DatasetBundle(
         train=datasets[0],
         val=datasets[1],
