@@ -122,19 +122,40 @@ def run_table(results: dict[str, Any], title: str) -> Table:
     return table
 
 
-def save_table(table: Table, path: Path) -> None:
+def save_table(table: Table, path: Path, *more: Table) -> None:
     buffer = io.StringIO()
-    Console(file=buffer, width=160, force_terminal=False, color_system=None).print(table)
+    console = Console(file=buffer, width=160, force_terminal=False, color_system=None)
+    for t in (table, *more):
+        console.print(t)
     path.write_text(buffer.getvalue())
 
 
+def per_class_table(rows: dict[str, dict[str, float]]) -> Table:
+    """One row per class, a column per metric (``prunecli eval``'s per-class results): which
+    classes a pruned model lost, which the whole-set figure hides."""
+    table = Table()
+    table.add_column("class")
+    keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    for key in keys:
+        table.add_column(key, justify="right")
+    for name, row in rows.items():
+        cells = [row.get(k) for k in keys]
+        table.add_row(name, *("-" if v is None or v != v else  # nan: no objects of the class
+                              f"{v:.2f}" if isinstance(v, float) else str(v) for v in cells))
+    return table
+
+
 def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -> None:
-    """Print the results table and write ``results.json`` and ``results.txt`` into the run."""
+    """Print the results table (and the per-class one, when the results have it) and write
+    ``results.json`` and ``results.txt`` into the run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    table = run_table(results, title)
-    save_table(table, run_dir / "results.txt")
-    rich.get_console().print(table)
+    tables = [run_table(results, title)]
+    if results.get("per_class"):
+        tables.append(per_class_table(results["per_class"]))
+    save_table(tables[0], run_dir / "results.txt", *tables[1:])
+    for table in tables:
+        rich.get_console().print(table)
     files = ", ".join(n for n in ("results.json", "results.txt", "metrics.jsonl", "last.pt",
                                   "slim.pt") if (run_dir / n).is_file())
     rich.get_console().print(f"outputs: [bold]{run_dir.resolve()}[/bold] ({files})")

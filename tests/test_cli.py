@@ -63,6 +63,13 @@ def test_train_then_eval_in_process(run_cli, tmp_path: Path) -> None:
     evaluated = read_results(ev)
     assert evaluated["top1"] == pytest.approx(results["top1"])
     assert evaluated["model"] == "resnet20" and evaluated["data"] == "fake"
+    # eval adds each class's top-1: the images of each add up to the set, the weighted mean
+    # of the per-class top-1 is the top-1
+    rows = evaluated["per_class"]
+    assert sum(r["images"] for r in rows.values()) == evaluated["samples"] == 32
+    weighted = sum(r["top-1 %"] * r["images"] for r in rows.values() if r["images"]) / 32
+    assert weighted == pytest.approx(evaluated["top1"])
+    assert "top-1 %" in (ev / "results.txt").read_text().split("┏")[-1]  # the per-class table
 
     # the same weights through the model config (model.weights accepts a training checkpoint)
     ev2 = run_cli("eval", "data=fake", "data.val_size=32", "data.image_size=16",

@@ -162,6 +162,23 @@ def test_classes_without_ground_truth_do_not_count():
     assert math.isnan(voc(images[:0], [], 3))
 
 
+def test_per_class_ap_comes_from_the_same_evaluation():
+    # class "a" (label 1): the hand-made case above, 253/303; class "b": found perfectly; the
+    # mean over the two is the mAP
+    both = [*TWO_GT, gt(9, [[0, 0, 10, 10]], [2])]
+    dets = [*THREE_DETS, det(9, [[0, 0, 10, 10]], [0.5], [2])]
+    table: dict = {}
+    m = coco_metrics(both, dets, ["a", "b"], per_class=table)
+    assert list(table) == ["a", "b"]
+    assert table["a"]["AP"] == pytest.approx(100 * 253 / 303)
+    assert table["a"]["AP50"] == pytest.approx(100 * 253 / 303)
+    assert table["b"] == {"AP": pytest.approx(100.0), "AP50": pytest.approx(100.0)}
+    assert m["map"] == pytest.approx((table["a"]["AP"] + table["b"]["AP"]) / 2)
+    table = {}
+    coco_metrics(both, dets, ["a", "b", "c"], per_class=table)
+    assert math.isnan(table["c"]["AP"])  # no objects of class c: no AP, left out of the mean
+
+
 def test_bad_records_are_refused():
     images = [gt(1, [[0, 0, 10, 10]], [1])]
     with pytest.raises(ValueError):

@@ -44,6 +44,12 @@ def test_demo_trains_and_eval_gives_the_same_map(run_cli, tmp_path: Path, capsys
     assert again["samples"] == 24
     shown = capsys.readouterr().out
     assert "mAP" in shown and "VOC07 mAP" in shown
+    rows = again["per_class"]  # eval adds each class's AP: their mean over classes with
+    assert len(rows) == 10  # objects is the mAP
+    scored = [r for r in rows.values() if r["objects"]]
+    assert np.mean([r["AP"] for r in scored]) == pytest.approx(again["map"])
+    assert np.mean([r["VOC07 AP"] for r in scored]) == pytest.approx(again["voc07_map"])
+    assert "VOC07 AP" in shown and "objects" in shown
 
 
 def test_sweep_bf16_and_channels_last(run_cli, capsys) -> None:

@@ -87,7 +87,7 @@ def main(cfg: DictConfig) -> float:
     loader = DataLoader(data.val, batch_size=data_cfg.eval_batch_size or 2 * data_cfg.batch_size,
                         num_workers=data_cfg.num_workers, collate_fn=task.collate_fn)
     metrics = task.evaluate(model, loader, device, Precision(cfg.trainer.precision, device),
-                            limit=cfg.trainer.limit_val_batches)
+                            limit=cfg.trainer.limit_val_batches, per_class=True)
     example = task.example_input(data.val).to(device)
     results = {"model": model_cfg.name, "data": data_cfg.name, "task": task.name,
                "metric": task.metric, **task.results(metrics),

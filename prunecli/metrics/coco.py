@@ -93,7 +93,8 @@ def _mean(values: np.ndarray) -> float:
 
 
 def coco_metrics(ground_truth: Sequence[ImageAnnotations], detections: Sequence[ImageDetections],
-                 class_names: Sequence[str], max_dets: int = 100) -> dict[str, float]:
+                 class_names: Sequence[str], max_dets: int = 100,
+                 per_class: dict[str, dict[str, float]] | None = None) -> dict[str, float]:
     """COCO's 12 box metrics in percent: ``map`` (AP@[.5:.95]), ``map50``, ``map75``,
     ``map_small``, ``map_medium``, ``map_large``, ``mar_1``, ``mar_10``, ``mar_{max_dets}``,
     ``mar_small``, ``mar_medium``, ``mar_large``; nan where no ground truth is in that range.
@@ -101,6 +102,7 @@ def coco_metrics(ground_truth: Sequence[ImageAnnotations], detections: Sequence[
     Objects with ``ignore`` become ``iscrowd=1``, the only way COCOeval ignores an object. A
     crowd region is then matched by intersection over the detection's area (not IoU) and can
     absorb any number of detections. ``areas`` (else box areas) decide the area ranges.
+    ``per_class``, a dict given by the caller, is filled with each class's ``AP`` and ``AP50``.
     The summary is read from ``eval`` directly: ``summarize()`` hard-codes maxDets=100 for
     ``map`` and would report -1 for any other ``max_dets``.
     """
@@ -123,6 +125,10 @@ def coco_metrics(ground_truth: Sequence[ImageAnnotations], detections: Sequence[
         out[f"mar_{n}"] = _mean(recall[:, :, 0, m[n]])
     for a in (1, 2, 3):
         out[f"mar_{_AREAS[a]}"] = _mean(recall[:, :, a, last])
+    if per_class is not None:  # filled from the same evaluation: AP and AP50 of each class
+        for k, name in enumerate(class_names):
+            per_class[name] = {"AP": _mean(precision[:, :, k, 0, last]),
+                               "AP50": _mean(precision[t50][:, :, k, 0, last])}
     return out
 
 

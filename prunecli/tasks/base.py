@@ -116,9 +116,10 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device,
                  precision: Precision, channels_last: bool = False,
-                 limit: int | None = None) -> dict[str, float]:
+                 limit: int | None = None, per_class: bool = False) -> dict[str, float]:
         """Metrics of ``model`` (unwrapped: no DDP collectives inside the forward) over
-        ``loader``; under DDP every rank passes its shard and gets the same result."""
+        ``loader``; under DDP every rank passes its shard and gets the same result. With
+        ``per_class``, ``metrics["per_class"]`` maps each class name to its own metrics."""
 
     # ------------------------------------------------------------------ reporting
     def results(self, metrics: dict[str, float]) -> dict[str, Any]:

@@ -69,13 +69,17 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device,
                  precision: Precision, channels_last: bool = False,
-                 limit: int | None = None) -> dict[str, float]:
-        """Loss / top-1 / top-5 (plain cross-entropy: no label smoothing in evaluation)."""
+                 limit: int | None = None, per_class: bool = False) -> dict[str, Any]:
+        """Loss / top-1 / top-5 (plain cross-entropy: no label smoothing in evaluation);
+        ``per_class``: also each class's top-1 and image count."""
+        from prunecli.engine.distributed import all_reduce_sum
+
         was_training = model.training
         model.eval()
         meter = ClassificationMeter(device)
         criterion = nn.CrossEntropyLoss()
         fmt = torch.channels_last if channels_last else torch.contiguous_format
+        counts = torch.zeros(2, self.num_classes, dtype=torch.int64, device=device)
         for i, (images, targets) in enumerate(loader):
             if limit is not None and i >= limit:
                 break
@@ -85,12 +89,24 @@ class ClassificationTask(Task):
                 logits = model(images)
             logits = logits.float()
             meter.update(logits, targets, criterion(logits, targets))
+            if per_class:  # [right, seen] per class, summed over ranks below
+                right = targets[logits.argmax(1) == targets]
+                counts[0] += torch.bincount(right, minlength=self.num_classes)
+                counts[1] += torch.bincount(targets, minlength=self.num_classes)
         model.train(was_training)
-        return meter.compute()
+        metrics: dict[str, Any] = dict(meter.compute())
+        if per_class:
+            right, seen = all_reduce_sum(counts).tolist()
+            names = self.class_names or [str(k) for k in range(self.num_classes)]
+            metrics["per_class"] = {
+                name: {"top-1 %": 100.0 * r / n if n else float("nan"), "images": n}
+                for name, r, n in zip(names, right, seen, strict=True)}
+        return metrics
 
     def results(self, metrics: dict[str, float]) -> dict[str, Any]:
-        return {"top1": metrics.get("top1"), "top5": metrics.get("top5"),
-                "val_loss": metrics.get("loss")}
+        out = {"top1": metrics.get("top1"), "top5": metrics.get("top5"),
+               "val_loss": metrics.get("loss")}
+        return {**out, "per_class": metrics["per_class"]} if "per_class" in metrics else out
 
     def describe(self, metrics: dict[str, float]) -> str:
         if "top1" not in metrics:

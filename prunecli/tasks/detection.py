@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -136,7 +137,7 @@ class DetectionTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Iterable, device: torch.device,
                  precision: Precision, channels_last: bool = False,
-                 limit: int | None = None) -> dict[str, float]:
+                 limit: int | None = None, per_class: bool = False) -> dict[str, float]:
         """COCO metrics and VOC07 mAP of every image the loaders of all ranks cover (each image
         once), scored on rank 0 and sent to every rank."""
         was_training = model.training
@@ -157,19 +158,31 @@ class DetectionTask(Task):
             # a DistributedSampler pads the last round with repeated images: score each once
             unique = {d.image_id: d for part in reversed(gathered) for d in part}  # type: ignore
             everything = list(unique.values())
-            metrics = self.score(loader.dataset, everything)  # type: ignore[attr-defined]
+            metrics = self.score(loader.dataset, everything,  # type: ignore[attr-defined]
+                                 per_class=per_class)
         return broadcast_object(metrics)  # type: ignore[return-value]
 
-    def score(self, dataset: Any, detections: list[ImageDetections]) -> dict[str, float]:
-        """The metrics of ``detections`` against the ground truth of the images they cover."""
+    def score(self, dataset: Any, detections: list[ImageDetections],
+              per_class: bool = False) -> dict[str, Any]:
+        """The metrics of ``detections`` against the ground truth of the images they cover
+        (``per_class``: also each class's AP, AP50, VOC07 AP and object count)."""
         from prunecli.metrics import coco_metrics, voc07_map
 
         base, _ = detection_base(dataset)
         ids = sorted({d.image_id for d in detections})
         truth = [base.ground_truth(i) for i in ids]
-        metrics = coco_metrics(truth, detections, base.class_names)
-        metrics["voc07_map"] = voc07_map(truth, detections, len(base.class_names))["voc07_map"]
+        table: dict[str, dict[str, float]] | None = {} if per_class else None
+        metrics: dict[str, Any] = coco_metrics(truth, detections, base.class_names,
+                                               per_class=table)
+        voc = voc07_map(truth, detections, len(base.class_names))
+        metrics["voc07_map"] = voc["voc07_map"]
         metrics["images"] = len(ids)
+        if table is not None:
+            labels = np.concatenate([t.labels[~t.ignore] for t in truth] or [np.zeros(0, int)])
+            for k, name in enumerate(base.class_names):
+                table[name].update({"VOC07 AP": voc["ap_per_class"][k + 1],
+                                    "objects": int((labels == k + 1).sum())})
+            metrics["per_class"] = table
         return metrics
 
     def describe(self, metrics: dict[str, float]) -> str:
