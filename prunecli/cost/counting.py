@@ -43,3 +43,19 @@ def count_macs(model: nn.Module, example_input: torch.Tensor) -> int:
 def count_params(model: nn.Module) -> int:
     """Parameters (``parameters()`` yields a shared tensor once); buffers are not counted."""
     return sum(p.numel() for p in model.parameters())
+
+
+def count_macs_on_data(model: nn.Module, example_input: torch.Tensor, model_name: str) -> int:
+    """:func:`count_macs` of a model's first forward on the data's input, where a model built
+    for another input size fails: a one-line ConfigError that names the size to set."""
+    from prunecli.errors import ConfigError
+
+    try:
+        return count_macs(model, example_input)
+    except (AssertionError, RuntimeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"model {model_name} fails on the data's input {tuple(example_input.shape[1:])} "
+            f"({first}); a model built for a fixed input size needs it set, e.g. "
+            f"+model.kwargs.img_size={example_input.shape[-1]} for timm's ViT/Swin/DeiT, or "
+            "data.image_size set to the model's own size") from exc

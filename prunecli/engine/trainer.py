@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from prunecli.config.paths import anchor_paths
 from prunecli.cost import count_macs, count_params
+from prunecli.cost.counting import count_macs_on_data
 from prunecli.data import DatasetBundle, build_datasets
 from prunecli.engine import checkpoint as ckpt_io
 from prunecli.engine.distill import build_distiller
@@ -110,15 +111,7 @@ class Trainer(TrainerState):
         example = self.task.example_input(self.data.val).to(self.device,
                                                              memory_format=self.memory_format)
         # costs are the prunable part's: a classifier, or a detector's core (backbone, heads)
-        try:  # the model's first forward: a model built for another input size fails here
-            self.dense_macs = count_macs(core_of(self.model), example)
-        except (AssertionError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ConfigError(
-                f"model {cfg.model.name} fails on the data's input {tuple(example.shape[1:])} "
-                f"({first}); a model built for a fixed input size needs it set, e.g. "
-                f"+model.kwargs.img_size={example.shape[-1]} for timm's ViT/Swin/DeiT, or "
-                "data.image_size set to the model's own size") from exc
+        self.dense_macs = count_macs_on_data(core_of(self.model), example, cfg.model.name)
         self.dense_params = count_params(core_of(self.model))
 
         accum = tcfg.grad_accum
