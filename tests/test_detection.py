@@ -14,6 +14,7 @@ from torch import nn
 
 from prunecli.config.schema import OptimConfig
 from prunecli.engine.optim import lr_factor_fn, param_groups
+from prunecli.errors import ConfigError
 from tests.conftest import console_script, read_results, torchrun_train
 from tests.det_fixtures import make_coco, make_voc
 
@@ -116,6 +117,58 @@ def test_the_learning_rate_warning_reaches_the_run_log(run_cli, monkeypatch) -> 
     # 0.1 for 8 x 2 images against 1e-3 per 32: 200x
     assert "optim.lr=0.1 for 16 images is 200x the rate ssd_tiny is published with (a test: " \
            "0.001 per 32 images)" in (run / "train.log").read_text()
+
+
+def test_an_unset_learning_rate_is_the_detectors_published_rate_for_the_batch() -> None:
+    """The issue's own command (``prunecli train method=chex data=coco model=ssd300_resnet50``)
+    has no optim.lr; at the classifiers' 0.1 SSD300 diverged, so an unset rate is the recipe's."""
+    from omegaconf import OmegaConf
+
+    from prunecli.engine.optim import DEFAULT_LR, choose_lr
+
+    def chosen(model: dict, optim: dict, batch: int) -> tuple[float, str | None]:
+        cfg = OmegaConf.create({"name": "sgd", "lr": None, **optim})
+        line = choose_lr(OmegaConf.create(model), cfg, batch)
+        return cfg.lr, line
+
+    ssd300 = {"name": "ssd300_resnet50", "source": "prunecli"}
+    lr, line = chosen(ssd300, {}, 8)  # NVIDIA's 2.6e-3 per 32 images
+    assert lr == pytest.approx(6.5e-4) and line is not None
+    assert "optim.lr not set: 0.00065 for ssd300_resnet50, NVIDIA's SSD300 v1.1's 0.0026 per 32" \
+        " images scaled to the global batch of 8" in line
+    assert chosen({"name": "ssd512_resnet50", "source": "prunecli"}, {}, 256)[0] \
+        == pytest.approx(1.6e-2)  # SMCP's 8e-3 per 128
+    frcnn = {"name": "fasterrcnn_mobilenet_v3_large_fpn", "source": "torchvision_det"}
+    assert chosen(frcnn, {}, 4)[0] == pytest.approx(5e-3)  # torchvision's 0.02 per 16
+    assert chosen(ssd300, {"lr": 0.05}, 8) == (0.05, None)  # a rate the user set is kept
+    assert chosen(ssd300, {"name": "adamw"}, 8) == (DEFAULT_LR["adamw"], None)
+    for no_recipe in ({"name": "ssd_tiny", "source": "prunecli"},
+                      {"name": "resnet20", "source": "prunecli"}):
+        assert chosen(no_recipe, {}, 64) == (0.1, None)
+    with pytest.raises(ConfigError, match="optim.name=lamb is not one of sgd, adamw"):
+        chosen(no_recipe, {"name": "lamb"}, 64)
+
+
+def test_the_chosen_rate_is_the_runs_and_is_kept_on_resume(run_cli, tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """The rate filled in is the one trained with and saved in the checkpoint; the resumed run
+    trains on at it."""
+    from prunecli.models.detection import recipes
+
+    monkeypatch.setitem(recipes.PRUNECLI_RECIPES, "ssd_tiny", recipes.Recipe(4e-3, 32, "a test"))
+    common = (*SMALL_DEMO, "data.train_size=16", "data.val_size=8", "data.batch_size=8",
+              "optim.lr=null", "optim.scheduler=constant", "optim.warmup_epochs=0")
+    part = run_cli("train", *common, "trainer.epochs=2", "trainer.stop_after_epoch=1",
+                   run_dir=tmp_path / "part")
+    assert "optim.lr not set: 0.001 for ssd_tiny, a test's 0.004 per 32 images scaled to the " \
+           "global batch of 8" in (part / "train.log").read_text()
+    state = torch.load(part / "last.pt", weights_only=True)
+    assert state["config"]["optim"]["lr"] == pytest.approx(1e-3)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3] * len(groups))
+    run_cli("train", *common, "trainer.epochs=2", f"resume={part}", run_dir=part)
+    epochs = _epochs(part)
+    assert [e["lr"] for e in epochs] == pytest.approx([1e-3, 1e-3])
 
 
 def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:

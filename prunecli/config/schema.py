@@ -53,7 +53,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     name: str = "sgd"  # sgd | adamw
-    lr: float = 0.1  # for the global batch given by data.batch_size x world size x grad_accum
+    # for the global batch (data.batch_size x world size x grad_accum); None: a detector's published
+    # rate per image x that batch (SGD), else 0.1 for SGD and 1e-3 for AdamW
+    lr: float | None = None
     momentum: float = 0.9
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from prunecli.errors import ConfigError
+from prunecli.models.detection.recipes import published_lr
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -53,7 +54,31 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return groups
 
 
+#: ``optim.lr`` when it is not set and the model has no published recipe (the classifiers' usual
+#: rates; SGD's is the embedded demo's)
+DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
+
+
+def choose_lr(model_cfg: Any, optim_cfg: Any, global_batch: int) -> str | None:
+    """Fill an unset ``optim.lr`` (null) in place: the detector's published rate per image times
+    ``global_batch`` (SGD, see :func:`published_lr`), else :data:`DEFAULT_LR`. Returns the line
+    to log when a recipe chose it. Filled before the run saves its config, so a resumed run,
+    its report and its checkpoint all carry the rate used."""
+    if optim_cfg.lr is not None:
+        return None
+    chosen = published_lr(model_cfg, optim_cfg.name, global_batch)
+    if chosen is None:
+        if optim_cfg.name not in DEFAULT_LR:
+            raise ConfigError(f"optim.name={optim_cfg.name} is not one of sgd, adamw")
+        optim_cfg.lr = DEFAULT_LR[optim_cfg.name]
+        return None
+    optim_cfg.lr = chosen[0]
+    return chosen[1]
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+    if cfg.lr is None:
+        raise ConfigError("optim.lr is null: give a rate, or fill it with choose_lr first")
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
@@ -64,7 +89,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
 def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the base LR at optimizer step ``s`` (0-based)."""
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    min_factor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    min_factor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
     if cfg.scheduler not in ("cosine", "step", "constant"):
         raise ConfigError(f"optim.scheduler={cfg.scheduler} is not one of cosine, step, constant")
     # step milestones: values >= 1 are epochs, values < 1 are fractions of training

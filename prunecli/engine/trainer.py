@@ -28,7 +28,7 @@ from prunecli.engine.distill import build_distiller
 from prunecli.engine.distributed import DistEnv, barrier, init_distributed, quiet_non_main_rank
 from prunecli.engine.events import HookContext, TrainingHooks
 from prunecli.engine.loaders import build_loaders, workers_stopped_after
-from prunecli.engine.optim import build_optimizer, build_scheduler, param_groups
+from prunecli.engine.optim import build_optimizer, build_scheduler, choose_lr, param_groups
 from prunecli.engine.precision import Precision
 from prunecli.engine.preempt import PreemptionWatch
 from prunecli.engine.progress import make_progress
@@ -119,6 +119,8 @@ class Trainer(TrainerState):
             raise ConfigError(f"trainer.grad_accum={accum} must be >= 1")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.global_batch = cfg.data.batch_size * self.dist.world_size * accum
+        if (chosen := choose_lr(cfg.model, cfg.optim, self.global_batch)) and self.dist.is_main:
+            log.info(chosen)
         self.method: TrainingHooks = build_method(cfg.method)
         self.hooks: TrainingHooks = self.method  # per-step hooks; a no-op once slimmed in training
         self.slimmed = False

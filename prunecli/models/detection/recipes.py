@@ -1,12 +1,14 @@
-"""The learning rates detectors are published with, to catch a run set far above them.
+"""The learning rates detectors are published with: the default for a run that sets none, and
+the yardstick for a warning when a run sets one far above it.
 
-prunecli's default optimiser (SGD, lr 0.1 per batch, no warm-up) is the classifiers' (and the
-embedded demo's). SSD300-ResNet-50 from scratch on 60 images at batch 8, three epochs: at lr 0.1
-the training loss went 610 -> 3,400 (mAP 0), at 0.01 with a warm-up epoch 38 -> 108 -> 51 (mAP
-0.24 -> 0.00 -> 0.02), at NVIDIA's rate for that batch (6.5e-4) 21 -> 22 -> 16 (mAP 0.06 ->
-0.15 -> 0.25) and at 2e-3 (3x) 21 -> 29 -> 25 (mAP 0.06 -> 0.52 -> 0.41). Nothing here changes
-a run's settings: :func:`lr_warning` only says when the configured rate per image is far above
-the model's published one, and what the published recipe is.
+SGD's rate for classifiers (and the embedded demo) is 0.1 per batch. SSD300-ResNet-50 from
+scratch on 60 images at batch 8, three epochs: at lr 0.1 the training loss went 610 -> 3,400
+(mAP 0); at 0.01 with a warm-up epoch 38 -> 108 -> 51 (mAP 0.24 -> 0.00 -> 0.02); at NVIDIA's
+rate for that batch (6.5e-4) 21 -> 22 -> 16 (mAP 0.06 -> 0.15 -> 0.25) with a warm-up epoch and
+19 -> 17 -> 13 (mAP 0.05 -> 0.19 -> 2.88) without; at 2e-3 (3x) with warm-up 21 -> 29 -> 25
+(mAP 0.06 -> 0.52 -> 0.41). So a detector with a published recipe trains, when ``optim.lr`` is
+not set, at that recipe's rate per image times the run's global batch (:func:`published_lr`); a
+rate the user sets is kept, and :func:`lr_warning` says when it is far above the published one.
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ def recipe_of(model_cfg: Any) -> Recipe | None:
         return next((r for prefix, r in TORCHVISION_RECIPES.items() if name.startswith(prefix)),
                     None)
     return PRUNECLI_RECIPES.get(name)
+
+
+def published_lr(model_cfg: Any, optim_name: str, global_batch: int) -> tuple[float, str] | None:
+    """SGD's rate for ``global_batch`` images at the model's published rate per image, with the
+    line that says so; None for other optimisers and for models without a recipe."""
+    recipe = recipe_of(model_cfg)
+    if recipe is None or optim_name != "sgd" or global_batch < 1:
+        return None
+    lr = recipe.per_image() * global_batch
+    return lr, (f"optim.lr not set: {lr:.3g} for {model_cfg.get('name')}, {recipe.source}'s "
+                f"{recipe.lr:g} per {recipe.images} images scaled to the global batch of "
+                f"{global_batch} (set optim.lr to choose another)")
 
 
 def lr_warning(model_cfg: Any, optim_cfg: Any, global_batch: int) -> str | None:
