@@ -242,3 +242,19 @@ def test_the_commands_in_the_readme_compose() -> None:
     assert len(commands) >= 50
     for command, overrides in commands:
         _check_documented("README", command, overrides)
+
+
+@pytest.mark.parametrize("experiment,lr", [
+    ("ssd300_resnet50_coco", 2.08e-2), ("chex_ssd300_coco", 4.16e-2),
+    ("ssd512_resnet50_voc", 8e-3), ("smcp_ssd512_voc", 8e-3), ("halp_ssd512_voc", 8e-3)])
+def test_detector_experiments_train_at_the_published_rate_for_their_batch(experiment: str,
+                                                                         lr: float) -> None:
+    """They leave optim.lr unset, so it scales with the global batch: on the papers' 8 GPUs it is
+    the rate the papers name, on 2 GPUs a quarter of it."""
+    from prunecli.engine.optim import choose_lr
+
+    for gpus in (8, 2):
+        cfg = _compose([f"experiment={experiment}"])
+        assert cfg.optim.lr is None
+        choose_lr(cfg.model, cfg.optim, cfg.data.batch_size * gpus)
+        assert cfg.optim.lr == pytest.approx(lr * gpus / 8)
