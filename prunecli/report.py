@@ -119,6 +119,9 @@ def run_table(results: dict[str, Any], title: str) -> Table:
                         (f"slim_{metric}", f"slim model {label}")):
         if results.get(key) is not None:
             table.add_row(header, f"{results[key]:.2f}")
+    if results.get("baseline") and results["baseline"].get(metric) is not None:
+        table.add_row(f"baseline {label} (change)",
+                      f"{results['baseline'][metric]:.2f} ({results['change']:+.2f})")
     return table
 
 
@@ -133,15 +136,18 @@ def save_table(table: Table, path: Path, *more: Table) -> None:
 def per_class_table(rows: dict[str, dict[str, float]]) -> Table:
     """One row per class, a column per metric (``prunecli eval``'s per-class results): which
     classes a pruned model lost, which the whole-set figure hides."""
-    table = Table()
-    table.add_column("class")
     keys = list(dict.fromkeys(k for row in rows.values() for k in row))
+    # with a baseline (``prunecli eval baseline=``) the rows come largest loss first
+    table = Table(title="per class, largest loss against the baseline first"
+                  if "change" in keys else None, title_justify="left")
+    table.add_column("class")
     for key in keys:
         table.add_column(key, justify="right")
     for name, row in rows.items():
-        cells = [row.get(k) for k in keys]
+        cells = [(k, row.get(k)) for k in keys]
         table.add_row(name, *("-" if v is None or v != v else  # nan: no objects of the class
-                              f"{v:.2f}" if isinstance(v, float) else str(v) for v in cells))
+                              f"{v:+.2f}" if k == "change" else
+                              f"{v:.2f}" if isinstance(v, float) else str(v) for k, v in cells))
     return table
 
 

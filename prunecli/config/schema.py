@@ -151,6 +151,10 @@ class TrainConfig:
 class EvalConfig:
     seed: int = 0
     ckpt: Optional[str] = None  # a checkpoint or run directory; None = the model config's weights
+    # another model (a run, checkpoint or slim file; typically the dense one) evaluated on the same
+    # images: the metric, MACs and each class's figure side by side, the classes that lost most
+    # first
+    baseline: Optional[str] = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
