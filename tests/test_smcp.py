@@ -368,3 +368,49 @@ def test_a_cap_is_checked_against_the_widths_round_to_allows() -> None:
     start(1)  # 40% of every group: under the 20% budget
     with pytest.raises(ConfigError, match="max_prune_per_group=0.6 keeps at least"):
         start(8)  # every group keeps 50% (8 of 16, not 7): over it
+
+
+@pytest.mark.parametrize("method", ["taylor", "halp", "smcp", "gator", "chex", "slimming"])
+def test_a_budget_below_the_models_floor_is_refused_before_training(method: str) -> None:
+    """Every group at its floor still costs more than the budget: the run used to prune to the
+    floor step by step (HALP warned at its ninth step, after cutting 87% of the channels) and
+    miss the target anyway. The error names the largest cost.ratio that can be reached."""
+    import re
+
+    from prunecli.errors import ConfigError
+    from prunecli.methods.pruner import Pruner
+    from prunecli.models import build_model
+
+    def start(ratio: float) -> None:
+        model = build_model({"name": "resnet20"}, num_classes=10)
+        Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=ratio, min_channels=8).start()
+
+    with pytest.raises(ConfigError, match=r"cost.ratio=0.95 is out of reach: with every "
+                       r"prunable group at its floor \(.*method.min_channels=8\) this model "
+                       r"still costs") as err:
+        start(0.95)
+    reachable = float(re.search(r"set cost.ratio=([0-9.]+) or lower", str(err.value))[1])
+    assert 0.5 < reachable < 0.95
+    start(reachable)  # the ratio it names is accepted
+    with pytest.raises(ConfigError, match="out of reach"):
+        start(reachable + 0.02)
+
+
+def test_halps_floor_is_one_neuron_group_per_layer() -> None:
+    """HALP keeps at least one group of method.group_size channels in every layer: a budget one
+    channel per layer would reach is out of its reach, and said so before training (on a
+    latency table with a large fixed part, ssd_tiny's HALP run cut to 13% of its channels
+    before warning)."""
+    from prunecli.errors import ConfigError
+    from prunecli.methods.pruner import Pruner
+    from prunecli.models import build_model
+
+    def start(method: str, **hyper) -> None:
+        model = build_model({"name": "resnet20"}, num_classes=10)
+        Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=0.95, **hyper).start()
+
+    start("taylor")  # one channel per layer: 5% of the MACs is reachable
+    start("halp", group_size=1)
+    with pytest.raises(ConfigError, match=r"floor \(one neuron group of method.group_size=8 "
+                                          r"per layer and method.min_channels=1\)"):
+        start("halp")

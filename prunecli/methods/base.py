@@ -106,8 +106,8 @@ class PruningMethod(TrainingHooks):
             self.cfg, "layer_drop", False) else frozenset()
         if self.droppable:
             self.cost_model = DropCascade(self.cost_model, self.structure, self.droppable)
-        if self.max_prune_per_group < 1.0 and self.ratio > 0:
-            self.check_cap_reachable(run.cost.name)
+        if self.ratio > 0:
+            self.check_budget_reachable(run.cost.name)
 
     def masks_final(self) -> bool:
         """True once the masks will not change again: the rest of the run fine-tunes, and the
@@ -152,10 +152,12 @@ class PruningMethod(TrainingHooks):
                if self.max_prune_per_group < 1.0 else "")
         return f"method.min_channels={self.min_channels}{cap}"
 
-    def check_cap_reachable(self, cost_name: str) -> None:
-        """Fail before training when ``max_prune_per_group``'s floors alone cost more than the
-        budget (every group at its floor is the cheapest the cap allows), naming a cap that
-        fits."""
+    def check_budget_reachable(self, cost_name: str) -> None:
+        """Fail before training when every prunable group at its floor still costs more than
+        the budget: the run would otherwise prune to that floor and miss the target anyway.
+        With ``max_prune_per_group`` the error names a cap that fits; without, the largest
+        ``cost.ratio`` the model can reach (a latency table's time outside the prunable layers,
+        the layers nothing can be pruned from, and ``min_channels`` set that floor)."""
         def least_cost(cap: float) -> float:
             counts = self.least_counts(cap)
             return float(self.cost_model.cost(self.cost_model.counts_vector(counts)))
@@ -164,12 +166,23 @@ class PruningMethod(TrainingHooks):
         least = least_cost(cap)
         if least <= self.target_cost * (1 + 1e-9):
             return
-        fits = next((c for c in np.arange(cap + 0.05, 1.0, 0.05).round(2)
-                     if least_cost(float(c)) <= self.target_cost), 1.0)
+        allowed = f"the {100 * (1 - self.ratio):.1f}% cost.ratio={self.ratio:g} allows"
+        if cap < 1.0 and least_cost(1.0) <= self.target_cost * (1 + 1e-9):
+            fits = next((c for c in np.arange(cap + 0.05, 1.0, 0.05).round(2)
+                         if least_cost(float(c)) <= self.target_cost), 1.0)
+            raise ConfigError(
+                f"method.max_prune_per_group={cap:g} keeps at least {100 * least / dense:.1f}% "
+                f"of the dense {cost_name}, more than {allowed}: raise it to {fits:g} or more, "
+                "or lower cost.ratio")
+        floor = least_cost(1.0)
+        reachable = math.floor(100 * (1 - floor / dense)) / 100
+        if reachable <= 0:
+            raise ConfigError(f"cost.ratio={self.ratio:g} is out of reach: pruning channels "
+                              f"lowers this model's {cost_name} by less than 1%")
         raise ConfigError(
-            f"method.max_prune_per_group={cap:g} keeps at least {100 * least / dense:.1f}% of the "
-            f"dense {cost_name}, more than the {100 * (1 - self.ratio):.1f}% cost.ratio="
-            f"{self.ratio:g} allows: raise it to {fits:g} or more, or lower cost.ratio")
+            f"cost.ratio={self.ratio:g} is out of reach: with every prunable group at its floor "
+            f"({self.floor_text()}) this model still costs {100 * floor / dense:.1f}% of its "
+            f"dense {cost_name}, more than {allowed}; set cost.ratio={reachable:g} or lower")
 
     def least_counts(self, cap: float) -> dict[int, int]:
         """The narrowest widths a per-group cap ``cap`` allows: every group at its floor."""

@@ -18,9 +18,11 @@ budget and the rest of the run fine-tunes.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from prunecli.allocate import allocate_to_budget
+from prunecli.allocate.halp import chunk_counts
 from prunecli.engine.events import HookContext
 from prunecli.errors import ConfigError
 from prunecli.importance import Accumulator, BNTaylor, norm_slices
@@ -89,11 +91,27 @@ class HALP(PruningMethod):
                                     group_size=c.group_size, droppable=self.droppable,
                                     min_channels=self.floors)
         if not result.feasible:
-            log.warning("halp: step %d target %.1f%% of dense is out of reach with one neuron "
-                        "group per layer kept and %s", self.done_steps, 100 * target / dense,
-                        self.floor_text())
+            log.warning("halp: step %d target %.1f%% of dense is out of reach with %s",
+                        self.done_steps, 100 * target / dense, self.floor_text())
         self.apply(ctx, result.keep, note=f"halp {self.done_steps}/{self.steps}")
         self._check_landing()
+
+    def least_counts(self, cap: float) -> dict[int, int]:
+        """As for every method, each floor raised to a whole number of neuron groups: the
+        allocator keeps at least one group of ``group_size`` channels per layer (none in a
+        group the graph may drop)."""
+        size = max(int(self.cfg.group_size), 1)  # setup rejects < 1
+        out = {}
+        for gid, least in super().least_counts(cap).items():
+            group = self.structure.groups[gid]
+            counts = chunk_counts(group.size, size // math.gcd(size, group.unit),
+                                  force_first=gid not in self.droppable)
+            out[gid] = int(counts[(counts >= min(least, group.size))][0])
+        return out
+
+    def floor_text(self) -> str:
+        return (f"one neuron group of method.group_size={self.cfg.group_size} per layer and "
+                f"{super().floor_text()}")
 
     def _check_landing(self) -> None:
         """After the last step: a budget missed from below by more than UNDERSHOOT of the dense
