@@ -441,16 +441,22 @@ def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path,
     said = " ".join(capsys.readouterr().out.split())
     assert "post-processing (anchors, box decoding, NMS)" in said
     assert "`prunecli bench ckpt=RUN` times it beside the core" in said
-    run = run_cli("train", *SMALL_DEMO, "data.train_size=128", "data.batch_size=8",
-                  "data.val_size=16", "trainer.epochs=3", "method=halp", "method.prune_steps=4",
-                  "method.prune_every=4", "cost=latency", f"cost.table={table}",
-                  "cost.ratio=0.4", run_dir=tmp_path / "run")
+    common = (*SMALL_DEMO, "data.train_size=128", "data.batch_size=8", "data.val_size=16",
+              "trainer.epochs=3", "method=halp", "method.prune_steps=4", "method.prune_every=4",
+              "cost=latency", f"cost.table={table}")
+    # the time outside the table's layers (norms, activations, adds: about 40% of ssd_tiny's
+    # core on this CPU) stays whatever is pruned: a 10% budget is refused before training
+    with pytest.raises(SystemExit):
+        run_cli("train", *common, "cost.ratio=0.9", run_dir=tmp_path / "too_far")
+    assert "cost.ratio=0.9 is out of reach" in capsys.readouterr().err
+    run = run_cli("train", *common, "cost.ratio=0.2", run_dir=tmp_path / "run")
     results = read_results(run)
     assert results["cost"] == "latency"
-    # a table timed in a second on a shared CPU is noisy, and so is its fitted rest (0.595-0.641
-    # kept seen here on a quiet machine, 0.77 with another job running): the MACs tests above
-    # check landing on a budget exactly; here HALP must prune toward the latency target
-    assert results["cost_target"] == pytest.approx(0.6) and results["cost_kept"] < 0.95
+    # a table timed in a second on a shared CPU is noisy, and so is its fitted rest (at a 60%
+    # budget 0.595-0.641 kept seen here on a quiet machine, 0.77 with another job running, and
+    # the floor 56-65%): the MACs tests above check landing on a budget exactly; here HALP must
+    # prune toward the latency target
+    assert results["cost_target"] == pytest.approx(0.8) and results["cost_kept"] < 0.95
     assert results["slim_max_diff"] < 1e-5
 
 
