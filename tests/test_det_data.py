@@ -516,3 +516,29 @@ def test_a_split_is_described_by_its_objects_per_class(coco_root: Path) -> None:
     for name, n in counts.items():
         assert f"{name} {n}" in text
     assert describe_objects(val.annotations, val.class_names, most=1).count(",") == 3
+
+
+def test_background_images_are_left_out_of_training_unless_asked(tmp_path: Path, caplog) -> None:
+    """Images without objects (Ultralytics' recommended 0-10% background images) were dropped
+    from training without a word; now the count is said, and data.background_images=true trains
+    on them (every detector's loss takes an image without boxes: SSD's is 0 there, RetinaNet's,
+    FCOS's and Faster R-CNN's are not)."""
+    import logging
+
+    yolo, _ = make_yolo(tmp_path / "yolo", n_images=5)  # image 1 of each split has no labels
+    coco = make_coco(tmp_path / "coco", n_images=6)  # image 1: no object, image 2: crowd only
+    for cfg, objects, left_out in (({"name": "yolo", "root": str(yolo)}, 4, 1),
+                                   ({"name": "coco", "root": str(coco)}, 4, 2)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="prunecli"):
+            default = build_datasets(cfg)
+        assert len(default.train) == objects
+        assert (f"data={cfg['name']}: {left_out} training image{'s' if left_out > 1 else ''} "
+                "without objects left out (data.background_images=true trains on them as "
+                "background)") in caplog.text
+        everything = build_datasets({**cfg, "background_images": True})
+        assert len(everything.train) == objects + left_out
+        assert len(everything.val) == len(default.val)  # validation keeps every image anyway
+        empty = [i for i in range(len(everything.train))
+                 if not (everything.train[i][1]["labels"] > 0).any()]
+        assert len(empty) == left_out  # they arrive as images without training boxes

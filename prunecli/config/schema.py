@@ -45,6 +45,10 @@ class DataConfig:
     train_split: Optional[str] = None
     val_split: Optional[str] = None  # voc: "2007/test"; coco: "val2017"
     class_names: Optional[list[str]] = None  # None: the dataset's own (VOC's 20, COCO's JSON)
+    # coco, yolo: also train on images without objects, as background (Ultralytics does; left out
+    # by default, as torchvision's references do: SSD's hard-negative mining learns nothing from
+    # them, RetinaNet's, FCOS's and Faster R-CNN's losses do)
+    background_images: bool = False
     # the task's primary metric, which methods, reports and sweeps speak of; None: the task's
     # default (classification: top1; detection: map = COCO mAP@[.5:.95], or voc07_map)
     metric: Optional[str] = None

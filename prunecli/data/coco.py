@@ -13,8 +13,9 @@ Classes: the categories sorted by id become labels ``1..K`` (COCO's ids run to 9
 ``data.class_names`` picks and orders them by name, and annotations of other categories are left
 out. ``iscrowd`` regions stay in the ground truth flagged ``ignore`` (COCOeval's rule) and never
 reach training targets. The training split leaves out images without a non-crowd object, as
-torchvision's detection references do; the validation split keeps every image, since a false
-positive on an empty image counts too.
+torchvision's detection references do (``data.background_images=true`` keeps them, as
+Ultralytics does); the validation split keeps every image, since a false positive on an empty
+image counts too.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from prunecli.data.detection_files import (
     check_detection_config,
     detection_bundle,
     list_files,
+    note_background_left_out,
 )
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root
 from prunecli.errors import ConfigError, DataError
@@ -167,11 +169,12 @@ def class_names_of(cfg: DataConfig, cats: dict[int, str], path: Path) -> list[st
 
 def read_split(
     coco: Any, ann_path: Path, image_dir: Path, class_names: Sequence[str], restricted: bool,
-    train: bool,
+    objects_only: bool,
 ) -> list[ImageEntry]:
-    """The images of one split in image-id order (as torchvision's CocoDetection)."""
+    """The images of one split in image-id order (as torchvision's CocoDetection);
+    ``objects_only``: only those with an object to learn from (a training split's)."""
     try:
-        return _entries(coco, ann_path, image_dir, class_names, restricted, train)
+        return _entries(coco, ann_path, image_dir, class_names, restricted, objects_only)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{ann_path}: malformed image or annotation entry "
                         f"({type(exc).__name__}: {exc})") from None
@@ -179,7 +182,7 @@ def read_split(
 
 def _entries(
     coco: Any, ann_path: Path, image_dir: Path, class_names: Sequence[str], restricted: bool,
-    train: bool,
+    objects_only: bool,
 ) -> list[ImageEntry]:
     cats = {int(c["id"]): str(c["name"]) for c in coco.dataset["categories"]}
     wanted = set(class_names)
@@ -205,7 +208,7 @@ def _entries(
             names.append(name)
             crowd.append(bool(a.get("iscrowd", 0)))
             areas.append(float(a.get("area", w * h)))
-        if train and all(crowd):  # no object to learn from (crowd regions are never targets)
+        if objects_only and all(crowd):  # no object to learn from (crowd regions are never targets)
             continue
         path = image_dir / str(img["file_name"])
         exists = path.name in files if path.parent == image_dir else path.is_file()
@@ -241,9 +244,12 @@ def coco(cfg: DataConfig) -> DatasetBundle:
     index = load_coco(train_ann)  # COCO train2017: ~450 MB of JSON, read once and let go
     names = class_names_of(cfg, category_names(index, train_ann), train_ann)
     images = image_folder(root, train_split, "train_split", index, train_ann)
-    train = read_split(index, train_ann, images, names, restricted, train=True)
+    train = read_split(index, train_ann, images, names, restricted,
+                       objects_only=not cfg.background_images)
+    if not cfg.background_images:
+        note_background_left_out("coco", len(index.imgs) - len(train))
     del index
     index = load_coco(val_ann)
     images = image_folder(root, val_split, "val_split", index, val_ann)
-    val = read_split(index, val_ann, images, names, restricted, train=False)
+    val = read_split(index, val_ann, images, names, restricted, objects_only=False)
     return detection_bundle(cfg, train, val, names)

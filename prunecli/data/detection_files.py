@@ -253,6 +253,15 @@ def list_files(folder: Path) -> set[str]:
         return set()
 
 
+def note_background_left_out(name: str, left_out: int) -> None:
+    """Say how many training images had no object and were left out (``data.background_images``
+    keeps them)."""
+    if left_out:
+        log.info("data=%s: %d training image%s without objects left out "
+                 "(data.background_images=true trains on them as background)", name, left_out,
+                 "" if left_out == 1 else "s")
+
+
 def describe_objects(ann: PackedAnnotations, class_names: Sequence[str], most: int = 8) -> str:
     """``"60 images, 123 objects (square 63, circle 60)"``: what a split holds, per class (the
     commonest first), to show at a glance that a dataset was read as meant."""

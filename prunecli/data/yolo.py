@@ -10,7 +10,8 @@ dropped, as Ultralytics does for Roboflow's ``../train/images``. Without a YAML,
 Labels follow Ultralytics' rule: an image ``.../images/.../x.jpg`` has its label file at
 ``.../labels/.../x.txt``, one object per line, ``class cx cy w h`` normalised to [0, 1] (a
 polygon ``class x1 y1 x2 y2 ...`` becomes its bounding box). A missing or empty label file is an
-image without objects. Normalised boxes are placed in the image as displayed (EXIF orientation
+image without objects: kept in validation, left out of training unless ``data.background_images``
+(as for COCO). Normalised boxes are placed in the image as displayed (EXIF orientation
 applied, as Ultralytics reads images). Splits: ``data.train_split`` (default ``train``) and
 ``data.val_split`` (default ``val``, else ``valid`` or ``test``), keys of the YAML or folder names.
 """
@@ -29,6 +30,7 @@ from prunecli.data.detection_files import (
     check_detection_config,
     detection_bundle,
     list_files,
+    note_background_left_out,
 )
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root
 from prunecli.errors import ConfigError, DataError
@@ -237,6 +239,9 @@ def yolo(cfg: DataConfig) -> DatasetBundle:
     train_split = choose_split(root, spec, cfg.train_split, "train_split")
     val_split = choose_split(root, spec, cfg.val_split, "val_split")
     train = read_split(root, spec, path, train_split, "train_split", names)
-    train = [e for e in train if len(e.boxes)]  # as for COCO: nothing to learn from the rest
+    if not cfg.background_images:  # as for COCO
+        found = len(train)
+        train = [e for e in train if len(e.boxes)]
+        note_background_left_out("yolo", found - len(train))
     val = read_split(root, spec, path, val_split, "val_split", names)
     return detection_bundle(cfg, train, val, names)
