@@ -444,11 +444,6 @@ def test_latency_table_of_a_detector_core_drives_halp(run_cli, tmp_path: Path,
     common = (*SMALL_DEMO, "data.train_size=128", "data.batch_size=8", "data.val_size=16",
               "trainer.epochs=3", "method=halp", "method.prune_steps=4", "method.prune_every=4",
               "cost=latency", f"cost.table={table}")
-    # the time outside the table's layers (norms, activations, adds: about 40% of ssd_tiny's
-    # core on this CPU) stays whatever is pruned: a 10% budget is refused before training
-    with pytest.raises(SystemExit):
-        run_cli("train", *common, "cost.ratio=0.9", run_dir=tmp_path / "too_far")
-    assert "cost.ratio=0.9 is out of reach" in capsys.readouterr().err
     run = run_cli("train", *common, "cost.ratio=0.2", run_dir=tmp_path / "run")
     results = read_results(run)
     assert results["cost"] == "latency"

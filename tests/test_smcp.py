@@ -371,46 +371,54 @@ def test_a_cap_is_checked_against_the_widths_round_to_allows() -> None:
 
 
 @pytest.mark.parametrize("method", ["taylor", "halp", "smcp", "gator", "chex", "slimming"])
-def test_a_budget_below_the_models_floor_is_refused_before_training(method: str) -> None:
+def test_a_budget_below_the_models_floor_is_said_before_training(method: str, caplog) -> None:
     """Every group at its floor still costs more than the budget: the run used to prune to the
     floor step by step (HALP warned at its ninth step, after cutting 87% of the channels) and
-    miss the target anyway. The error names the largest cost.ratio that can be reached."""
+    miss the target. Now it is said at the start, with the largest cost.ratio that can be met
+    (a warning: one point of a sweep over budgets must not stop the sweep)."""
+    import logging
     import re
 
-    from prunecli.errors import ConfigError
     from prunecli.methods.pruner import Pruner
     from prunecli.models import build_model
 
-    def start(ratio: float) -> None:
+    def start(ratio: float) -> str:
+        caplog.clear()
         model = build_model({"name": "resnet20"}, num_classes=10)
-        Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=ratio, min_channels=8).start()
+        with caplog.at_level(logging.WARNING, logger="prunecli"):
+            Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=ratio, min_channels=8).start()
+        return " ".join(r.getMessage() for r in caplog.records if "out of reach" in
+                        r.getMessage())
 
-    with pytest.raises(ConfigError, match=r"cost.ratio=0.95 is out of reach: with every "
-                       r"prunable group at its floor \(.*method.min_channels=8\) this model "
-                       r"still costs") as err:
-        start(0.95)
-    reachable = float(re.search(r"set cost.ratio=([0-9.]+) or lower", str(err.value))[1])
+    said = start(0.95)
+    assert f"{method}: cost.ratio=0.95 is out of reach: with every prunable group at its floor" \
+        in said and "method.min_channels=8" in said and "prunes to that floor" in said
+    reachable = float(re.search(r"cost.ratio=([0-9.]+) or lower can be met", said)[1])
     assert 0.5 < reachable < 0.95
-    start(reachable)  # the ratio it names is accepted
-    with pytest.raises(ConfigError, match="out of reach"):
-        start(reachable + 0.02)
+    assert start(reachable) == ""  # the ratio it names is within reach
+    assert "out of reach" in start(reachable + 0.02)
 
 
-def test_halps_floor_is_one_neuron_group_per_layer() -> None:
+def test_halps_floor_is_one_neuron_group_per_layer(caplog) -> None:
     """HALP keeps at least one group of method.group_size channels in every layer: a budget one
     channel per layer would reach is out of its reach, and said so before training (on a
     latency table with a large fixed part, ssd_tiny's HALP run cut to 13% of its channels
     before warning)."""
-    from prunecli.errors import ConfigError
+    import logging
+
     from prunecli.methods.pruner import Pruner
     from prunecli.models import build_model
 
-    def start(method: str, **hyper) -> None:
+    def start(method: str, **hyper) -> bool:
+        caplog.clear()
         model = build_model({"name": "resnet20"}, num_classes=10)
-        Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=0.95, **hyper).start()
+        with caplog.at_level(logging.WARNING, logger="prunecli"):
+            Pruner(model, torch.randn(2, 3, 16, 16), method, ratio=0.95, **hyper).start()
+        return "floor (one neuron group of method.group_size=8 per layer and " \
+            "method.min_channels=1)" in caplog.text
 
-    start("taylor")  # one channel per layer: 5% of the MACs is reachable
+    start("taylor")  # one channel per layer: 5% of the MACs is within reach
+    assert "out of reach" not in caplog.text
     start("halp", group_size=1)
-    with pytest.raises(ConfigError, match=r"floor \(one neuron group of method.group_size=8 "
-                                          r"per layer and method.min_channels=1\)"):
-        start("halp")
+    assert "out of reach" not in caplog.text
+    assert start("halp")

@@ -153,11 +153,12 @@ class PruningMethod(TrainingHooks):
         return f"method.min_channels={self.min_channels}{cap}"
 
     def check_budget_reachable(self, cost_name: str) -> None:
-        """Fail before training when every prunable group at its floor still costs more than
-        the budget: the run would otherwise prune to that floor and miss the target anyway.
-        With ``max_prune_per_group`` the error names a cap that fits; without, the largest
-        ``cost.ratio`` the model can reach (a latency table's time outside the prunable layers,
-        the layers nothing can be pruned from, and ``min_channels`` set that floor)."""
+        """Before training, when every prunable group at its floor still costs more than the
+        budget: with ``max_prune_per_group``, fail and name a cap that fits; otherwise warn that
+        the run will prune to that floor and miss the target, naming the largest ``cost.ratio``
+        the model can reach (a latency table's time outside the prunable layers, the layers
+        nothing can be pruned from, and ``min_channels`` set the floor). A warning, not an
+        error: one unreachable point of a sweep over budgets should not stop the others."""
         def least_cost(cap: float) -> float:
             counts = self.least_counts(cap)
             return float(self.cost_model.cost(self.cost_model.counts_vector(counts)))
@@ -176,13 +177,12 @@ class PruningMethod(TrainingHooks):
                 "or lower cost.ratio")
         floor = least_cost(1.0)
         reachable = math.floor(100 * (1 - floor / dense)) / 100
-        if reachable <= 0:
-            raise ConfigError(f"cost.ratio={self.ratio:g} is out of reach: pruning channels "
-                              f"lowers this model's {cost_name} by less than 1%")
-        raise ConfigError(
-            f"cost.ratio={self.ratio:g} is out of reach: with every prunable group at its floor "
-            f"({self.floor_text()}) this model still costs {100 * floor / dense:.1f}% of its "
-            f"dense {cost_name}, more than {allowed}; set cost.ratio={reachable:g} or lower")
+        log.warning(
+            "%s: cost.ratio=%g is out of reach: with every prunable group at its floor (%s) this "
+            "model still costs %.1f%% of its dense %s, more than %s; the run prunes to that floor "
+            "and misses the target%s", self.cfg.name, self.ratio, self.floor_text(),
+            100 * floor / dense, cost_name, allowed,
+            f" (cost.ratio={reachable:g} or lower can be met)" if reachable > 0 else "")
 
     def least_counts(self, cap: float) -> dict[int, int]:
         """The narrowest widths a per-group cap ``cap`` allows: every group at its floor."""
