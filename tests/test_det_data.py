@@ -512,7 +512,9 @@ def test_a_split_is_described_by_its_objects_per_class(coco_root: Path) -> None:
     counts = {n: int((labels == k + 1).sum()) for k, n in enumerate(val.class_names)}
     crowd = sum(int(val.ground_truth(i).ignore.sum()) for i in range(len(val)))
     text = describe_objects(val.annotations, val.class_names)
-    assert text.startswith(f"6 images, {len(labels)} objects (") and f"{crowd} ignored" in text
+    # image 1 has no object, image 2 only a crowd region
+    assert text.startswith(f"6 images (2 without objects), {len(labels)} objects (")
+    assert f"{crowd} ignored" in text
     for name, n in counts.items():
         assert f"{name} {n}" in text
     assert describe_objects(val.annotations, val.class_names, most=1).count(",") == 3
@@ -524,6 +526,8 @@ def test_background_images_are_left_out_of_training_unless_asked(tmp_path: Path,
     on them (every detector's loss takes an image without boxes: SSD's is 0 there, RetinaNet's,
     FCOS's and Faster R-CNN's are not)."""
     import logging
+
+    from prunecli.data.detection_files import describe_objects
 
     yolo, _ = make_yolo(tmp_path / "yolo", n_images=5)  # image 1 of each split has no labels
     coco = make_coco(tmp_path / "coco", n_images=6)  # image 1: no object, image 2: crowd only
@@ -542,3 +546,6 @@ def test_background_images_are_left_out_of_training_unless_asked(tmp_path: Path,
         empty = [i for i in range(len(everything.train))
                  if not (everything.train[i][1]["labels"] > 0).any()]
         assert len(empty) == left_out  # they arrive as images without training boxes
+        assert describe_objects(everything.train.annotations, everything.class_names
+                                ).startswith(f"{objects + left_out} images ({left_out} without "
+                                             "objects), ")

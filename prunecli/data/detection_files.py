@@ -270,7 +270,14 @@ def describe_objects(ann: PackedAnnotations, class_names: Sequence[str], most: i
     shown = ", ".join(f"{class_names[k]} {counts[k]}" for k in order[:most])
     more = f", {len(class_names) - most} more classes" if len(class_names) > most else ""
     ignored = f", {int(ann.ignore.sum())} ignored" if ann.ignore.any() else ""
-    return f"{len(ann)} images, {int(counts.sum())} objects ({shown}{more}){ignored}"
+    # images with no object to learn from or find (background images, or only ignored regions)
+    per_image = np.add.reduceat(np.append(~ann.ignore, False).astype(np.int64),
+                                ann.offsets[:-1]) if len(ann) else np.zeros(0, np.int64)
+    per_image[ann.offsets[:-1] == ann.offsets[1:]] = 0  # reduceat's value for an empty range
+    empty = int((per_image == 0).sum())
+    without = f" ({empty} without objects)" if empty else ""
+    return (f"{len(ann)} images{without}, {int(counts.sum())} objects "
+            f"({shown}{more}){ignored}")
 
 
 def detection_bundle(
