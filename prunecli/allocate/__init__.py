@@ -23,10 +23,10 @@ from prunecli.allocate.knapsack import (
     efficient,
     pick_method,
     solve,
-    solve_dp,
     solve_pareto,
     within_budget,
 )
+from prunecli.allocate.knapsack_dp import solve_dp
 from prunecli.allocate.options import (
     GroupOptions,
     allowed_counts,

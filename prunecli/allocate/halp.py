@@ -27,15 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from prunecli.allocate.knapsack import (
-    DEFAULT_RESOLUTION,
-    Allocation,
-    allocation_of,
-    cheapest,
-    cost_unit,
-    solve,
-    table_size,
-)
+from prunecli.allocate.knapsack import Allocation, allocation_of, cheapest, solve
+from prunecli.allocate.knapsack_dp import DEFAULT_RESOLUTION, cost_unit, table_size
 from prunecli.allocate.options import GroupOptions, as_array, sorted_cumsum
 
 DEFAULT_GROUP_SIZE = 8
@@ -108,7 +101,7 @@ def solve_halp_augmented(scores: Mapping[int, Any], cost_curves: Mapping[int, An
     resolution`` and rounded UP, and an item weighs the difference of two such rounded
     cumulative costs. The rounding telescopes, so a prefix's weight is its rounded cost: the
     budget is never exceeded, and with integer costs and ``resolution = budget`` the DP is
-    exact (the same guarantees as :func:`prunecli.allocate.knapsack.solve_dp`). The empty
+    exact (the same guarantees as :func:`prunecli.allocate.knapsack_dp.solve_dp`). The empty
     groups' costs ``sum_g C_g(0)`` are paid up front (taken off the capacity).
 
     State: ``table[s]`` is the best value of the items taken so far whose weights sum to exactly

@@ -1,5 +1,7 @@
 """Multiple-choice knapsack (MCKP): pick one option per group to maximise total value under a
-total cost budget. This is the SMCP allocator; two exact-or-bounded solvers share one result type.
+total cost budget. This is the SMCP allocator; two exact-or-bounded solvers share one result
+type: the Pareto frontier search here, and the DP over integer costs in
+:mod:`prunecli.allocate.knapsack_dp`.
 
 Both solvers first reduce every group to its *efficient* options (no other option of the group
 is at most as costly and at least as valuable) and shift its costs so its cheapest option costs
@@ -21,9 +23,7 @@ import numpy as np
 from prunecli.allocate.options import GroupOptions
 
 RTOL = 1e-9
-DEFAULT_RESOLUTION = 10_000
 DEFAULT_MAX_FRONTIER = 5_000  # bounded ResNet-50-shaped frontiers measured peak near 4,000
-MAX_TABLE_CELLS = 50_000_000
 _CHUNK = 1 << 21  # candidate pairs materialised at once by the Pareto merge
 
 
@@ -313,84 +313,6 @@ def solve_pareto(options: Sequence[GroupOptions], budget: float,
     return allocation_of(options, _original(groups, best.choice), budget)
 
 
-# ------------------------------------------------------------------ DP over integer costs
-
-
-def cost_unit(budget: float, free: float, resolution: int) -> float:
-    """The DP's cost unit ``budget / resolution`` (``free / resolution`` when the budget is
-    not positive, which only negative costs allow)."""
-    if resolution < 1:
-        raise ValueError(f"resolution must be >= 1, got {resolution}")
-    span = budget if budget > 0 else free
-    return span / resolution if span > 0 else 1.0
-
-
-def table_size(cells: int) -> int:
-    """Refuse DP tables that would not fit in memory. With non-negative costs a table has at
-    most ``resolution + 1`` cells; only large negative costs can make it bigger."""
-    if cells > MAX_TABLE_CELLS:
-        raise ValueError(f"the DP table would need {cells:,} cells (negative costs make the "
-                         "capacity exceed the budget): lower the resolution or use pareto")
-    return cells
-
-
-def _integer_options(g: _Prepared, unit: float, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Option positions and integer weights (costs rounded UP to whole units, so a choice that
-    fits in units fits in cost) that fit ``cap``, keeping only efficient ones after rounding."""
-    w = np.ceil(g.cost / unit)
-    fit = np.flatnonzero(w <= cap)
-    keep = fit[efficient(w[fit], g.value[fit])]
-    return keep, w[keep].astype(np.int64)
-
-
-def solve_dp(options: Sequence[GroupOptions], budget: float,
-             resolution: int = DEFAULT_RESOLUTION) -> Allocation:
-    """MCKP by dynamic programming over integer costs, ``O(groups x capacity x options)``.
-
-    Costs (shifted so each group's cheapest option is 0) are divided by ``unit = budget /
-    resolution`` and rounded UP; the capacity is the free budget in units rounded DOWN. Hence:
-
-    * the budget is never exceeded (rounded costs only overstate);
-    * a choice costing at most ``budget - G * unit`` (``G`` groups) still fits after rounding,
-      so the value found is at least the exact optimum at that smaller budget;
-    * with integer costs and an integer budget, ``resolution = budget`` (unit 1) is exact.
-
-    ``best[cap]`` is the best value with total weight at most ``cap``; per group it becomes
-    ``max over options o of best[cap - w_o] + v_o``, one vectorised shift per option, and the
-    winning option per capacity is stored (int16 when it fits) to recover the choice.
-    """
-    _check(options, budget)
-    groups = [_prepare(o) for o in options]
-    free = _free_budget(groups, budget)
-    if not within_budget(0.0, free):
-        return cheapest(options, budget)
-    unit = cost_unit(budget, free, resolution)
-    cap = table_size(max(int(math.floor(max(free, 0.0) / unit)), 0) + 1) - 1
-
-    best = np.zeros(cap + 1)
-    tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    for g in groups:
-        keep, w = _integer_options(g, unit, cap)
-        vals = g.value[keep]
-        new = np.full(cap + 1, -np.inf)
-        arg = np.zeros(cap + 1, dtype=np.int16 if len(keep) < 2**15 else np.int32)
-        for o in range(len(keep)):
-            cand = best[:cap + 1 - w[o]] + vals[o]
-            better = cand > new[w[o]:]
-            np.copyto(new[w[o]:], cand, where=better)
-            np.copyto(arg[w[o]:], o, where=better)
-        tables.append((keep, w, arg))
-        best = new
-
-    choice, at = [], cap
-    for keep, w, arg in reversed(tables):
-        o = int(arg[at])
-        choice.append(int(keep[o]))
-        at -= int(w[o])
-    choice.reverse()
-    return allocation_of(options, _original(groups, choice), budget)
-
-
 # ------------------------------------------------------------------------------- dispatch
 
 
@@ -403,6 +325,8 @@ def solve(options: Sequence[GroupOptions], budget: float, method: str = "auto",
     if method == "pareto":
         return solve_pareto(options, budget, **kwargs)  # type: ignore[arg-type]
     if method == "dp":
+        from prunecli.allocate.knapsack_dp import solve_dp  # it builds on this module
+
         return solve_dp(options, budget, **kwargs)  # type: ignore[arg-type]
     raise ValueError(f"unknown knapsack method {method!r} (expected 'auto', 'pareto' or 'dp')")
 
