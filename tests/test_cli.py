@@ -245,6 +245,27 @@ def test_a_sweep_over_methods_takes_the_keys_they_share(run_cli, capsys) -> None
         assert message in lines[0]
 
 
+def test_a_failing_job_does_not_stop_the_sweep(run_cli, capsys, tmp_path: Path) -> None:
+    """One job's error (here a budget out of range, in the method's setup) ended the whole
+    sweep, and the later points never ran; now it ends that job, with its message in the job's
+    error.txt and the summary, and the command exits with status 1 once the others are done."""
+    with pytest.raises(SystemExit) as err:
+        run_cli("train", "-m", *SMOKE, "method=taylor", "cost.ratio=0.5,1.5,0.7")
+    assert err.value.code == 1
+    sweep = tmp_path / "run"  # run_cli's folder
+    assert read_results(sweep / "0")["cost_kept"] <= 0.5
+    assert read_results(sweep / "2")["cost_kept"] <= 0.3  # the job after the failed one ran
+    assert (sweep / "1" / "error.txt").read_text().startswith("cost.ratio=1.5 must be in")
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert [r["job"] for r in summary] == ["0", "2", "1"] and "error" in summary[2]
+    out = capsys.readouterr()
+    said = " ".join(out.err.split())
+    assert "prunecli: error in job 1 (" in said and "cost.ratio=1.5" in said
+    assert "cost.ratio=1.5 must be in [0, 1)" in said
+    shown = " ".join(out.out.split())
+    assert "1 of 3 jobs failed: job 1 (" in shown and "sweep: 2 runs" in shown
+
+
 def test_a_device_error_names_the_commands_own_key(run_cli, capsys, monkeypatch) -> None:
     """bench and lut call it `device`; the message said `trainer.device`. (CUDA is hidden, so
     a GPU machine runs the same check.)"""

@@ -16,9 +16,16 @@ from prunecli.errors import PrunecliError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: a sweep job's error, in its folder (read by the sweep summary)
+JOB_ERROR = "error.txt"
+
+
 def user_errors_as_one_line(fn: F) -> F:
     """Check the config's keys and value ranges first; a PrunecliError then ends the command
-    with its message and exit status 2, no traceback."""
+    with its message and exit status 2, no traceback. In a sweep (``-m``) it ends only that
+    job: the message goes to the job's ``error.txt`` and the sweep goes on (one unreachable
+    budget or one diverged run must not cost the other points); the sweep summary lists the
+    failed jobs and the command exits with status 1."""
 
     @functools.wraps(fn)
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -27,10 +34,26 @@ def user_errors_as_one_line(fn: F) -> F:
             check_value_ranges(cfg)
             return fn(cfg, *args, **kwargs)
         except PrunecliError as exc:
-            print(f"prunecli: error: {one_line_message(exc)}", file=sys.stderr, flush=True)
+            message = one_line_message(exc)
+            if in_sweep():
+                overrides = " ".join(o for o in task_overrides() if not o.startswith("hydra."))
+                print(f"prunecli: error in job {HydraConfig.get().job.num} ({overrides}): "
+                      f"{message}", file=sys.stderr, flush=True)
+                folder = run_dir()
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / JOB_ERROR).write_text(message + "\n")
+                return None
+            print(f"prunecli: error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def in_sweep() -> bool:
+    """True inside a job of a multirun (``-m``)."""
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def one_line_message(exc: BaseException) -> str:
