@@ -239,6 +239,33 @@ def test_spawned_workers_unpickle_datasets(tmp_path: Path) -> None:
     assert x.shape == (9, 3, 16, 16) and sorted(y.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
 
 
+def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """PIL's convert("RGB") clips 16-bit grey at 255: a 16-bit PNG (medical, industrial
+    cameras) arrived 99.6% white. It is now read as its 8-bit version is, in ImageFolder and in
+    the detection readers' PIL path (16-bit TIFF)."""
+    from prunecli.data.detection_files import decode_with_pil
+    from prunecli.data.images import load_rgb
+
+    eight = np.tile(np.arange(256, dtype=np.uint8), (40, 1))[:, :240]  # a grey ramp
+    sixteen = eight.astype(np.uint16) * 257  # the same ramp in 16 bits
+    for c in ("a", "b"):
+        for split in ("train", "val"):
+            (tmp_path / split / c).mkdir(parents=True)
+        Image.fromarray(eight).save(tmp_path / "train" / c / "eight.png")
+        Image.fromarray(sixteen).save(tmp_path / "val" / c / "sixteen.png")
+    assert Image.open(tmp_path / "val" / "a" / "sixteen.png").mode.startswith("I")
+    assert np.array_equal(np.asarray(load_rgb(tmp_path / "val" / "a" / "sixteen.png"))[..., 0],
+                          eight)
+    b = build_datasets({"name": "imagefolder", "root": str(tmp_path), "image_size": 32,
+                        "augment": False})
+    # both splits' eval pipelines see the same picture: the 16-bit one is not white
+    (train_img, _), (val_img, _) = b.train[0], b.val[0]
+    assert torch.allclose(train_img, val_img)
+    Image.fromarray(sixteen).save(tmp_path / "sixteen.tif")
+    tif = decode_with_pil(str(tmp_path / "sixteen.tif"), exif=False)
+    assert tif.dtype == torch.uint8 and torch.equal(tif[0], torch.from_numpy(eight))
+
+
 def test_imagefolder_options(tmp_path: Path) -> None:
     root = write_imagefolder(tmp_path / "ds", val_name="validation")
     b = build_datasets(

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from prunecli.config.schema import DataConfig
 from prunecli.data.detection import DetectionDataset, Target
+from prunecli.data.images import to_rgb
 from prunecli.data.registry import DatasetBundle
 from prunecli.errors import ConfigError, DataError
 from prunecli.metrics.types import ImageAnnotations
@@ -230,7 +231,7 @@ def decode_with_pil(path: str, exif: bool) -> Tensor:
     from PIL import Image, ImageOps
 
     with Image.open(path) as im:
-        array = np.asarray((ImageOps.exif_transpose(im) if exif else im).convert("RGB"))
+        array = np.asarray(to_rgb(ImageOps.exif_transpose(im) if exif else im))
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 

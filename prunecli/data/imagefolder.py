@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.config.schema import DataConfig
+from prunecli.data.images import load_rgb
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root, take_balanced
 from prunecli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms, output_stats
 from prunecli.errors import DataError
@@ -41,6 +42,7 @@ def visible_image_folder() -> type:
         def __init__(self, root: str, *args: Any, classes: Sequence[str] | None = None,
                      **kwargs: Any) -> None:
             self.given_classes = None if classes is None else list(classes)
+            kwargs.setdefault("loader", load_rgb)  # PIL's, with 16-bit grey scaled, not clipped
             super().__init__(root, *args, allow_empty=classes is not None, **kwargs)
 
         def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
