@@ -451,6 +451,14 @@ def test_yolo_layouts_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         build_datasets({"name": "yolo", "root": str(root)})
     one_line_error(exc, "val_000.txt, line 1", "3 numbers after the class")
+    # pixel coordinates where fractions belong (a common exporter mistake) would have become
+    # boxes hundreds of images wide; Ultralytics refuses them too
+    (root / "labels" / "val" / "val_000.txt").write_text("0 120 80 30.5 22\n")
+    with pytest.raises(DataError) as exc:
+        build_datasets({"name": "yolo", "root": str(root)})
+    one_line_error(exc, "val_000.txt, line 1", "outside [0, 1]", "pixel coordinates")
+    (root / "labels" / "val" / "val_000.txt").write_text("0 0.995 0.5 0.02 0.1\n")  # rounding
+    assert len(build_datasets({"name": "yolo", "root": str(root)}).val) == 2  # the list's two
 
 
 def test_yolo_boxes_are_placed_in_the_image_as_displayed(tmp_path: Path) -> None:

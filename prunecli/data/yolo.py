@@ -155,6 +155,11 @@ def displayed_size(image: Path) -> tuple[int, int]:
     return (h, w) if turned else (w, h)
 
 
+#: how far outside [0, 1] a label's numbers may stray (exporters' rounding) before the file is
+#: taken to hold pixel coordinates
+NORMALISED_SLACK = 0.01
+
+
 def read_labels(txt: Path, width: int, height: int, names: Sequence[str]
                 ) -> tuple[np.ndarray, list[str]]:
     """Boxes XYXY in pixels and class names of one label file (none if it is missing)."""
@@ -178,6 +183,10 @@ def read_labels(txt: Path, width: int, height: int, names: Sequence[str]
         if not 0 <= cls < len(names):
             raise DataError(f"{txt}, line {n}: class {cls} is not in 0..{len(names) - 1} "
                             f"({len(names)} names)")
+        if values and (min(values) < -NORMALISED_SLACK or max(values) > 1 + NORMALISED_SLACK):
+            raise DataError(f"{txt}, line {n}: {line.strip()!r} has coordinates outside [0, 1]; "
+                            "YOLO labels are fractions of the image's width and height "
+                            "(pixel coordinates need dividing by them)")
         if len(values) == 4:
             cx, cy, w, h = values
             x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
