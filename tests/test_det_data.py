@@ -557,3 +557,31 @@ def test_background_images_are_left_out_of_training_unless_asked(tmp_path: Path,
         assert describe_objects(everything.train.annotations, everything.class_names
                                 ).startswith(f"{objects + left_out} images ({left_out} without "
                                              "objects), ")
+
+
+def test_boxes_past_their_image_are_warned(tmp_path: Path, caplog) -> None:
+    """Corners written where COCO's [x, y, width, height] belongs give boxes that reach past
+    the image: it trained without a word. Now the split's log says how many, with an example."""
+    import json
+    import logging
+
+    root = make_coco(tmp_path / "coco", n_images=6)
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        build_datasets({"name": "coco", "root": str(root)})
+    assert "reach past their image" not in caplog.text  # the fixture's boxes are inside
+    path = root / "annotations" / "instances_val2017.json"
+    data = json.loads(path.read_text())
+    images = {i["id"]: i for i in data["images"]}
+    for a in data["annotations"]:  # as a converter that wrote x1, y1, x2, y2 would
+        x, y, w, h = a["bbox"]
+        a["bbox"] = [x, y, x + w, y + h]
+    path.write_text(json.dumps(data))
+    past = sum(1 for a in data["annotations"] if a["bbox"][2] > 0 and a["bbox"][3] > 0
+               and (
+                   a["bbox"][0] + a["bbox"][2] > 1.02 * images[a["image_id"]]["width"] + 1
+                   or a["bbox"][1] + a["bbox"][3] > 1.02 * images[a["image_id"]]["height"] + 1))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        build_datasets({"name": "coco", "root": str(root)})
+    assert past and f"data=coco, val split: {past} of " in caplog.text
+    assert "boxes reach past their image" in caplog.text and "COCO's bbox is [x, y," in caplog.text

@@ -281,6 +281,33 @@ def describe_objects(ann: PackedAnnotations, class_names: Sequence[str], most: i
             f"({shown}{more}){ignored}")
 
 
+#: how far past its image a box may reach (a fraction of the image's side, and one pixel) before
+#: the annotations are suspected of another box format
+BOX_SLACK = 0.02
+
+
+def boxes_past_their_image(ann: PackedAnnotations) -> str | None:
+    """A warning when boxes reach well past their image: the usual sign of corners written
+    where COCO's ``[x, y, width, height]`` belongs, or of images resized after labelling."""
+    if not len(ann.boxes):
+        return None
+    counts = np.diff(ann.offsets)
+    h, w = (np.repeat(ann.sizes[:, k], counts).astype(np.float64) for k in (0, 1))
+    x1, y1, x2, y2 = ann.boxes.T
+    past = ((x1 < -BOX_SLACK * w - 1) | (y1 < -BOX_SLACK * h - 1)
+            | (x2 > (1 + BOX_SLACK) * w + 1) | (y2 > (1 + BOX_SLACK) * h + 1))
+    if not past.any():
+        return None
+    first = int(np.flatnonzero(past)[0])
+    image = int(np.searchsorted(ann.offsets, first, side="right") - 1)
+    box = ", ".join(f"{v:g}" for v in ann.boxes[first])
+    return (f"{int(past.sum())} of {len(past)} boxes reach past their image (e.g. "
+            f"{ann.paths[image]}: [{box}] (x1, y1, x2, y2) in a {int(w[first])}x{int(h[first])} "
+            f"image, from {ann.sources[image]}); check the box format (COCO's bbox is [x, y, "
+            "width, height], YOLO's fractions of the image) and that the images were not "
+            "resized after labelling")
+
+
 def detection_bundle(
     cfg: DataConfig,
     train: Sequence[ImageEntry],
@@ -304,6 +331,9 @@ def detection_bundle(
     log.info("data=%s: %s", cfg.name, "; ".join(
         f"{split} {describe_objects(ann, class_names)}"
         for split, ann in (("train", train_ann), ("val", val_ann))))
+    for split, ann in (("train", train_ann), ("val", val_ann)):
+        if advice := boxes_past_their_image(ann):
+            log.warning("data=%s, %s split: %s", cfg.name, split, advice)
     return DatasetBundle(
         train=datasets[0],
         val=datasets[1],
