@@ -451,6 +451,16 @@ def test_yolo_layouts_and_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError) as exc:
         build_datasets({"name": "yolo", "root": str(root)})
     one_line_error(exc, "val_000.txt, line 1", "3 numbers after the class")
+    for text, needle in (("nc: 4\ntrain: images/train\nval: images/val\nnames: [a, b, c]\n",
+                          "nc is 4 but names has 3 entries"),
+                         ("train: images/train\nval: images/val\nnames: [a, b, a]\n",
+                          "names repeats a; each class index needs a name of its own")):
+        saved = (root / "data.yaml").read_text()
+        (root / "data.yaml").write_text(text)
+        with pytest.raises(DataError) as exc:
+            build_datasets({"name": "yolo", "root": str(root)})
+        one_line_error(exc, "data.yaml", needle)
+        (root / "data.yaml").write_text(saved)
     # pixel coordinates where fractions belong (a common exporter mistake) would have become
     # boxes hundreds of images wide; Ultralytics refuses them too
     (root / "labels" / "val" / "val_000.txt").write_text("0 120 80 30.5 22\n")

@@ -77,6 +77,15 @@ def names_of(spec: dict[str, Any] | None, path: Path | None, cfg: DataConfig) ->
     if names is not None and not isinstance(names, list):
         raise DataError(f"{path}: names must be a list or a mapping, not {type(names).__name__}")
     found = None if names is None else [str(n) for n in names]
+    if found is not None:
+        nc = spec.get("nc") if spec else None
+        if isinstance(nc, int) and nc != len(found):
+            raise DataError(f"{path}: nc is {nc} but names has {len(found)} entries; make them "
+                            "agree")
+        if len(set(found)) != len(found):
+            twice = sorted({n for n in found if found.count(n) > 1})
+            raise DataError(f"{path}: names repeats {', '.join(twice)}; each class index needs "
+                            "a name of its own (its labels would merge)")
     if given is not None:
         if len(set(given)) != len(given):
             raise ConfigError(f"data.class_names has duplicates: {given}")
