@@ -266,6 +266,22 @@ def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert tif.dtype == torch.uint8 and torch.equal(tif[0], torch.from_numpy(eight))
 
 
+def test_a_broken_image_file_is_one_line_naming_it(tmp_path: Path) -> None:
+    """A truncated JPEG in an ImageFolder raised PIL's OSError from a DataLoader worker, as a
+    traceback, whenever the epoch reached it."""
+    from prunecli.errors import DataError
+
+    root = write_imagefolder(tmp_path / "ds")
+    broken = root / "train" / "cat" / "img1.JPEG"
+    broken.write_bytes(broken.read_bytes()[:200])  # cut off mid-scan
+    b = build_datasets({"name": "imagefolder", "root": str(root), "image_size": 32})
+    index = [Path(p).name for p, _ in b.train.samples].index("img1.JPEG")
+    with pytest.raises(DataError) as exc:
+        b.train[index]
+    assert str(exc.value).startswith(f"cannot read {broken} as an image (")
+    assert "\n" not in str(exc.value)
+
+
 def test_imagefolder_options(tmp_path: Path) -> None:
     root = write_imagefolder(tmp_path / "ds", val_name="validation")
     b = build_datasets(

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from prunecli.errors import DataError
+
 #: PIL modes of one 16-bit (or wider integer) channel
 SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
@@ -29,8 +31,15 @@ def to_rgb(image: Any) -> Any:
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Any:
-    """The file as an 8-bit RGB PIL image (ImageFolder's loader, 16-bit aware)."""
+    """The file as an 8-bit RGB PIL image (ImageFolder's loader, 16-bit aware). A file PIL
+    cannot read (truncated, not an image) is a one-line error naming it, rather than a
+    traceback from a DataLoader worker hours into a run."""
     from PIL import Image
 
-    with open(path, "rb") as f, Image.open(f) as image:
-        return to_rgb(image)
+    try:
+        with open(path, "rb") as f, Image.open(f) as image:
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for broken files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"cannot read {path} as an image ({reason}); replace or remove the "
+                        "file") from None
