@@ -266,6 +266,22 @@ def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path: Path) -> None:
     assert tif.dtype == torch.uint8 and torch.equal(tif[0], torch.from_numpy(eight))
 
 
+def test_files_imagefolder_cannot_read_are_counted(tmp_path: Path, caplog) -> None:
+    """A phone's .heic photos, or .gif, were left out without a word; hidden files
+    (.DS_Store) still are."""
+    import logging
+
+    root = write_imagefolder(tmp_path / "ds")
+    for name in ("a.heic", "b.HEIC", "c.gif", ".DS_Store"):
+        (root / "train" / "cat" / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        b = build_datasets({"name": "imagefolder", "root": str(root), "image_size": 32})
+    assert len(b.train) == 9  # the images only
+    assert (f"{root / 'train'}: 3 files left out, in formats ImageFolder does not read (.heic 2, "
+            ".gif 1); convert them to JPEG or PNG") in caplog.text
+    assert f"{root / 'val'}:" not in caplog.text
+
+
 def test_a_broken_image_file_is_one_line_naming_it(tmp_path: Path) -> None:
     """A truncated JPEG in an ImageFolder raised PIL's OSError from a DataLoader worker, as a
     traceback, whenever the epoch reached it."""

@@ -6,8 +6,10 @@ line naming the path and the expected layout instead of a FileNotFoundError deep
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,17 @@ DEFAULT_IMAGE_SIZE = 224
 # the extensions torchvision's ImageFolder accepts (torchvision.datasets.folder.IMG_EXTENSIONS,
 # copied so that checking a layout does not import torchvision; a test keeps them equal)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def is_image_file(path: str, other: Counter) -> bool:
+    """ImageFolder's extension rule; a visible file in another format is counted in ``other``
+    by its extension (a phone's ``.heic``, a ``.gif``), hidden ones (``.DS_Store``) ignored."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in IMG_EXTENSIONS:
+        return True
+    if not os.path.basename(path).startswith("."):
+        other[ext or "no extension"] += 1
+    return False
 
 
 def visible_image_folder() -> type:
@@ -43,7 +56,15 @@ def visible_image_folder() -> type:
                      **kwargs: Any) -> None:
             self.given_classes = None if classes is None else list(classes)
             kwargs.setdefault("loader", load_rgb)  # PIL's, with 16-bit grey scaled, not clipped
+            other = Counter()  # files in another format, left out: said, not silent
+            if "is_valid_file" not in kwargs:
+                kwargs["is_valid_file"] = functools.partial(is_image_file, other=other)
             super().__init__(root, *args, allow_empty=classes is not None, **kwargs)
+            if other:
+                log.warning("%s: %d files left out, in formats ImageFolder does not read (%s); "
+                            "convert them to JPEG or PNG to train on them", root,
+                            sum(other.values()), ", ".join(f"{e} {n}" for e, n in
+                                                           other.most_common()))
 
         def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
             classes = self.given_classes or class_folders(Path(directory))
