@@ -1,5 +1,6 @@
 """``prunecli inspect model=NAME``: a table of the model's channel groups (``ckpt=RUN`` or
-``ckpt=slim.pt``: with the kept/size of every pruned group)."""
+``ckpt=slim.pt``: with the kept/size of every pruned group). ``prunecli inspect data=NAME``:
+the dataset instead (:mod:`prunecli.commands.inspect_data`)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ def main(cfg: DictConfig) -> None:
     from prunecli.structure.from_checkpoint import load_masked_model
     from prunecli.structure.io import is_slim_file, load_slim
 
+    if cfg.get("data") is not None:  # `prunecli inspect data=NAME`: the dataset, not a model
+        from prunecli.commands.inspect_data import inspect_data
+
+        return inspect_data(cfg.data, cfg.threads)
     if cfg.show not in ("all", "prunable", "unprunable"):
         raise ConfigError(f"show={cfg.show} is not one of all, prunable, unprunable")
     keep: dict = {}

@@ -192,6 +192,9 @@ class InspectConfig:
     num_classes: Optional[int] = None  # None: 1000 for a classifier, 80 for a detector
     ignore: list[str] = field(default_factory=list)  # module names/globs left unpruned
     show: str = "all"  # all | prunable | unprunable
+    # data=NAME: inspect a dataset instead (every image decoded, objects' sizes for detection)
+    data: Optional[DataConfig] = None
+    threads: Optional[int] = None  # images decoded at once by `inspect data=`; None: cores, <= 8
 
 
 @dataclass

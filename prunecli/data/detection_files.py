@@ -13,6 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,9 @@ DEFAULT_DETECTION_SIZE = 300  # SSD300's input; data.image_size overrides it
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp", ".tif",
                     ".tiff")
 # images of each split decoded when a dataset is built, against their annotated sizes (a few ms
-# each); every image is checked again when it is read
-SIZE_CHECKS = 8
+# each); every image is checked again when it is read. `prunecli inspect data=` sets it to 0 and
+# checks them all itself, listing every problem rather than stopping at the first
+SIZE_CHECKS: ContextVar[int] = ContextVar("SIZE_CHECKS", default=8)
 
 
 @dataclass
@@ -326,7 +328,7 @@ def detection_bundle(
     datasets = (FileDetectionDataset(train_ann, class_names, train_tf),
                 FileDetectionDataset(val_ann, class_names, eval_transform(size)))
     for ds in datasets:  # images resized after labelling show here, not in a worker hours later
-        for i in range(min(SIZE_CHECKS, len(ds))):
+        for i in range(min(SIZE_CHECKS.get(), len(ds))):
             ds.read_image(i)
     log.info("data=%s: %s", cfg.name, "; ".join(
         f"{split} {describe_objects(ann, class_names)}"
