@@ -471,6 +471,20 @@ def test_yolo_layouts_and_errors(tmp_path: Path) -> None:
     assert len(build_datasets({"name": "yolo", "root": str(root)}).val) == 2  # the list's two
 
 
+def test_yolo_files_in_other_formats_are_counted(tmp_path: Path, caplog) -> None:
+    """A phone's .heic photos in an images folder were left out without a word."""
+    import logging
+
+    root, _ = make_yolo(tmp_path / "yolo")
+    for name in ("a.heic", "b.heic", "c.gif", ".DS_Store", "labels.cache"):
+        (root / "images" / "train" / name).write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="prunecli"):
+        b = build_datasets({"name": "yolo", "root": str(root), "background_images": True})
+    assert len(b.train) == 5
+    assert (f"{root / 'images' / 'train'}: 3 files left out, in formats data=yolo does not read "
+            "(.heic 2, .gif 1)") in caplog.text
+
+
 def test_yolo_boxes_are_placed_in_the_image_as_displayed(tmp_path: Path) -> None:
     """Ultralytics reads a photo with its EXIF orientation applied and labels it so: a photo
     stored sideways gets its boxes on the turned image, whose size is the displayed one."""

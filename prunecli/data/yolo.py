@@ -18,6 +18,8 @@ applied, as Ultralytics reads images). Splits: ``data.train_split`` (default ``t
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,16 @@ from prunecli.data.detection_files import (
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root
 from prunecli.errors import ConfigError, DataError
 
+log = logging.getLogger("prunecli")
+
 WHAT = ("a YOLO dataset folder with data.yaml (names, train, val) or images/<split>/ and "
         "labels/<split>/ folders")
 SPLIT_DEFAULTS = {"train_split": ("train",), "val_split": ("val", "valid", "test")}
 # the image extensions of Ultralytics' that decode here (BMP and TIFF with PIL); its camera
 # formats (DNG, HEIC, MPO, PFM) are not read
 YOLO_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: files found beside the images that are not meant as images (labels, Ultralytics' caches)
+NOT_IMAGES = (".txt", ".cache", ".yaml", ".yml", ".json", ".xml")
 SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
 
@@ -135,7 +141,14 @@ def image_files(source: Path) -> list[Path]:
     """The images of a folder (recursively, sorted) or of a list file (one path per line,
     relative to the list file's folder)."""
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.suffix.lower() in YOLO_IMAGE_SUFFIXES)
+        files = [p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")]
+        other = Counter(p.suffix.lower() or "no extension" for p in files
+                        if p.suffix.lower() not in (*YOLO_IMAGE_SUFFIXES, *NOT_IMAGES))
+        if other:
+            log.warning("%s: %d files left out, in formats data=yolo does not read (%s); "
+                        "convert them to JPEG or PNG to use them", source, sum(other.values()),
+                        ", ".join(f"{e} {n}" for e, n in other.most_common()))
+        return sorted(p for p in files if p.suffix.lower() in YOLO_IMAGE_SUFFIXES)
     lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
 
