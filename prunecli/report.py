@@ -133,13 +133,21 @@ def save_table(table: Table, path: Path, *more: Table) -> None:
     path.write_text(buffer.getvalue())
 
 
-def per_class_table(rows: dict[str, dict[str, float]]) -> Table:
+#: per-class rows printed to the terminal (all of them go to results.txt and results.json)
+CLASS_ROWS_SHOWN = 40
+
+
+def per_class_table(rows: dict[str, dict[str, float]], limit: int | None = None) -> Table:
     """One row per class, a column per metric (``prunecli eval``'s per-class results): which
-    classes a pruned model lost, which the whole-set figure hides."""
+    classes a pruned model lost, which the whole-set figure hides. ``limit``: the first rows
+    only (ImageNet's 1000 would flood a terminal), the rest counted in a caption."""
     keys = list(dict.fromkeys(k for row in rows.values() for k in row))
     # with a baseline (``prunecli eval baseline=``) the rows come largest loss first
     table = Table(title="per class, largest loss against the baseline first"
                   if "change" in keys else None, title_justify="left")
+    if limit is not None and len(rows) > limit:
+        table.caption = f"{len(rows) - limit} more classes in results.txt and results.json"
+        rows = dict(list(rows.items())[:limit])
     table.add_column("class")
     for key in keys:
         table.add_column(key, justify="right")
@@ -160,6 +168,8 @@ def report_run(results: dict[str, Any], run_dir: Path, title: str = "results") -
     if results.get("per_class"):
         tables.append(per_class_table(results["per_class"]))
     save_table(tables[0], run_dir / "results.txt", *tables[1:])
+    if results.get("per_class"):  # the terminal gets the first rows only
+        tables[1] = per_class_table(results["per_class"], limit=CLASS_ROWS_SHOWN)
     for table in tables:
         rich.get_console().print(table)
     files = ", ".join(n for n in ("results.json", "results.txt", "metrics.jsonl", "last.pt",

@@ -77,3 +77,16 @@ def test_a_baseline_of_other_classes_is_refused(run_cli, tmp_path: Path, capsys)
         run_cli("eval", f"ckpt={ten}", f"baseline={five}", run_dir=tmp_path / "e")
     assert err.value.code == 2
     assert f"{five} holds a model of 5 classes but data=fake has 10" in capsys.readouterr().err
+
+
+def test_the_terminal_gets_the_first_class_rows_and_the_file_all() -> None:
+    """ImageNet's 1000 per-class rows flooded the terminal; results.txt keeps every row."""
+    from prunecli.report import CLASS_ROWS_SHOWN, per_class_table
+
+    rows = {f"class {i}": {"top-1 %": float(i), "images": 5} for i in range(1000)}
+    shown = per_class_table(rows, limit=CLASS_ROWS_SHOWN)
+    assert shown.row_count == CLASS_ROWS_SHOWN
+    assert shown.caption == f"{1000 - CLASS_ROWS_SHOWN} more classes in results.txt and " \
+        "results.json"
+    assert per_class_table(rows).row_count == 1000
+    assert per_class_table(dict(list(rows.items())[:3]), limit=CLASS_ROWS_SHOWN).caption is None
