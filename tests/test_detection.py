@@ -134,8 +134,8 @@ def test_an_unset_learning_rate_is_the_detectors_published_rate_for_the_batch() 
     ssd300 = {"name": "ssd300_resnet50", "source": "prunecli"}
     lr, line = chosen(ssd300, {}, 8)  # NVIDIA's 2.6e-3 per 32 images
     assert lr == pytest.approx(6.5e-4) and line is not None
-    assert "optim.lr not set: 0.00065 for ssd300_resnet50, NVIDIA's SSD300 v1.1's 0.0026 per 32" \
-        " images scaled to the global batch of 8" in line
+    assert "optim.lr not set: 0.00065 for ssd300_resnet50 (NVIDIA's SSD300 v1.1: 0.0026 per 32" \
+        " images, scaled to the global batch of 8" in line
     assert chosen({"name": "ssd512_resnet50", "source": "prunecli"}, {}, 256)[0] \
         == pytest.approx(1.6e-2)  # SMCP's 8e-3 per 128
     frcnn = {"name": "fasterrcnn_mobilenet_v3_large_fpn", "source": "torchvision_det"}
@@ -160,7 +160,7 @@ def test_the_chosen_rate_is_the_runs_and_is_kept_on_resume(run_cli, tmp_path: Pa
               "optim.lr=null", "optim.scheduler=constant", "optim.warmup_epochs=0")
     part = run_cli("train", *common, "trainer.epochs=2", "trainer.stop_after_epoch=1",
                    run_dir=tmp_path / "part")
-    assert "optim.lr not set: 0.001 for ssd_tiny, a test's 0.004 per 32 images scaled to the " \
+    assert "optim.lr not set: 0.001 for ssd_tiny (a test: 0.004 per 32 images, scaled to the " \
            "global batch of 8" in (part / "train.log").read_text()
     state = torch.load(part / "last.pt", weights_only=True)
     assert state["config"]["optim"]["lr"] == pytest.approx(1e-3)

@@ -63,9 +63,9 @@ def published_lr(model_cfg: Any, optim_name: str, global_batch: int) -> tuple[fl
     if recipe is None or optim_name != "sgd" or global_batch < 1:
         return None
     lr = recipe.per_image() * global_batch
-    return lr, (f"optim.lr not set: {lr:.3g} for {model_cfg.get('name')}, {recipe.source}'s "
-                f"{recipe.lr:g} per {recipe.images} images scaled to the global batch of "
-                f"{global_batch} (set optim.lr to choose another)")
+    return lr, (f"optim.lr not set: {lr:.3g} for {model_cfg.get('name')} ({recipe.source}: "
+                f"{recipe.lr:g} per {recipe.images} images, scaled to the global batch of "
+                f"{global_batch}; set optim.lr to choose another)")
 
 
 def lr_warning(model_cfg: Any, optim_cfg: Any, global_batch: int) -> str | None:
