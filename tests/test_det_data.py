@@ -609,3 +609,25 @@ def test_boxes_past_their_image_are_warned(tmp_path: Path, caplog) -> None:
         build_datasets({"name": "coco", "root": str(root)})
     assert past and f"data=coco, val split: {past} of " in caplog.text
     assert "boxes reach past their image" in caplog.text and "COCO's bbox is [x, y," in caplog.text
+
+
+def test_objects_too_small_at_the_input_are_warned(tmp_path: Path, caplog) -> None:
+    """A detector trained at an input where most objects shrink under 8 px finds few of them;
+    the run says so, with the share."""
+    import logging
+
+    from prunecli.data.detection_files import object_sizes
+
+    root = make_coco(tmp_path / "coco", n_images=6)
+    for size, warned in ((300, False), (16, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="prunecli"):
+            b = build_datasets({"name": "coco", "root": str(root), "image_size": size})
+        ann = b.train.annotations
+        sizes = object_sizes(ann, size)
+        objects = int((~ann.ignore).sum())
+        assert sizes["small"] + sizes["medium"] + sizes["large"] == objects
+        assert ("of the training objects are under 8 px at the 16 px input" in caplog.text) \
+            == warned
+        if warned:
+            assert f"{round(100 * sizes['tiny'] / objects)}%" in caplog.text

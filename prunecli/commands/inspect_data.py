@@ -18,12 +18,11 @@ import numpy as np
 import rich
 from rich.table import Table
 
+from prunecli.data.detection_files import TINY_PX, object_sizes
 from prunecli.errors import DataError, PrunecliError
 
 #: problems listed one per line (the rest are counted)
 LISTED = 20
-#: an object whose shorter side is under this many pixels at the model's input is "tiny"
-TINY_PX = 8
 
 
 def image_reader(dataset: Any) -> tuple[int, Callable[[int], Any]] | None:
@@ -59,22 +58,6 @@ def find_problems(dataset: Any, threads: int) -> tuple[int, list[str]] | None:
     with ThreadPoolExecutor(max_workers=threads) as pool:
         problems = [m for m in pool.map(attempt, range(count)) if m]
     return count, problems
-
-
-def object_sizes(annotations: Any, input_size: int) -> dict[str, int]:
-    """Objects (not ignored) by COCO's size ranges in the original images, and those whose
-    shorter side is under :data:`TINY_PX` pixels once the image is resized to the input."""
-    counts = np.diff(annotations.offsets)
-    h, w = (np.repeat(annotations.sizes[:, k], counts).astype(np.float64) for k in (0, 1))
-    keep = ~annotations.ignore
-    boxes = annotations.boxes[keep]
-    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    area = bw * bh
-    at_input = np.minimum(bw * input_size / w[keep], bh * input_size / h[keep])
-    return {"small": int((area < 32 ** 2).sum()),
-            "medium": int(((area >= 32 ** 2) & (area < 96 ** 2)).sum()),
-            "large": int((area >= 96 ** 2).sum()),
-            "tiny": int((at_input < TINY_PX).sum())}
 
 
 def inspect_data(data_cfg: Any, threads: int | None = None) -> None:

@@ -310,6 +310,28 @@ def boxes_past_their_image(ann: PackedAnnotations) -> str | None:
             "resized after labelling")
 
 
+#: an object whose shorter side is under this many pixels at the model's input is "tiny"
+TINY_PX = 8
+#: the share of tiny training objects above which a run is warned
+TINY_SHARE = 0.25
+
+
+def object_sizes(annotations: PackedAnnotations, input_size: int) -> dict[str, int]:
+    """Objects (not ignored) by COCO's size ranges in the original images, and those whose
+    shorter side is under :data:`TINY_PX` pixels once the image is resized to the input."""
+    counts = np.diff(annotations.offsets)
+    h, w = (np.repeat(annotations.sizes[:, k], counts).astype(np.float64) for k in (0, 1))
+    keep = ~annotations.ignore
+    boxes = annotations.boxes[keep]
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    area = bw * bh
+    at_input = np.minimum(bw * input_size / w[keep], bh * input_size / h[keep])
+    return {"small": int((area < 32 ** 2).sum()),
+            "medium": int(((area >= 32 ** 2) & (area < 96 ** 2)).sum()),
+            "large": int((area >= 96 ** 2).sum()),
+            "tiny": int((at_input < TINY_PX).sum())}
+
+
 def detection_bundle(
     cfg: DataConfig,
     train: Sequence[ImageEntry],
@@ -336,6 +358,13 @@ def detection_bundle(
     for split, ann in (("train", train_ann), ("val", val_ann)):
         if advice := boxes_past_their_image(ann):
             log.warning("data=%s, %s split: %s", cfg.name, split, advice)
+    sizes = object_sizes(train_ann, size)
+    objects = int((~train_ann.ignore).sum())
+    if objects and sizes["tiny"] > TINY_SHARE * objects:
+        log.warning("data=%s: %d%% of the training objects are under %d px at the %d px input "
+                    "(data.image_size); a detector finds few of them: a larger input keeps "
+                    "them (prunecli inspect data=... shows the sizes)", cfg.name,
+                    round(100 * sizes["tiny"] / objects), TINY_PX, size)
     return DatasetBundle(
         train=datasets[0],
         val=datasets[1],
