@@ -266,6 +266,48 @@ def test_a_failing_job_does_not_stop_the_sweep(run_cli, capsys, tmp_path: Path) 
     assert "1 of 3 jobs failed: job 1 (" in shown and "sweep: 2 runs" in shown
 
 
+def test_out_of_memory_is_one_line_naming_what_to_lower(run_cli, capsys, monkeypatch) -> None:
+    """CUDA's OutOfMemoryError (and the CPU allocator's error) was torch's traceback; the fix
+    is a setting of the command's own, so it is said in one line. Other errors keep theirs."""
+    from prunecli.engine.trainer import Trainer
+
+    def full(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
+                                     "a total capacity of 79.10 GiB of which 1.20 GiB is free.\n"
+                                     "Including non-PyTorch memory, ...")
+
+    monkeypatch.setattr(Trainer, "fit", full)
+    with pytest.raises(SystemExit) as err:
+        run_cli("train", *SMOKE)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert err.value.code == 2 and len(lines) == 1
+    assert lines[0] == ("prunecli: error: out of memory (CUDA out of memory. Tried to allocate "
+                        "2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.20 GiB is "
+                        "free): lower data.batch_size (trainer.grad_accum=N keeps the global "
+                        "batch) or use trainer.precision=bf16; the last checkpoint is kept: "
+                        "resume=RUN continues")
+
+    def cpu_full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
+                           "can't allocate memory: you tried to allocate 10000000000000 bytes.")
+
+    monkeypatch.setattr(Trainer, "fit", cpu_full)
+    with pytest.raises(SystemExit):
+        run_cli("train", *SMOKE)
+    assert "out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate " \
+        "10000000000000 bytes): lower data.batch_size" in capsys.readouterr().err
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(Trainer, "fit", bug)
+    with pytest.raises(SystemExit) as err:  # Hydra prints the traceback and exits with 1
+        run_cli("train", *SMOKE)
+    said = capsys.readouterr().err
+    assert err.value.code == 1 and "Traceback" in said and "shapes cannot be multiplied" in said
+    assert "out of memory" not in said
+
+
 def test_a_device_error_names_the_commands_own_key(run_cli, capsys, monkeypatch) -> None:
     """bench and lut call it `device`; the message said `trainer.device`. (CUDA is hidden, so
     a GPU machine runs the same check.)"""

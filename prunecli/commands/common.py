@@ -30,9 +30,15 @@ def user_errors_as_one_line(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            check_known_keys(cfg)
-            check_value_ranges(cfg)
-            return fn(cfg, *args, **kwargs)
+            try:
+                check_known_keys(cfg)
+                check_value_ranges(cfg)
+                return fn(cfg, *args, **kwargs)
+            except RuntimeError as exc:  # out of memory: a user's setting, said in one line
+                command = fn.__module__.rsplit(".", 1)[-1]
+                if (advice := out_of_memory(exc, command)) is None:
+                    raise
+                raise PrunecliError(advice) from None
         except PrunecliError as exc:
             message = one_line_message(exc)
             if in_sweep():
@@ -47,6 +53,30 @@ def user_errors_as_one_line(fn: F) -> F:
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: what to lower when a command runs out of memory
+MEMORY_ADVICE = {
+    "train": "lower data.batch_size (trainer.grad_accum=N keeps the global batch) or use "
+             "trainer.precision=bf16; the last checkpoint is kept: resume=RUN continues",
+    "eval": "lower data.eval_batch_size or use trainer.precision=bf16",
+    "bench": "lower batch_sizes",
+    "lut": "lower batch_size",
+}
+
+
+def out_of_memory(exc: BaseException, command: str) -> str | None:
+    """The one-line advice for torch's out-of-memory errors (CUDA's ``OutOfMemoryError``, the
+    CPU allocator's "can't allocate memory") in ``command``, None for any other error."""
+    text = str(exc).strip()
+    cuda = type(exc).__name__ == "OutOfMemoryError"
+    if not cuda and "can't allocate memory" not in text:
+        return None
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "DefaultCPUAllocator" in first:  # "[enforce fail at alloc_cpu.cpp:127] err == 0. ..."
+        first = first[first.find("DefaultCPUAllocator"):]
+    return (f"out of memory ({first.rstrip('.')}): "
+            f"{MEMORY_ADVICE.get(command, 'lower the batch size')}")
 
 
 def in_sweep() -> bool:
