@@ -297,6 +297,17 @@ def test_out_of_memory_is_one_line_naming_what_to_lower(run_cli, capsys, monkeyp
     assert "out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate " \
         "10000000000000 bytes): lower data.batch_size" in capsys.readouterr().err
 
+    def shm(*args, **kwargs):  # torch's message when Docker's /dev/shm is too small
+        raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Bus error. It is "
+                           "possible that dataloader's workers are out of shared memory. Please "
+                           "try to raise your shared memory limit.")
+
+    monkeypatch.setattr(Trainer, "fit", shm)
+    with pytest.raises(SystemExit):
+        run_cli("train", *SMOKE)
+    assert "ran out of shared memory (/dev/shm): run the container with --shm-size=8g or " \
+        "--ipc=host, or set data.num_workers=0" in capsys.readouterr().err
+
     def bug(*args, **kwargs):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 

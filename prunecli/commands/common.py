@@ -67,8 +67,12 @@ MEMORY_ADVICE = {
 
 def out_of_memory(exc: BaseException, command: str) -> str | None:
     """The one-line advice for torch's out-of-memory errors (CUDA's ``OutOfMemoryError``, the
-    CPU allocator's "can't allocate memory") in ``command``, None for any other error."""
+    CPU allocator's "can't allocate memory", DataLoader workers out of shared memory) in
+    ``command``, None for any other error."""
     text = str(exc).strip()
+    if "shared memory" in text and "DataLoader worker" in text:  # Docker's 64 MB /dev/shm
+        return ("the data loader's workers ran out of shared memory (/dev/shm): run the "
+                "container with --shm-size=8g or --ipc=host, or set data.num_workers=0")
     cuda = type(exc).__name__ == "OutOfMemoryError"
     if not cuda and "can't allocate memory" not in text:
         return None
