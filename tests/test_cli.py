@@ -267,55 +267,41 @@ def test_a_failing_job_does_not_stop_the_sweep(run_cli, capsys, tmp_path: Path) 
 
 
 def test_out_of_memory_is_one_line_naming_what_to_lower(run_cli, capsys, monkeypatch) -> None:
-    """CUDA's OutOfMemoryError (and the CPU allocator's error) was torch's traceback; the fix
-    is a setting of the command's own, so it is said in one line. Other errors keep theirs."""
+    """CUDA's OutOfMemoryError (and the CPU allocator's error, and DataLoader workers out of
+    shared memory) was torch's traceback; the fix is a setting, so it is said in one line.
+    Other errors keep their traceback."""
     from prunecli.engine.trainer import Trainer
 
-    def full(*args, **kwargs):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has "
-                                     "a total capacity of 79.10 GiB of which 1.20 GiB is free.\n"
-                                     "Including non-PyTorch memory, ...")
+    def train_raising(error: Exception) -> tuple[int, str]:
+        def fit(*args, **kwargs):
+            raise error
 
-    monkeypatch.setattr(Trainer, "fit", full)
-    with pytest.raises(SystemExit) as err:
-        run_cli("train", *SMOKE)
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert err.value.code == 2 and len(lines) == 1
-    assert lines[0] == ("prunecli: error: out of memory (CUDA out of memory. Tried to allocate "
-                        "2.00 GiB. GPU 0 has a total capacity of 79.10 GiB of which 1.20 GiB is "
-                        "free): lower data.batch_size (trainer.grad_accum=N keeps the global "
-                        "batch) or use trainer.precision=bf16; the last checkpoint is kept: "
-                        "resume=RUN continues")
+        monkeypatch.setattr(Trainer, "fit", fit)
+        with pytest.raises(SystemExit) as err:
+            run_cli("train", *SMOKE)
+        return err.value.code, capsys.readouterr().err
 
-    def cpu_full(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: "
-                           "can't allocate memory: you tried to allocate 10000000000000 bytes.")
-
-    monkeypatch.setattr(Trainer, "fit", cpu_full)
-    with pytest.raises(SystemExit):
-        run_cli("train", *SMOKE)
-    assert "out of memory (DefaultCPUAllocator: can't allocate memory: you tried to allocate " \
-        "10000000000000 bytes): lower data.batch_size" in capsys.readouterr().err
-
-    def shm(*args, **kwargs):  # torch's message when Docker's /dev/shm is too small
-        raise RuntimeError("DataLoader worker (pid 1234) is killed by signal: Bus error. It is "
-                           "possible that dataloader's workers are out of shared memory. Please "
-                           "try to raise your shared memory limit.")
-
-    monkeypatch.setattr(Trainer, "fit", shm)
-    with pytest.raises(SystemExit):
-        run_cli("train", *SMOKE)
-    assert "ran out of shared memory (/dev/shm): run the container with --shm-size=8g or " \
-        "--ipc=host, or set data.num_workers=0" in capsys.readouterr().err
-
-    def bug(*args, **kwargs):
-        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
-
-    monkeypatch.setattr(Trainer, "fit", bug)
-    with pytest.raises(SystemExit) as err:  # Hydra prints the traceback and exits with 1
-        run_cli("train", *SMOKE)
-    said = capsys.readouterr().err
-    assert err.value.code == 1 and "Traceback" in said and "shapes cannot be multiplied" in said
+    code, said = train_raising(torch.OutOfMemoryError(
+        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.10 GiB "
+        "of which 1.20 GiB is free.\nIncluding non-PyTorch memory, ..."))
+    assert code == 2 and said.strip().splitlines() == [
+        "prunecli: error: out of memory (CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 "
+        "has a total capacity of 79.10 GiB of which 1.20 GiB is free): lower data.batch_size "
+        "(trainer.grad_accum=N keeps the global batch) or use trainer.precision=bf16; the last "
+        "checkpoint is kept: resume=RUN continues"]
+    code, said = train_raising(RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+        "memory: you tried to allocate 10000000000000 bytes."))
+    assert code == 2 and "out of memory (DefaultCPUAllocator: can't allocate memory: you tried " \
+        "to allocate 10000000000000 bytes): lower data.batch_size" in said
+    code, said = train_raising(RuntimeError(  # torch's words when Docker's /dev/shm is too small
+        "DataLoader worker (pid 1234) is killed by signal: Bus error. It is possible that "
+        "dataloader's workers are out of shared memory. Please try to raise your shared memory "
+        "limit."))
+    assert code == 2 and "ran out of shared memory (/dev/shm): run the container with " \
+        "--shm-size=8g or --ipc=host, or set data.num_workers=0" in said
+    code, said = train_raising(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert code == 1 and "Traceback" in said and "shapes cannot be multiplied" in said  # Hydra's
     assert "out of memory" not in said
 
 
