@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from prunecli.errors import ConfigError
 
 RESULTS = "results.json"
+JOB_ERROR = "error.txt"  # a sweep job's one-line error (the job ended without results)
 MODEL_FILES = ("slim.pt", "last.pt")
 
 

@@ -264,6 +264,11 @@ def test_a_failing_job_does_not_stop_the_sweep(run_cli, capsys, tmp_path: Path) 
     assert "cost.ratio=1.5 must be in [0, 1)" in said
     shown = " ".join(out.out.split())
     assert "1 of 3 jobs failed: job 1 (" in shown and "sweep: 2 runs" in shown
+    # a report of the sweep says which point is missing, and why
+    run_cli("report", f"runs={sweep}", f"out={tmp_path / 'report'}", run_dir=tmp_path / "rep")
+    report = " ".join((tmp_path / "report" / "report.md").read_text().split())
+    assert f"Job {sweep / '1'} (" in report and "failed and is not in the table: " \
+        "cost.ratio=1.5 must be in [0, 1)" in report
 
 
 def test_out_of_memory_is_one_line_naming_what_to_lower(run_cli, capsys, monkeypatch) -> None:

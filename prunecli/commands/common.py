@@ -12,12 +12,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from prunecli.config.validate import check_known_keys, check_value_ranges
 from prunecli.errors import PrunecliError
+from prunecli.run_folders import JOB_ERROR
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-#: a sweep job's error, in its folder (read by the sweep summary)
-JOB_ERROR = "error.txt"
 
 
 def user_errors_as_one_line(fn: F) -> F:

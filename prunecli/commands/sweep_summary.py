@@ -11,9 +11,14 @@ import rich
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from prunecli.commands.common import JOB_ERROR
 from prunecli.report import results_table, save_table
-from prunecli.run_folders import RESULTS, keep_varying_overrides, natural_key, run_overrides
+from prunecli.run_folders import (
+    JOB_ERROR,
+    RESULTS,
+    keep_varying_overrides,
+    natural_key,
+    run_overrides,
+)
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from prunecli.errors import ConfigError
 from prunecli.run_folders import (
+    JOB_ERROR,
     RESULTS,
     find_run_dirs,
     keep_varying_overrides,
@@ -94,11 +95,29 @@ def read_runs(paths: Sequence[str | Path], notes: list[str]) -> list[Run]:
     if not runs:
         raise ConfigError(f"no readable runs in {', '.join(map(str, paths))}: every "
                           f"{RESULTS} found was damaged")
+    notes += failed_jobs(paths)
     rows = [{"overrides": r.overrides} for r in runs]
     keep_varying_overrides(rows)  # the same rule as the sweep summary table
     for run, row in zip(runs, rows, strict=True):
         run.overrides = row["overrides"]
     return runs
+
+
+def failed_jobs(paths: Sequence[str | Path]) -> list[str]:
+    """A note per sweep job that ended with an error (its ``error.txt``, no results) at or below
+    ``paths``: a report should say which points of a sweep are missing, and why."""
+    notes = []
+    for raw in paths:
+        base = Path(raw).expanduser()
+        base = base.parent if base.is_file() else base
+        for f in sorted(base.rglob(JOB_ERROR), key=lambda f: natural_key(str(f.parent))):
+            if (f.parent / RESULTS).is_file() or any(
+                    p.startswith(".") for p in f.relative_to(base).parts[:-1]):
+                continue
+            overrides = run_overrides(f.parent)
+            notes.append(f"Job {f.parent} ({overrides or 'no overrides'}) failed and is not in "
+                         f"the table: {f.read_text().strip()}")
+    return notes
 
 
 def task_of(results: dict[str, Any]) -> str:
