@@ -149,26 +149,70 @@ def test_an_unset_learning_rate_is_the_detectors_published_rate_for_the_batch() 
         chosen(no_recipe, {"name": "lamb"}, 64)
 
 
+@pytest.mark.parametrize("steps_per_epoch,epochs,steps", [
+    (3697, 65, 300),  # COCO at 32 images: NVIDIA's 300 iterations
+    (625, 4, 125),    # a 4-epoch fine-tune: 5% of its 2,500 steps
+    (50, 90, 50),     # 50 steps an epoch: one epoch at most, torchvision's rule
+    (8, 3, 1)])       # 60 images in 3 epochs: hardly any
+def test_an_unset_warm_up_is_the_recipes_within_an_epoch_and_5_percent_of_the_run(
+        steps_per_epoch: int, epochs: int, steps: int) -> None:
+    """The recipes warm up (NVIDIA 300 iterations); a run with neither optim.lr nor
+    optim.warmup_epochs gets that warm-up, capped so a short run is hardly slowed."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from prunecli.engine.optim import choose_lr, lr_factor_fn
+
+    ssd300 = OmegaConf.create({"name": "ssd300_resnet50", "source": "prunecli"})
+
+    def filled(optim: dict) -> tuple[DictConfig, str | None]:
+        cfg = OmegaConf.create({"name": "sgd", "lr": None, "warmup_epochs": None, **optim})
+        line = choose_lr(ssd300, cfg, 32, steps_per_epoch, epochs * steps_per_epoch)
+        return cfg, line
+
+    cfg, line = filled({})
+    over = "the first step" if steps == 1 else f"the first {steps} steps"
+    assert f"optim.warmup_epochs not set: a linear warm-up over {over} (NVIDIA's" in line
+    full = OmegaConf.create({**OmegaConf.to_container(cfg), "scheduler": "constant",
+                             "warmup_start_factor": 0.1, "min_lr": 0.0, "milestones": []})
+    factor = lr_factor_fn(full, epochs * steps_per_epoch, steps_per_epoch)
+    assert factor(0) == pytest.approx(0.1) and factor(steps) == 1.0
+    assert factor(steps - 1) < 1.0
+    # a warm-up or a rate the user set is kept; a rate the user set brings no warm-up
+    assert filled({"warmup_epochs": 2})[0].warmup_epochs == 2
+    assert filled({"lr": 0.01})[0].warmup_epochs == 0.0
+    no_recipe = OmegaConf.create({"name": "sgd", "lr": None, "warmup_epochs": None})
+    choose_lr(OmegaConf.create({"name": "resnet20", "source": "prunecli"}), no_recipe, 64, 100,
+              1000)
+    assert no_recipe.warmup_epochs == 0.0
+
+
 def test_the_chosen_rate_is_the_runs_and_is_kept_on_resume(run_cli, tmp_path: Path,
                                                           monkeypatch) -> None:
     """The rate filled in is the one trained with and saved in the checkpoint; the resumed run
     trains on at it."""
     from prunecli.models.detection import recipes
 
-    monkeypatch.setitem(recipes.PRUNECLI_RECIPES, "ssd_tiny", recipes.Recipe(4e-3, 32, "a test"))
+    monkeypatch.setitem(recipes.PRUNECLI_RECIPES, "ssd_tiny",
+                        recipes.Recipe(4e-3, 32, "a test", warmup_steps=20))
+    # 2 steps an epoch and 40 in all: the recipe's warm-up is capped at 5% of the run, 2 steps
+    # (the first epoch; the warm-up factor itself: the test above)
     common = (*SMALL_DEMO, "data.train_size=16", "data.val_size=8", "data.batch_size=8",
-              "optim.lr=null", "optim.scheduler=constant", "optim.warmup_epochs=0")
-    part = run_cli("train", *common, "trainer.epochs=2", "trainer.stop_after_epoch=1",
+              "optim.lr=null", "optim.warmup_epochs=null", "optim.scheduler=constant")
+    part = run_cli("train", *common, "trainer.epochs=20", "trainer.stop_after_epoch=1",
                    run_dir=tmp_path / "part")
+    log = (part / "train.log").read_text()
     assert "optim.lr not set: 0.001 for ssd_tiny (a test: 0.004 per 32 images, scaled to the " \
-           "global batch of 8" in (part / "train.log").read_text()
+           "global batch of 8" in log
+    assert "optim.warmup_epochs not set: a linear warm-up over the first 2 steps (a test" in log
     state = torch.load(part / "last.pt", weights_only=True)
     assert state["config"]["optim"]["lr"] == pytest.approx(1e-3)
+    assert state["config"]["optim"]["warmup_epochs"] == 1.0
     groups = state["optimizer"]["param_groups"]
-    assert [g["lr"] for g in groups] == pytest.approx([1e-3] * len(groups))
-    run_cli("train", *common, "trainer.epochs=2", f"resume={part}", run_dir=part)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3] * len(groups))  # warmed up
+    run_cli("train", *common, "trainer.epochs=20", "trainer.stop_after_epoch=2",
+            f"resume={part}", run_dir=part)
     epochs = _epochs(part)
-    assert [e["lr"] for e in epochs] == pytest.approx([1e-3, 1e-3])
+    assert [e["lr"] for e in epochs] == pytest.approx([1e-3, 1e-3])  # at each epoch's end
 
 
 def test_killed_detection_run_resumes_exactly(run_cli, tmp_path: Path) -> None:

@@ -67,7 +67,9 @@ class OptimConfig:
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = False  # False: no weight decay on norm weights and biases
     scheduler: str = "cosine"  # cosine | step | constant
-    warmup_epochs: float = 0.0
+    # linear warm-up; None: the detector's published warm-up when optim.lr is None too (at most
+    # one epoch and 5% of the run), else none
+    warmup_epochs: Optional[float] = None
     warmup_start_factor: float = 0.1
     min_lr: float = 0.0  # cosine floor
     # step scheduler: decay points, in epochs (>= 1) or as fractions of training (< 1)

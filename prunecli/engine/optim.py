@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunecli.errors import ConfigError
-from prunecli.models.detection.recipes import published_lr
+from prunecli.models.detection.recipes import published_lr, published_warmup
 
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
@@ -59,21 +59,28 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 DEFAULT_LR = {"sgd": 0.1, "adamw": 1e-3}
 
 
-def choose_lr(model_cfg: Any, optim_cfg: Any, global_batch: int) -> str | None:
+def choose_lr(model_cfg: Any, optim_cfg: Any, global_batch: int, steps_per_epoch: int = 1,
+              total_steps: int = 0) -> str | None:
     """Fill an unset ``optim.lr`` (null) in place: the detector's published rate per image times
-    ``global_batch`` (SGD, see :func:`published_lr`), else :data:`DEFAULT_LR`. Returns the line
-    to log when a recipe chose it. Filled before the run saves its config, so a resumed run,
-    its report and its checkpoint all carry the rate used."""
-    if optim_cfg.lr is not None:
-        return None
-    chosen = published_lr(model_cfg, optim_cfg.name, global_batch)
-    if chosen is None:
-        if optim_cfg.name not in DEFAULT_LR:
+    ``global_batch`` (SGD, see :func:`published_lr`), else :data:`DEFAULT_LR`; and an unset
+    ``optim.warmup_epochs``: the recipe's warm-up (:func:`published_warmup`) when the rate came
+    from it, else none. Returns the line to log when a recipe chose them. Filled before the run
+    saves its config, so a resumed run, its report and its checkpoint all carry what was used."""
+    line = None
+    if optim_cfg.lr is None:
+        chosen = published_lr(model_cfg, optim_cfg.name, global_batch)
+        if chosen is not None:
+            optim_cfg.lr, line = chosen
+        elif optim_cfg.name not in DEFAULT_LR:
             raise ConfigError(f"optim.name={optim_cfg.name} is not one of sgd, adamw")
-        optim_cfg.lr = DEFAULT_LR[optim_cfg.name]
-        return None
-    optim_cfg.lr = chosen[0]
-    return chosen[1]
+        else:
+            optim_cfg.lr = DEFAULT_LR[optim_cfg.name]
+    if optim_cfg.get("warmup_epochs") is None:
+        warmup = published_warmup(model_cfg, steps_per_epoch, total_steps) if line else None
+        optim_cfg.warmup_epochs = warmup[0] / max(1, steps_per_epoch) if warmup else 0.0
+        if warmup:
+            line = f"{line}; optim.warmup_epochs not set: {warmup[1]}"
+    return line
 
 
 def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
@@ -88,7 +95,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
 
 def lr_factor_fn(cfg: Any, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:
     """Multiplier of the base LR at optimizer step ``s`` (0-based)."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    warmup = int(round((cfg.warmup_epochs or 0.0) * steps_per_epoch))  # None: not filled in
     min_factor = cfg.min_lr / cfg.lr if cfg.lr else 0.0
     if cfg.scheduler not in ("cosine", "step", "constant"):
         raise ConfigError(f"optim.scheduler={cfg.scheduler} is not one of cosine, step, constant")

@@ -119,7 +119,8 @@ class Trainer(TrainerState):
             raise ConfigError(f"trainer.grad_accum={accum} must be >= 1")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / accum)
         self.global_batch = cfg.data.batch_size * self.dist.world_size * accum
-        if (chosen := choose_lr(cfg.model, cfg.optim, self.global_batch)) and self.dist.is_main:
+        if (chosen := choose_lr(cfg.model, cfg.optim, self.global_batch, self.steps_per_epoch,
+                                tcfg.epochs * self.steps_per_epoch)) and self.dist.is_main:
             log.info(chosen)
         self.method: TrainingHooks = build_method(cfg.method)
         self.hooks: TrainingHooks = self.method  # per-step hooks; a no-op once slimmed in training
