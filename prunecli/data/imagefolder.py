@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from prunecli.config.schema import DataConfig
-from prunecli.data.images import load_rgb
+from prunecli.data.images import load_rgb, warn_left_out
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root, take_balanced
 from prunecli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, folder_transforms, output_stats
 from prunecli.errors import DataError
@@ -60,11 +60,7 @@ def visible_image_folder() -> type:
             if "is_valid_file" not in kwargs:
                 kwargs["is_valid_file"] = functools.partial(is_image_file, other=other)
             super().__init__(root, *args, allow_empty=classes is not None, **kwargs)
-            if other:
-                log.warning("%s: %d files left out, in formats ImageFolder does not read (%s); "
-                            "convert them to JPEG or PNG to train on them", root,
-                            sum(other.values()), ", ".join(f"{e} {n}" for e, n in
-                                                           other.most_common()))
+            warn_left_out(root, "ImageFolder", other)
 
         def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
             classes = self.given_classes or class_folders(Path(directory))

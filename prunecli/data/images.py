@@ -8,12 +8,16 @@ torchvision's ``to_dtype(..., scale=True)`` does for tensors.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from prunecli.errors import DataError
+
+log = logging.getLogger("prunecli")
 
 #: PIL modes of one 16-bit (or wider integer) channel
 SIXTEEN_BIT = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -43,3 +47,13 @@ def load_rgb(path: str | os.PathLike[str]) -> Any:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"cannot read {path} as an image ({reason}); replace or remove the "
                         "file") from None
+
+
+def warn_left_out(where: object, reader: str, other: Counter) -> None:
+    """Say how many files of ``where`` a reader left out for their format (``other``: count by
+    extension), so that a folder of phone photos (``.heic``) is not trained on without them
+    silently."""
+    if other:
+        log.warning("%s: %d files left out, in formats %s does not read (%s); convert them to "
+                    "JPEG or PNG to use them", where, sum(other.values()), reader,
+                    ", ".join(f"{e} {n}" for e, n in other.most_common()))

@@ -34,6 +34,7 @@ from prunecli.data.detection_files import (
     list_files,
     note_background_left_out,
 )
+from prunecli.data.images import warn_left_out
 from prunecli.data.registry import DATASETS, DatasetBundle, require_root
 from prunecli.errors import ConfigError, DataError
 
@@ -144,10 +145,7 @@ def image_files(source: Path) -> list[Path]:
         files = [p for p in source.rglob("*") if p.is_file() and not p.name.startswith(".")]
         other = Counter(p.suffix.lower() or "no extension" for p in files
                         if p.suffix.lower() not in (*YOLO_IMAGE_SUFFIXES, *NOT_IMAGES))
-        if other:
-            log.warning("%s: %d files left out, in formats data=yolo does not read (%s); "
-                        "convert them to JPEG or PNG to use them", source, sum(other.values()),
-                        ", ".join(f"{e} {n}" for e, n in other.most_common()))
+        warn_left_out(source, "data=yolo", other)
         return sorted(p for p in files if p.suffix.lower() in YOLO_IMAGE_SUFFIXES)
     lines = [ln.strip() for ln in source.read_text(encoding="utf-8").splitlines() if ln.strip()]
     return [p if p.is_absolute() else source.parent / p for p in map(Path, lines)]
