@@ -15,6 +15,7 @@ from prunecli.errors import ConfigError
 
 RESULTS = "results.json"
 JOB_ERROR = "error.txt"  # a sweep job's one-line error (the job ended without results)
+JOB_TRACEBACK = "traceback.txt"  # and, for an error prunecli did not foresee, its traceback
 MODEL_FILES = ("slim.pt", "last.pt")
 
 

@@ -271,6 +271,41 @@ def test_a_failing_job_does_not_stop_the_sweep(run_cli, capsys, tmp_path: Path) 
         "cost.ratio=1.5 must be in [0, 1)" in report
 
 
+def test_an_unforeseen_error_ends_only_its_sweep_job_with_its_traceback(
+        run_cli, capsys, monkeypatch, tmp_path: Path) -> None:
+    """A bug (an error that is not a PrunecliError) in one point of an overnight sweep ended the
+    whole sweep; now it ends that job, its traceback kept in the job's folder and on stderr. Out
+    of a sweep it still raises with its traceback."""
+    from prunecli.engine.trainer import Trainer
+
+    fit = Trainer.fit
+
+    def fit_failing_at_half(self, *args, **kwargs):
+        if self.cfg.cost.ratio == 0.5:
+            raise IndexError("list index out of range\nsecond line")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", fit_failing_at_half)
+    with pytest.raises(SystemExit) as err:
+        run_cli("train", "-m", *SMOKE, "method=taylor", "cost.ratio=0.5,0.7")
+    assert err.value.code == 1
+    sweep = tmp_path / "run"
+    assert read_results(sweep / "1")["cost_kept"] <= 0.3  # the job after the failed one ran
+    error = (sweep / "0" / "error.txt").read_text()
+    assert error.startswith("IndexError: list index out of range (an error prunecli does not "
+                            f"foresee: its traceback is in {sweep / '0' / 'traceback.txt'}")
+    assert error.count("\n") == 1  # one line
+    trace = (sweep / "0" / "traceback.txt").read_text()
+    assert "Traceback (most recent call last)" in trace and "fit_failing_at_half" in trace
+    said = capsys.readouterr()
+    assert "fit_failing_at_half" in said.err and "prunecli: error in job 0 (" in said.err
+    assert "1 of 2 jobs failed: job 0 (" in " ".join(said.out.split())
+    with pytest.raises(SystemExit) as err:  # Hydra's exit for an error, with the traceback
+        run_cli("train", *SMOKE, "method=taylor", "cost.ratio=0.5", run_dir=tmp_path / "one")
+    assert err.value.code == 1 and "IndexError: list index out of range" in capsys.readouterr().err
+    assert not (tmp_path / "one" / "error.txt").exists()
+
+
 def test_out_of_memory_is_one_line_naming_what_to_lower(run_cli, capsys, monkeypatch) -> None:
     """CUDA's OutOfMemoryError (and the CPU allocator's error, and DataLoader workers out of
     shared memory) was torch's traceback; the fix is a setting, so it is said in one line.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from prunecli.config.validate import check_known_keys, check_value_ranges
 from prunecli.errors import PrunecliError
-from prunecli.run_folders import JOB_ERROR
+from prunecli.run_folders import JOB_ERROR, JOB_TRACEBACK
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -22,7 +23,8 @@ def user_errors_as_one_line(fn: F) -> F:
     with its message and exit status 2, no traceback. In a sweep (``-m``) it ends only that
     job: the message goes to the job's ``error.txt`` and the sweep goes on (one unreachable
     budget or one diverged run must not cost the other points); the sweep summary lists the
-    failed jobs and the command exits with status 1."""
+    failed jobs and the command exits with status 1. An error prunecli did not foresee keeps
+    its traceback; in a sweep it too ends only its job, the traceback in ``traceback.txt``."""
 
     @functools.wraps(fn)
     def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -39,17 +41,34 @@ def user_errors_as_one_line(fn: F) -> F:
         except PrunecliError as exc:
             message = one_line_message(exc)
             if in_sweep():
-                overrides = " ".join(o for o in task_overrides() if not o.startswith("hydra."))
-                print(f"prunecli: error in job {HydraConfig.get().job.num} ({overrides}): "
-                      f"{message}", file=sys.stderr, flush=True)
-                folder = run_dir()
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / JOB_ERROR).write_text(message + "\n")
-                return None
+                return end_job(message)
             print(f"prunecli: error: {message}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except Exception as exc:
+            if not in_sweep():
+                raise
+            text = traceback.format_exc()
+            print(text, file=sys.stderr, flush=True)
+            folder = run_dir()
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / JOB_TRACEBACK).write_text(text)
+            first = (str(exc).strip().splitlines() or [""])[0]
+            return end_job(f"{type(exc).__name__}: {first} (an error prunecli does not "
+                           f"foresee: its traceback is in {folder / JOB_TRACEBACK}; please "
+                           "report it with that file)")
 
     return wrapper  # type: ignore[return-value]
+
+
+def end_job(message: str) -> None:
+    """End a sweep job with ``message``: said on stderr with the job's overrides and written to
+    its ``error.txt``, which the sweep summary and ``prunecli report`` read."""
+    overrides = " ".join(o for o in task_overrides() if not o.startswith("hydra."))
+    print(f"prunecli: error in job {HydraConfig.get().job.num} ({overrides}): {message}",
+          file=sys.stderr, flush=True)
+    folder = run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / JOB_ERROR).write_text(message + "\n")
 
 
 #: what to lower when a command runs out of memory
