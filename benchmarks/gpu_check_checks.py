@@ -142,14 +142,28 @@ def training_checks(p: Profile, args: argparse.Namespace, run: Runner) -> list[C
                     "GPUs (one GPU cannot host two nccl ranks).")
     if args.device == "cuda" and gpus < 2:
         c3.notes.append(f"{gpus} GPU(s) here: the 2-process nccl run was not possible.")
+    det_eval = eval_against_run(args, run, jobs["det"][1], main_prec) if runs["det"].results \
+        else None
     return [c1.finish(), c2.finish(), c3.finish(),
-            detector_check(runs["det"], jobs["det"][1], main_prec)]
+            detector_check(runs["det"], jobs["det"][1], main_prec, det_eval)]
 
 
-def detector_check(r: Any, run_dir: Path, precision: str) -> Check:
+def eval_against_run(args: argparse.Namespace, run: Runner, det_dir: Path, precision: str
+                     ) -> Any:
+    """``prunecli eval`` of check 7's slim.pt with its own (masked) run as ``baseline=``: both
+    evaluated on the GPU in the run's precision; slimming is exact, so the change is ~0."""
+    d = args.runs / "detector_eval"
+    return run([sys.executable, "-m", "prunecli", "eval", f"ckpt={det_dir / 'slim.pt'}",
+                f"baseline={det_dir}", f"trainer.device={args.device}",
+                f"trainer.precision={precision}", "trainer.channels_last=true",
+                "data.num_workers=0", f"hydra.run.dir={d}"], d)
+
+
+def detector_check(r: Any, run_dir: Path, precision: str, evaluated: Any = None) -> Check:
     """Check 7: the detection demo's ssd_tiny pruned by Taylor to 50% of the core's MACs with
     box and class-score distillation, in the run's precision and channels_last: budget met,
-    slim exact, mAP and both distillation terms finite."""
+    slim exact, mAP and both distillation terms finite; then ``prunecli eval`` of its slim.pt
+    with the run as ``baseline=`` (``evaluated``): the change within 0.5 mAP points."""
     c = Check(7, "Detector (ssd_tiny, detection demo): taylor 50%, distilled, channels_last", [
         ("precision", "precision", ""), ("status", "status", ""),
         ("cost kept", "cost_kept", ".4f"), ("slim_max_diff", "slim_max_diff", ".2e"),
@@ -172,6 +186,16 @@ def detector_check(r: Any, run_dir: Path, precision: str) -> Check:
     c.add(r, row, bool(res) and budget_ok(res) and finite and row["kd_box"] > 0
           and res.get("slim_max_diff") is not None and res["slim_max_diff"] < 1e-3,
           f"detector {precision}")
+    if evaluated is not None:
+        ev = evaluated.results or {}
+        change = ev.get("change")
+        c.add(evaluated, {"name": "eval slim.pt baseline=run", "precision": precision,
+                          "status": "", "map": ev.get("map"), "slim_map": (ev.get("baseline")
+                                                                           or {}).get("map"),
+                          "wall_time_s": ev.get("wall_time_s")},
+              isinstance(change, float) and abs(change) <= 0.5, "eval baseline=")
+        c.notes.append(f"eval of slim.pt against its run (baseline=): change {change} mAP "
+                       "(mAP column: slim.pt, slim mAP column: the run's masked model)")
     c.notes.append("The teacher is an untrained ssd_tiny (model.weights): this checks the "
                    "detection path (torchvision's losses, box distillation, slimming) in the "
                    "run's precision, not accuracy.")

@@ -41,5 +41,8 @@ def test_tiny_cpu_run_passes_every_check(tmp_path: Path) -> None:
     assert any(r["name"] != "dense" for r in checks[4]["rows"])  # lut check on slimmed models
     assert any(r.get("model") == "slim" for r in checks[5]["rows"])
     assert checks[7]["rows"][0]["kd_box"] > 0  # the detector distilled its boxes
+    # eval of its slim.pt against its own run (baseline=): exact slimming, the same mAP
+    assert [r["name"] for r in checks[7]["rows"]] == ["ssd_tiny", "eval slim.pt baseline=run"]
+    assert abs(checks[7]["rows"][1]["map"] - checks[7]["rows"][1]["slim_map"]) <= 0.05
     md = (out / "gpu.md").read_text()
     assert all(f"| {m} |" in md for m in METHODS) and "7/7 checks passed" in md
