@@ -153,7 +153,8 @@ def test_an_unset_learning_rate_is_the_detectors_published_rate_for_the_batch() 
     (3697, 65, 300),  # COCO at 32 images: NVIDIA's 300 iterations
     (625, 4, 125),    # a 4-epoch fine-tune: 5% of its 2,500 steps
     (50, 90, 50),     # 50 steps an epoch: one epoch at most, torchvision's rule
-    (8, 3, 1)])       # 60 images in 3 epochs: hardly any
+    (60, 3, 9),       # 3 epochs of 60 steps: 5% of the run
+    (8, 3, 0)])       # 60 images in 3 epochs: none (5% of the run is one step)
 def test_an_unset_warm_up_is_the_recipes_within_an_epoch_and_5_percent_of_the_run(
         steps_per_epoch: int, epochs: int, steps: int) -> None:
     """The recipes warm up (NVIDIA 300 iterations); a run with neither optim.lr nor
@@ -170,8 +171,11 @@ def test_an_unset_warm_up_is_the_recipes_within_an_epoch_and_5_percent_of_the_ru
         return cfg, line
 
     cfg, line = filled({})
-    over = "the first step" if steps == 1 else f"the first {steps} steps"
-    assert f"optim.warmup_epochs not set: a linear warm-up over {over} (NVIDIA's" in line
+    if not steps:
+        assert cfg.warmup_epochs == 0.0 and "warm-up" not in line
+        return
+    assert f"optim.warmup_epochs not set: a linear warm-up over the first {steps} steps " \
+        "(NVIDIA's" in line
     full = OmegaConf.create({**OmegaConf.to_container(cfg), "scheduler": "constant",
                              "warmup_start_factor": 0.1, "min_lr": 0.0, "milestones": []})
     factor = lr_factor_fn(full, epochs * steps_per_epoch, steps_per_epoch)

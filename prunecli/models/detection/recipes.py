@@ -84,15 +84,14 @@ def published_warmup(model_cfg: Any, steps_per_epoch: int, total_steps: int
                      ) -> tuple[int, str] | None:
     """The recipe's warm-up in optimizer steps, at most one epoch (``steps_per_epoch``) and
     :data:`WARMUP_SHARE` of the run (``total_steps``), with the text that says so; None for
-    models without a recipe and runs too short for a step of it."""
+    models without a recipe and runs too short for two steps of it."""
     recipe = recipe_of(model_cfg)
     if recipe is None:
         return None
     steps = min(recipe.warmup_steps, steps_per_epoch, round(WARMUP_SHARE * total_steps))
-    if steps < 1:
+    if steps < 2:
         return None
-    over = f"the first {steps} steps" if steps != 1 else "the first step"
-    return steps, (f"a linear warm-up over {over} ({recipe.source} warms up "
+    return steps, (f"a linear warm-up over the first {steps} steps ({recipe.source} warms up "
                    f"over {recipe.warmup_steps}; here at most one epoch and "
                    f"{WARMUP_SHARE:.0%} of the run; set optim.warmup_epochs to choose another)")
 
