@@ -558,8 +558,11 @@ def test_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="Did you mean retinanet_resnet50_fpn") as exc:
         build_model({"source": "torchvision_det", "name": "retinanet_resnet50"}, num_classes=K)
     assert "\n" not in str(exc.value)
-    with pytest.raises(UnknownNameError):  # Mask R-CNN's extra head is not run by the adapter
-        build_model({"source": "torchvision_det", "name": "maskrcnn_resnet50_fpn"}, num_classes=K)
+    # Mask and Keypoint R-CNN's extra heads are not run: named, with the box-only builder
+    for name, instead in (("maskrcnn_resnet50_fpn_v2", "fasterrcnn_resnet50_fpn_v2"),
+                          ("keypointrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn")):
+        with pytest.raises(UnknownNameError, match=f"use model.name={instead}, the same "):
+            build_model({"source": "torchvision_det", "name": name}, num_classes=K)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     for cfg in ({"name": "ssd_tiny", "weights": str(garbage)},

@@ -29,6 +29,8 @@ from prunecli.models.registry import close_matches_hint, construct, one_line
 
 #: builders whose model this package can wrap (Mask/Keypoint R-CNN add heads it does not run)
 FAMILIES = ("ssd", "retinanet", "fcos", "fasterrcnn")
+#: torchvision's R-CNNs with a head beyond boxes: named in their error with the box-only builder
+NOT_BOXES = {"maskrcnn": "instance masks", "keypointrcnn": "keypoints"}
 #: native square input sizes; FPN models take any multiple of 32 (see DEFAULT_FPN_SIZE)
 NATIVE_SIZES = {
     "ssd300_vgg16": 300,
@@ -53,6 +55,14 @@ def check_name(name: str) -> str:
     """The builder name (lower case), or a one-line :class:`UnknownNameError` with a hint."""
     names = torchvision_det_names()
     key = name.lower()
+    extra = next((k for k in NOT_BOXES if key.startswith(k)), None)
+    if extra is not None:
+        boxes = "fasterrcnn" + key.removeprefix(extra)
+        instead = boxes if boxes in names else "fasterrcnn_resnet50_fpn"
+        raise UnknownNameError(
+            f"torchvision's {name} also predicts {NOT_BOXES[extra]}, and prunecli's detection "
+            f"task trains, prunes and evaluates boxes only (that head would stay untrained): use "
+            f"model.name={instead}, the same backbone, FPN, RPN and box heads")
     if key not in names:
         raise UnknownNameError(
             f"unknown torchvision detection model '{name}'.{close_matches_hint(key, names)} "
