@@ -256,5 +256,13 @@ def test_detector_experiments_train_at_the_published_rate_for_their_batch(experi
     for gpus in (8, 2):
         cfg = _compose([f"experiment={experiment}"])
         assert cfg.optim.lr is None
-        choose_lr(cfg.model, cfg.optim, cfg.data.batch_size * gpus)
+        batch = cfg.data.batch_size * gpus
+        steps = -(-118_287 // batch)  # an epoch of COCO train2017
+        warmup = cfg.optim.warmup_epochs
+        choose_lr(cfg.model, cfg.optim, batch, steps, cfg.trainer.epochs * steps)
         assert cfg.optim.lr == pytest.approx(lr * gpus / 8)
+        if warmup is None:  # NVIDIA's 300 warm-up steps whatever the number of GPUs
+            assert experiment == "ssd300_resnet50_coco"
+            assert round(cfg.optim.warmup_epochs * steps) == 300
+        else:
+            assert cfg.optim.warmup_epochs == warmup
