@@ -35,6 +35,7 @@ import copy
 import json
 import statistics
 import sys
+import weakref
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,11 +177,20 @@ def output_convs(core: nn.Module, x: torch.Tensor) -> list[str]:
     core's ``final_convs``), and for Faster R-CNN also the FPN's output convs (their maps go on
     to the RoI heads outside the core). Each output is traced to the innermost module that
     returned it and holds a conv (a conv, or a conv-norm block), and that module's last conv."""
-    made: dict[int, list[str]] = {}
+    made: dict[int, tuple[Any, list[str]]] = {}  # id -> (weak reference, producers)
     modules = dict(core.named_modules())
-    hooks = [m.register_forward_hook(
-        lambda _m, _i, out, n=n: made.setdefault(id(out), []).append(n))
-        for n, m in modules.items() if n]
+
+    def note(name: str, out: Any) -> None:
+        if not isinstance(out, torch.Tensor):
+            return
+        ref, names = made.get(id(out), (None, []))
+        if ref is None or ref() is not out:  # a new tensor (a freed one's id may come back)
+            made[id(out)] = (weakref.ref(out), [name])
+        else:
+            names.append(name)
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, n=n: note(n, out))
+             for n, m in modules.items() if n]
     try:
         outputs = core(x)
     finally:
@@ -188,7 +198,10 @@ def output_convs(core: nn.Module, x: torch.Tensor) -> list[str]:
             h.remove()
     found = set(core.final_convs)
     for t in outputs:
-        for name in made.get(id(t), []):  # innermost first: hooks fire as modules return
+        ref, names = made.get(id(t), (None, []))
+        if ref is None or ref() is not t:  # made by a function, not a module (a max-pool)
+            continue
+        for name in names:  # innermost first: hooks fire as modules return
             convs = [n for n, m in modules[name].named_modules() if isinstance(m, nn.Conv2d)]
             if convs:
                 found.add(f"{name}.{convs[-1]}" if convs[-1] else name)
@@ -266,6 +279,8 @@ def measure(name: str, repeats: int, with_tp: bool) -> Row:
                 tps.append(seconds)
     if with_tp:  # as Torch-Pruning's examples do: the heads' final convs ignored, no more
         row.tp_heads_status = tp_attempt(det, x, shapes, list(det.core.final_convs))[0]
+    if row.tp_status == "ok" and row.tp_macs_after and row.tp_macs_after >= 0.999 * row.macs:
+        row.tp_status = "nothing pruned (MACs unchanged)"
     if attempt is not None and row.status == "ok":
         structure, keep, small = attempt[:3]
         describe(row, det, structure)
@@ -312,8 +327,8 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
     ]
     if meta["torch_pruning"]:
         heads_ok = [r for r in rows if r.tp_heads_status == "ok"]
-        lines.append(f"- Torch-Pruning: {len(tp_ok)}/{len(rows)} cores pruned with output maps of "
-                     "the dense shapes when told every conv that makes an output; "
+        lines.append(f"- Torch-Pruning: {len(tp_ok)}/{len(rows)} cores pruned (MACs lower, output "
+                     "maps of the dense shapes) when told every conv that makes an output; "
                      f"{len(heads_ok)}/{len(rows)} when told only the heads' final convs "
                      "(*TP, heads only*), as its examples do.")
     lines += ["", "| detector | source | input | groups | prunable | prunable ch. | prunable "
