@@ -36,7 +36,6 @@ import json
 import statistics
 import sys
 import weakref
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,12 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage import generic, prunable_mac_share, rel_diff, time_limit  # noqa: E402
+from coverage import (  # noqa: E402
+    describe_structure,
+    prunable_mac_share,
+    rel_diff,
+    time_limit,
+)
 from coverage_models import (  # noqa: E402
     KEEP_RATIO,
     MIN_CHANGE,
@@ -87,7 +91,8 @@ class Row:
     slim_s: float | None = None
     solve_s: float | None = None
     solve_kept: float | None = None
-    reasons: list[tuple[str, int]] = field(default_factory=list)
+    unknown_ops: list[str] = field(default_factory=list)
+    top_reasons: list[tuple[str, int]] = field(default_factory=list)
     tp_status: str = "not run"
     tp_s: float | None = None
     tp_macs_after: float | None = None
@@ -159,16 +164,6 @@ def check_exact(row: Row, det: nn.Module, structure: Any, keep: dict, small: nn.
         row.status = "mismatch"
     elif not row.output_change >= MIN_CHANGE:
         row.status = "void: pruning did not change the output"
-
-
-def describe(row: Row, det: nn.Module, structure: Any) -> None:
-    row.groups = len(structure.groups)
-    row.prunable_groups = len(structure.prunable_groups)
-    total = structure.total_channels()
-    row.prunable_share = structure.prunable_channels() / total if total else 0.0
-    row.prunable_macs = prunable_mac_share(det.core, structure)
-    reasons = Counter(generic(r) for g in structure.groups for r in g.reasons)
-    row.reasons = reasons.most_common(3)
 
 
 @torch.no_grad()
@@ -283,7 +278,8 @@ def measure(name: str, repeats: int, with_tp: bool) -> Row:
         row.tp_status = "nothing pruned (MACs unchanged)"
     if attempt is not None and row.status == "ok":
         structure, keep, small = attempt[:3]
-        describe(row, det, structure)
+        describe_structure(row, structure)  # the coverage benchmark's: groups, share, reasons
+        row.prunable_macs = prunable_mac_share(det.core, structure)
         try:
             check_exact(row, det, structure, keep, small, x)
         except Exception as exc:  # noqa: BLE001
@@ -336,7 +332,7 @@ def markdown(rows: list[Row], meta: dict[str, Any]) -> str:
               f"solve s ({BUDGET:.0%}) | kept | status | TP | TP s | TP after G | TP, heads only | "
               "whole because |", "|---" * 21 + "|"]
     for r in rows:
-        why = "; ".join(f"{reason} ×{n}" for reason, n in r.reasons)[:160].replace("|", "/")
+        why = "; ".join(f"{reason} ×{n}" for reason, n in r.top_reasons[:3])[:160].replace("|", "/")
         lines.append(
             f"| {r.name} | {r.source} | {r.size}² | {r.groups} | {r.prunable_groups} | "
             f"{fmt(r.prunable_share, '.0%')} | {fmt(r.prunable_macs, '.0%')} | "
