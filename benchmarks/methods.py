@@ -13,8 +13,15 @@ pruning ends by about 60% of training and the rest fine-tunes (``SCHEDULES``). T
 model and every slimmed model (``slim.pt``) are timed on the CPU, interleaved in one loop so
 they see the same machine load, at batch 1 and 32; medians are reported.
 
-Writes ``methods.md`` and ``methods.json`` to ``--out`` (default ``benchmarks/results``).
-``--reuse`` skips runs whose ``results.json`` exists (re-time or re-tabulate only).
+Writes ``methods.md`` and ``methods.json`` to ``--out`` (default ``benchmarks/results``;
+``--name`` another stem). ``--reuse`` skips runs whose ``results.json`` exists (re-time or
+re-tabulate only).
+
+With distillation: ``python benchmarks/methods.py distill.enabled=true --name methods_kd``
+prunes from scratch with the dense run of the same call as teacher (``distill.*`` overrides go
+to the pruned runs only; ``distill.teacher`` defaults to ``<runs>/dense``). Use another
+``--runs`` folder than the plain table's, or ``--reuse`` returns its runs. Pruning a *trained*
+model with a short fine-tune, with and without distillation, is ``distill_finetune.py``.
 """
 
 from __future__ import annotations
@@ -144,6 +151,17 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def split_distill(extra: list[str], dense_run: Path) -> tuple[list[str], list[str]]:
+    """The overrides of the dense run and of the pruned runs: ``distill.*`` only for the pruned
+    ones (the dense run is the teacher), whose teacher is ``dense_run`` unless one is given."""
+    dense = [o for o in extra if not o.lstrip("+~").startswith("distill.")]
+    pruned = list(extra)
+    if any(o.lower() == "distill.enabled=true" for o in extra) and not any(
+            o.lstrip("+").startswith("distill.teacher=") for o in extra):
+        pruned.append(f"distill.teacher={dense_run}")
+    return dense, pruned
+
+
 def main() -> None:
     from prunecli.methods import method_names
 
@@ -157,34 +175,40 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("extra", nargs="*", help="further overrides for every run")
+    ap.add_argument("--name", default="methods", help="results file stem in --out")
+    ap.add_argument("extra", nargs="*", help="further overrides for every run (distill.*: the "
+                                             "pruned runs only)")
     args = ap.parse_args()
     t0 = time.time()
-    rows = [{**run_one("none", 0.0, args.epochs, args.runs, args.reuse, args.extra),
+    dense_extra, pruned_extra = split_distill(args.extra, args.runs / "dense")
+    rows = [{**run_one("none", 0.0, args.epochs, args.runs, args.reuse, dense_extra),
              "run_name": "dense"}]
     for ratio in args.ratios:
         for method in args.methods:
-            r = run_one(method, ratio, args.epochs, args.runs, args.reuse, args.extra)
+            r = run_one(method, ratio, args.epochs, args.runs, args.reuse, pruned_extra)
             rows.append({**r, "run_name": f"{method}_{ratio:g}"})
     time_models(rows, args.runs, args.repeats, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "methods.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(rows, indent=2) + "\n")
     md = [
         "# Pruning methods side by side",
         "",
-        f"`python benchmarks/methods.py` ({dt.date.today()}, {platform.processor() or 'CPU'},"
-        f" {os.cpu_count()} cores, torch {torch.__version__}, {time.time() - t0:.0f} s in all).",
+        f"`python benchmarks/methods.py {' '.join(sys.argv[1:])}` ({dt.date.today()}, "
+        f"{platform.processor() or 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.time() - t0:.0f} s in all).",
         "",
         f"ResNet-20 on the embedded Fashion-MNIST subset (20k train / 4k test, 28x28), "
         f"{args.epochs} epochs for every run, SGD lr 0.1 cosine; budgets in MACs. Pruning "
         "schedules (`SCHEDULES` in the script) end by ~60% of training, the rest fine-tunes. "
-        "Latency: CPU, fp32, eager PyTorch, 2 threads, the dense and all slimmed models timed "
-        "interleaved, median of the repeats.",
+        f"Latency: CPU, fp32, eager PyTorch, {args.threads} threads, the dense and all slimmed "
+        "models timed interleaved, median of the repeats."
+        + (" Distilled from the dense run (`distill.*` overrides on the pruned runs)."
+           if "distill.enabled=true" in (o.lower() for o in args.extra) else ""),
         "",
         table(rows),
         "",
     ]
-    (args.out / "methods.md").write_text("\n".join(md))
+    (args.out / f"{args.name}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 
